@@ -1,0 +1,3 @@
+//! Exitless UEFI loader.
+#![no_std]
+#![no_main]

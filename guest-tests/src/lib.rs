@@ -1,0 +1,2 @@
+//! Guest test kernels (issue: VT-x guests and ELI).
+#![no_std]
