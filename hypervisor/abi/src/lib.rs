@@ -8,5 +8,6 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot_info;
+pub mod config_text;
 pub mod elf_image;
 pub mod protocol;
