@@ -1,7 +1,123 @@
 //! Exitless kernel entry (x86_64-unknown-none).
+//!
+//! Boot flow (docs/architecture.md): the UEFI loader enters `_start` with `rdi` = physical address of
+//! the boot info; we switch to our own stack, console, GDT/TSS and IDT, then memory, then discover the
+//! platform and print the boot summary, then run guests or power off.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
 fn main() {
     eprintln!("the hypervisor kernel runs bare metal: build it with `cargo xtask build`");
+}
+
+#[cfg(target_os = "none")]
+mod kernel {
+    use exitless_abi::boot_info::BootInfo;
+    use exitless_abi::protocol::{self, Outcome};
+    use hypervisor::arch::{exceptions, gdt, power, serial};
+    use hypervisor::config::{Config, SelfTest};
+    use hypervisor::memory::{frames::FrameAllocator, heap};
+    use hypervisor::{println, summary};
+    use linked_list_allocator::LockedHeap;
+
+    #[global_allocator]
+    static HEAP: LockedHeap = LockedHeap::empty();
+
+    const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+    #[repr(C, align(16))]
+    struct BootStack([u8; BOOT_STACK_SIZE]);
+
+    static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
+
+    // The loader's stack lives in memory we may hand out later: move to our own before any Rust code runs.
+    core::arch::global_asm!(
+        r#"
+        .section .text._start, "ax"
+        .global _start
+        _start:
+            lea rsp, [rip + {stack} + {size}]
+            xor ebp, ebp
+            call {main}
+            ud2
+        "#,
+        stack = sym BOOT_STACK,
+        size = const BOOT_STACK_SIZE,
+        main = sym kernel_main,
+    );
+
+    extern "C" fn kernel_main(boot_info_phys: u64) -> ! {
+        serial::init(log::LevelFilter::Info);
+        println!();
+        println!("Exitless {} hypervisor", env!("CARGO_PKG_VERSION"));
+        gdt::init();
+        exceptions::init();
+
+        // SAFETY: the loader passes the physical (identity-mapped) address of a BootInfo in rdi.
+        let boot_info: &'static BootInfo = unsafe { &*(boot_info_phys as *const BootInfo) };
+        if let Err(error) = boot_info.validate() {
+            log::error!("{error}");
+            power::stop_after_fatal_error();
+        }
+        power::set_uefi_system_table(boot_info.uefi_system_table);
+        // SAFETY: validated above; the loader keeps these arrays in Loader memory, never handed out.
+        let (regions, modules) = unsafe { (boot_info.memory_regions(), boot_info.module_list()) };
+
+        let config_text = modules
+            .iter()
+            .find(|m| m.name() == "exitless.cfg")
+            // SAFETY: module contents are Loader memory, identity-mapped, and live forever.
+            .map(|m| unsafe { core::slice::from_raw_parts(m.phys as *const u8, m.len as usize) })
+            .and_then(|bytes| core::str::from_utf8(bytes).ok())
+            .unwrap_or("");
+
+        let mut frames = FrameAllocator::new(regions);
+        let Some(heap_base) = frames.alloc_contiguous(heap::HEAP_SIZE / 4096, 4096) else {
+            log::error!(
+                "no {} MiB of contiguous free memory for the kernel heap",
+                heap::HEAP_SIZE >> 20
+            );
+            power::stop_after_fatal_error();
+        };
+        // SAFETY: the frames were just taken from the allocator and are used for nothing else.
+        unsafe { heap::init(&HEAP, heap_base) };
+
+        let (config, problems) = Config::parse(config_text);
+        power::set_emulator_exit(config.emulator_exit);
+        log::set_max_level(config.log_level);
+        for problem in &problems {
+            log::warn!("exitless.cfg line {}: {}", problem.line, problem.message);
+        }
+
+        let mut console = serial::Console;
+        let _ = protocol::write_begin(&mut console, "boot");
+        let mut results = summary::Results::default();
+        results.record("boot-info", Outcome::Ok);
+        results.record(
+            "config",
+            if problems.is_empty() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed("exitless.cfg has problems (see warnings)")
+            },
+        );
+
+        let boot = summary::BootFacts::collect(boot_info, regions, modules, &frames);
+        let _ = boot.write_summary(&mut console);
+        results.record("heap", summary::check_heap());
+
+        let _ = results.write(&mut console);
+        if config.selftest == SelfTest::Exception {
+            log::info!("self-test: executing ud2, expecting an #UD report and a clean stop");
+            // SAFETY: deliberately raises #UD; the handler reports it and stops the machine.
+            unsafe { core::arch::asm!("ud2") };
+        }
+        power::power_off(results.exit_code())
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        serial::print_emergency(format_args!("\nPANIC: {info}\n"));
+        power::stop_after_fatal_error()
+    }
 }

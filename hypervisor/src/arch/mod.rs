@@ -1,1 +1,15 @@
-//! (in progress)
+//! The machine itself: serial console, descriptor tables, exception entry, power-off.
+//! This is where the kernel's `unsafe` and assembly live; each piece is small and documented.
+
+pub mod exceptions;
+pub mod gdt;
+pub mod power;
+pub mod serial;
+
+/// Stops this CPU for good: interrupts off, halt forever (an NMI or SMI returns to the loop).
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

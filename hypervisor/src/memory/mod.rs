@@ -49,8 +49,15 @@ pub mod test_frames {
             Some(BASE + (self.frames.len() as u64 - 1) * PAGE_SIZE)
         }
         fn table_mut(&mut self, phys: u64) -> &mut [u64; 512] {
-            assert_eq!(phys % PAGE_SIZE, 0, "table address {phys:#x} not page-aligned");
+            assert_eq!(
+                phys % PAGE_SIZE,
+                0,
+                "table address {phys:#x} not page-aligned"
+            );
             &mut self.frames[((phys - BASE) / PAGE_SIZE) as usize]
         }
     }
 }
+
+pub mod frames;
+pub mod heap;
