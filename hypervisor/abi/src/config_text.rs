@@ -12,8 +12,14 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Item<'a> {
     /// `[kind name]` (name may be empty).
-    Section { kind: &'a str, name: &'a str },
-    Setting { key: &'a str, value: &'a str },
+    Section {
+        kind: &'a str,
+        name: &'a str,
+    },
+    Setting {
+        key: &'a str,
+        value: &'a str,
+    },
     /// A line that is neither: reported with its number by the caller.
     Malformed(&'a str),
 }
@@ -28,9 +34,15 @@ pub fn items(text: &str) -> impl Iterator<Item = (usize, Item<'_>)> {
         let item = if let Some(inner) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let inner = inner.trim();
             let (kind, name) = inner.split_once(char::is_whitespace).unwrap_or((inner, ""));
-            Item::Section { kind, name: name.trim() }
+            Item::Section {
+                kind,
+                name: name.trim(),
+            }
         } else if let Some((key, value)) = line.split_once('=') {
-            Item::Setting { key: key.trim(), value: value.trim() }
+            Item::Setting {
+                key: key.trim(),
+                value: value.trim(),
+            }
         } else {
             Item::Malformed(line)
         };
@@ -59,9 +71,36 @@ mod tests {
     #[test]
     fn items_are_classified_with_line_numbers() {
         let all: Vec<_> = items(SAMPLE).collect();
-        assert_eq!(all[0], (2, Item::Setting { key: "kernel", value: "guests/bare.elf" }));
-        assert_eq!(all[1], (3, Item::Setting { key: "emulator_exit", value: "yes" }));
-        assert_eq!(all[2], (5, Item::Section { kind: "guest", name: "eli" }));
+        assert_eq!(
+            all[0],
+            (
+                2,
+                Item::Setting {
+                    key: "kernel",
+                    value: "guests/bare.elf"
+                }
+            )
+        );
+        assert_eq!(
+            all[1],
+            (
+                3,
+                Item::Setting {
+                    key: "emulator_exit",
+                    value: "yes"
+                }
+            )
+        );
+        assert_eq!(
+            all[2],
+            (
+                5,
+                Item::Section {
+                    kind: "guest",
+                    name: "eli"
+                }
+            )
+        );
         assert_eq!(all[4], (7, Item::Malformed("bogus line")));
     }
 
