@@ -10,4 +10,5 @@
 pub mod boot_info;
 pub mod config_text;
 pub mod elf_image;
+pub mod hypercall;
 pub mod protocol;
