@@ -14,4 +14,5 @@ pub mod pci;
 pub mod platform;
 pub mod summary;
 pub mod vmx;
+pub mod vmm;
 pub mod vtd;

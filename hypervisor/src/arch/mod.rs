@@ -5,6 +5,7 @@ pub mod exceptions;
 pub mod gdt;
 pub mod power;
 pub mod serial;
+pub mod vmx;
 
 /// Stops this CPU for good: interrupts off, halt forever (an NMI or SMI returns to the loop).
 pub fn halt_forever() -> ! {
