@@ -1,1 +1,11 @@
-//! (in progress)
+//! VT-x: the host-testable building blocks of the VMX layer. VMCS fields typed by width and
+//! access, VMREAD/VMWRITE behind a backend trait, exit decoding, EPT, MSR and I/O bitmaps, and
+//! the ELI shadow IDT.
+
+pub mod ept;
+pub mod exit;
+pub mod io_bitmap;
+pub mod msr_bitmap;
+pub mod shadow_idt;
+pub mod vmcs;
+pub mod vmcs_fields;
