@@ -17,12 +17,53 @@ pub enum SelfTest {
     Exception,
 }
 
+/// How a guest's assigned-device interrupts are delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// Device assignment without ELI, as KVM did before APICv: every interrupt exits, the host injects it,
+    /// and the guest's EOI exits too.
+    #[default]
+    Baseline,
+    /// ELI: a shadow IDT delivers the guest's vectors with no exit, and its EOI completes with none.
+    Eli,
+}
+
+/// One `[guest NAME]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestConfig {
+    pub name: String,
+    /// Module path under `\exitless\`, e.g. `guests/basic.elf`.
+    pub image: String,
+    pub memory_mib: u64,
+    pub interrupts: InterruptMode,
+    /// I/O port ranges (inclusive) passed through to the guest.
+    pub ports: Vec<(u16, u16)>,
+    /// IOAPIC pins whose interrupts belong to the guest.
+    pub ioapic_pins: Vec<u8>,
+}
+
+impl GuestConfig {
+    pub const DEFAULT_MEMORY_MIB: u64 = 32;
+
+    fn new(name: &str) -> Self {
+        Self {
+            name: String::from(name),
+            image: String::new(),
+            memory_mib: Self::DEFAULT_MEMORY_MIB,
+            interrupts: InterruptMode::Baseline,
+            ports: Vec::new(),
+            ioapic_pins: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Power off through the emulators' exit ports (QEMU isa-debug-exit, Bochs 0x8900); test images only.
     pub emulator_exit: bool,
     pub selftest: SelfTest,
     pub log_level: log::LevelFilter,
+    pub guests: Vec<GuestConfig>,
 }
 
 impl Default for Config {
@@ -31,6 +72,7 @@ impl Default for Config {
             emulator_exit: false,
             selftest: SelfTest::None,
             log_level: log::LevelFilter::Info,
+            guests: Vec::new(),
         }
     }
 }
@@ -47,16 +89,33 @@ impl Config {
     pub fn parse(text: &str) -> (Self, Vec<Problem>) {
         let mut config = Self::default();
         let mut problems = Vec::new();
-        let mut in_section = false;
         for (line, item) in items(text) {
             let mut problem = |message: String| problems.push(Problem { line, message });
             match item {
                 Item::Malformed(text) => {
                     problem(format!("`{text}` is not `key = value` or `[section name]`"))
                 }
-                // Guest sections are read by the guest configuration (VT-x work); the host ignores them.
-                Item::Section { .. } => in_section = true,
-                Item::Setting { .. } if in_section => {}
+                Item::Section {
+                    kind: "guest",
+                    name,
+                } if !name.is_empty() => {
+                    if config.guests.iter().any(|g| g.name == name) {
+                        problem(format!(
+                            "a second [guest {name}]: guest names must be unique"
+                        ));
+                    }
+                    config.guests.push(GuestConfig::new(name));
+                }
+                Item::Section { kind, name } => {
+                    problem(format!("[{kind} {name}]: the only section is [guest NAME]"));
+                    config.guests.push(GuestConfig::new(INVALID_SECTION));
+                }
+                Item::Setting { key, value } if !config.guests.is_empty() => {
+                    let guest = config.guests.last_mut().expect("checked");
+                    if let Err(message) = guest.set(key, value) {
+                        problem(message);
+                    }
+                }
                 Item::Setting { key, value } => match key {
                     // Read by the loader.
                     "kernel" => {}
@@ -81,7 +140,74 @@ impl Config {
                 },
             }
         }
+        for guest in config.guests.iter().filter(|g| g.name != INVALID_SECTION) {
+            if guest.image.is_empty() {
+                let message = format!("[guest {}] has no `image = guests/NAME.elf`", guest.name);
+                problems.push(Problem { line: 0, message });
+            }
+        }
+        config
+            .guests
+            .retain(|g| g.name != INVALID_SECTION && !g.image.is_empty());
         (config, problems)
+    }
+}
+
+impl GuestConfig {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "image" => self.image = String::from(value),
+            "memory_mib" => match value.parse::<u64>() {
+                Ok(mib) if (4..=65536).contains(&mib) => self.memory_mib = mib,
+                _ => return Err(format!("memory_mib = {value}: write a number of MiB from 4 to 65536")),
+            },
+            "interrupts" => {
+                self.interrupts = match value {
+                    "baseline" => InterruptMode::Baseline,
+                    "eli" => InterruptMode::Eli,
+                    _ => return Err(format!("interrupts = {value}: write baseline or eli")),
+                }
+            }
+            "ports" => {
+                for range in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    match (parse_u64(first), parse_u64(last)) {
+                        (Some(a), Some(b)) if a <= b && b <= 0xFFFF => {
+                            self.ports.push((a as u16, b as u16))
+                        }
+                        _ => {
+                            return Err(format!(
+                                "ports: `{range}` is not a port or FIRST-LAST range (e.g. 0x2f8-0x2ff)"
+                            ))
+                        }
+                    }
+                }
+            }
+            "ioapic_pins" => {
+                for pin in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match parse_u64(pin) {
+                        Some(p) if p < 240 => self.ioapic_pins.push(p as u8),
+                        _ => return Err(format!("ioapic_pins: `{pin}` is not a pin number")),
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins)"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Name of the placeholder that swallows the settings of a malformed section.
+const INVALID_SECTION: &str = "";
+
+fn parse_u64(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
     }
 }
 
@@ -123,9 +249,31 @@ mod tests {
     }
 
     #[test]
-    fn guest_sections_do_not_leak_into_host_settings() {
-        let (config, problems) = Config::parse("[guest a]\nemulator_exit = yes\nwhatever = 1\n");
-        assert!(problems.is_empty());
-        assert!(!config.emulator_exit);
+    fn guest_sections_are_read() {
+        let (config, problems) = Config::parse(
+            "emulator_exit = yes\n[guest eli]\nimage = guests/irq.elf\nmemory_mib = 64\ninterrupts = eli\n\
+             ports = 0x2f8-0x2ff, 0x80\nioapic_pins = 3\n[guest b]\nimage = guests/basic.elf\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.emulator_exit);
+        assert_eq!(config.guests.len(), 2);
+        let g = &config.guests[0];
+        assert_eq!(
+            (g.name.as_str(), g.image.as_str(), g.memory_mib),
+            ("eli", "guests/irq.elf", 64)
+        );
+        assert_eq!(g.interrupts, InterruptMode::Eli);
+        assert_eq!(g.ports, [(0x2f8, 0x2ff), (0x80, 0x80)]);
+        assert_eq!(g.ioapic_pins, [3]);
+        assert_eq!(config.guests[1].interrupts, InterruptMode::Baseline);
+    }
+
+    #[test]
+    fn bad_guest_settings_are_reported_and_guests_without_image_dropped() {
+        let (config, problems) =
+            Config::parse("[guest a]\nmemory_mib = lots\nports = 0x300-0x2ff\ncolour = red\n[guest a]\n[disk x]\n");
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 4, 5, 6, 0, 0]);
+        assert!(config.guests.is_empty());
     }
 }

@@ -3,8 +3,10 @@
 //! Contract (see docs/architecture.md, "Boot flow"):
 //! - Entered in 64-bit long mode, interrupts off, boot services exited, on the loader's page tables
 //!   (`page_table_root`): all physical memory below `identity_map_end` is identity-mapped with
-//!   writable, non-executable 2 MiB pages except where the kernel image lies, and the kernel's
-//!   PT_LOAD segments are mapped at their link addresses (upper half) with their own permissions.
+//!   writable, non-executable 2 MiB pages, except the pages holding firmware runtime-services code
+//!   (executable, so UEFI `ResetSystem` keeps working); the kernel's PT_LOAD segments are mapped at
+//!   their link addresses (upper half) with 4 KiB pages and their own permissions. CR0.WP is set.
+//! - The firmware's GDT lies in memory reported Usable: load your own before allocating frames.
 //! - Every pointer in this structure is a physical address (and so, through the identity map,
 //!   a usable virtual one).
 //! - `version` changes whenever the layout changes; a kernel refuses a version it does not know.
@@ -44,6 +46,59 @@ impl MemoryRegion {
     pub const fn end(&self) -> u64 {
         self.start + self.len
     }
+}
+
+impl MemoryKind {
+    /// Reduces a UEFI memory type (UEFI 2.10, 7.2 "EFI_MEMORY_TYPE") to what the kernel needs.
+    /// Boot-services memory is free once boot services have exited; the loader's own code and data
+    /// stay `Loader` (the loader's code is dead after the jump, but keeping it is harmless).
+    pub const fn from_uefi_type(memory_type: u32) -> Self {
+        match memory_type {
+            3 | 4 | 7 => Self::Usable, // BootServicesCode/Data, ConventionalMemory
+            1 | 2 => Self::Loader,     // LoaderCode/Data
+            9 => Self::AcpiReclaimable,
+            11 | 12 => Self::Mmio, // MemoryMappedIO, MemoryMappedIOPortSpace
+            // Reserved, RuntimeServices*, Unusable, ACPI NVS, PalCode, Persistent, Unaccepted, OEM/OS.
+            _ => Self::Reserved,
+        }
+    }
+}
+
+/// `out` has too little room for the firmware's memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryMapFull {
+    pub capacity: usize,
+}
+
+/// Fills `out` with `entries` (any order), sorted by start, with empty ranges dropped and touching
+/// ranges of the same kind merged; returns how many regions `out` holds. `out` needs room for every
+/// input entry before merging.
+pub fn build_memory_map(
+    entries: impl IntoIterator<Item = MemoryRegion>,
+    out: &mut [MemoryRegion],
+) -> Result<usize, MemoryMapFull> {
+    let capacity = out.len();
+    let mut len = 0;
+    for region in entries.into_iter().filter(|r| r.len != 0) {
+        let slot = out.get_mut(len).ok_or(MemoryMapFull { capacity })?;
+        *slot = region;
+        len += 1;
+    }
+    out[..len].sort_unstable_by_key(|r| r.start);
+    let mut merged = 0;
+    for i in 0..len {
+        let region = out[i];
+        if merged > 0 {
+            let last = &mut out[merged - 1];
+            if last.kind == region.kind && last.end() == region.start {
+                last.len += region.len;
+                continue;
+            }
+        }
+        out[merged] = region;
+        merged += 1;
+    }
+    Ok(merged)
 }
 
 /// A file the loader brought from the ESP's `\exitless\` directory (guest images, configuration).
@@ -189,6 +244,73 @@ impl BootInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn region(start: u64, len: u64, kind: MemoryKind) -> MemoryRegion {
+        MemoryRegion {
+            start,
+            len,
+            kind,
+            _reserved: 0,
+        }
+    }
+
+    #[test]
+    fn uefi_types_map_to_kinds() {
+        // UEFI 2.10 Table 7-5 numbering.
+        let expected = [
+            (0, MemoryKind::Reserved),
+            (1, MemoryKind::Loader),
+            (2, MemoryKind::Loader),
+            (3, MemoryKind::Usable),
+            (4, MemoryKind::Usable),
+            (5, MemoryKind::Reserved),
+            (6, MemoryKind::Reserved),
+            (7, MemoryKind::Usable),
+            (8, MemoryKind::Reserved),
+            (9, MemoryKind::AcpiReclaimable),
+            (10, MemoryKind::Reserved),
+            (11, MemoryKind::Mmio),
+            (12, MemoryKind::Mmio),
+            (13, MemoryKind::Reserved),
+            (14, MemoryKind::Reserved),
+            (15, MemoryKind::Reserved),
+            (0x8000_0000, MemoryKind::Reserved),
+        ];
+        for (ty, kind) in expected {
+            assert_eq!(MemoryKind::from_uefi_type(ty), kind, "type {ty}");
+        }
+    }
+
+    #[test]
+    fn memory_map_is_sorted_and_merged() {
+        use MemoryKind::*;
+        let input = [
+            region(0x10_0000, 0x1000, Usable),
+            region(0, 0xa0000, Usable),
+            region(0x10_1000, 0x2000, Usable), // touches the previous Usable: merged
+            region(0x10_3000, 0x1000, Loader),
+            region(0x10_4000, 0, Usable),      // empty: dropped
+            region(0x10_5000, 0x1000, Loader), // gap before it: not merged
+            region(0xfee0_0000, 0x1000, Mmio),
+        ];
+        let mut out = [region(0, 0, Reserved); 7];
+        let n = build_memory_map(input, &mut out).unwrap();
+        assert_eq!(
+            &out[..n],
+            &[
+                region(0, 0xa0000, Usable),
+                region(0x10_0000, 0x3000, Usable),
+                region(0x10_3000, 0x1000, Loader),
+                region(0x10_5000, 0x1000, Loader),
+                region(0xfee0_0000, 0x1000, Mmio),
+            ]
+        );
+        let mut small = [region(0, 0, Reserved); 3];
+        assert_eq!(
+            build_memory_map(input, &mut small),
+            Err(MemoryMapFull { capacity: 3 })
+        );
+    }
 
     #[test]
     fn fresh_boot_info_validates() {
