@@ -11,12 +11,19 @@ fn main() {
 }
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 mod kernel {
+    use alloc::vec::Vec;
     use exitless_abi::boot_info::BootInfo;
     use exitless_abi::protocol::{self, Outcome};
     use hypervisor::arch::{exceptions, gdt, power, serial};
+    use hypervisor::caps::{cpu::CpuInfo, vmx::VmxCaps};
     use hypervisor::config::{Config, SelfTest};
     use hypervisor::memory::{frames::FrameAllocator, heap};
+    use hypervisor::pci::{self, ConfigAccess, Ecam, LegacyPorts, PciTopology};
+    use hypervisor::platform::{AcpiStatus, Platform};
     use hypervisor::{println, summary};
     use linked_list_allocator::LockedHeap;
 
@@ -106,6 +113,37 @@ mod kernel {
         let _ = boot.write_summary(&mut console);
         results.record("heap", summary::check_heap());
 
+        let cpu = CpuInfo::read();
+        let _ = cpu.write_summary(&mut console);
+        // SAFETY: CPL 0; reads only the VMX capability MSRs that CPUID says exist.
+        let vmx = VmxCaps::decode(unsafe { hypervisor::caps::vmx::read_vmx_msrs() }.as_ref());
+        let _ = vmx.write_summary(&mut console);
+
+        let rsdp = (boot_info.rsdp != 0).then_some(boot_info.rsdp);
+        // SAFETY: CPL 0 on the BSP, all physical memory identity-mapped, rsdp from the firmware.
+        let platform = unsafe { Platform::discover(rsdp) };
+        let _ = platform.write_summary(&mut console);
+        results.record(
+            "acpi",
+            match &platform.acpi {
+                AcpiStatus::Unusable(_) => {
+                    Outcome::Failed("ACPI tables unusable (see summary: acpi)")
+                }
+                _ => Outcome::Ok,
+            },
+        );
+
+        let pci = enumerate_pci(&platform);
+        let _ = pci.write_summary(&mut console);
+        results.record(
+            "pci",
+            if pci.functions.is_empty() {
+                Outcome::Failed("no PCI function answered (not even a host bridge)")
+            } else {
+                Outcome::Ok
+            },
+        );
+
         let _ = results.write(&mut console);
         if config.selftest == SelfTest::Exception {
             log::info!("self-test: executing ud2, expecting an #UD report and a clean stop");
@@ -113,6 +151,24 @@ mod kernel {
             unsafe { core::arch::asm!("ud2") };
         }
         power::power_off(results.exit_code())
+    }
+
+    /// Enumerates PCI through ECAM where MCFG describes it, legacy 0xCF8/0xCFC otherwise.
+    fn enumerate_pci(platform: &Platform) -> PciTopology {
+        // SAFETY: ECAM windows come from MCFG and are identity-mapped; ports 0xCF8/0xCFC are the PC's
+        // configuration mechanism #1, used by nothing else in the kernel.
+        let ecams: Vec<Ecam> = platform
+            .mcfg
+            .iter()
+            .map(|r| unsafe { Ecam::new(r.base, r.segment, r.bus_start, r.bus_end) })
+            .collect();
+        if ecams.is_empty() {
+            // SAFETY: as above.
+            return pci::enumerate(&unsafe { LegacyPorts::new() });
+        }
+        let accesses: Vec<&dyn ConfigAccess> =
+            ecams.iter().map(|e| e as &dyn ConfigAccess).collect();
+        pci::enumerate_all(&accesses).expect("at least one ECAM window")
     }
 
     #[panic_handler]
