@@ -1,0 +1,180 @@
+//! The VM-execution, VM-exit and VM-entry controls a guest runs with, computed from the TRUE capability
+//! MSRs (SDM Vol. 3D A.3-A.5): required features must be settable or the guest is refused with their
+//! names; optional ones are used where offered; default-1 bits the CPU insists on are kept.
+
+use crate::caps::vmx::{
+    EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls, VmxCaps,
+};
+use crate::config::InterruptMode;
+use alloc::format;
+use alloc::string::String;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Controls {
+    pub pin: PinBasedControls,
+    pub primary: PrimaryControls,
+    pub secondary: SecondaryControls,
+    pub exit: ExitControls,
+    pub entry: EntryControls,
+}
+
+/// A required VMX feature the CPU does not offer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingFeature(pub String);
+
+impl core::fmt::Display for MissingFeature {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "this CPU's VMX lacks a required feature: {}", self.0)
+    }
+}
+
+/// Plans the controls for a guest in `mode`.
+pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeature> {
+    if let Err(reason) = caps.support {
+        return Err(MissingFeature(format!("VMX itself ({})", reason.as_str())));
+    }
+    // Baseline: every external interrupt exits and is acknowledged on exit, so the exit carries its
+    // vector (SDM 25.2 "acknowledge interrupt on exit"). ELI: interrupts go through the guest's (shadow)
+    // IDT; the preemption timer is what guarantees the host gets the CPU back (eli.md).
+    let (pin_required, exit_interrupt) = match mode {
+        InterruptMode::Baseline => (
+            PinBasedControls::EXTERNAL_INTERRUPT_EXITING | PinBasedControls::NMI_EXITING,
+            ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+        ),
+        InterruptMode::Eli => (
+            PinBasedControls::NMI_EXITING | PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER,
+            ExitControls::empty(),
+        ),
+    };
+    let pin = caps
+        .pin_based
+        .compute(pin_required, PinBasedControls::empty())
+        .map_err(|m| missing("pin-based", m))?;
+    let primary = caps
+        .primary
+        .compute(
+            PrimaryControls::HLT_EXITING
+                | PrimaryControls::USE_IO_BITMAPS
+                | PrimaryControls::USE_MSR_BITMAPS
+                | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS,
+            PrimaryControls::empty(),
+        )
+        .map_err(|m| missing("primary processor-based", m))?;
+    let secondary = caps
+        .secondary
+        .compute(
+            SecondaryControls::ENABLE_EPT | SecondaryControls::DESCRIPTOR_TABLE_EXITING,
+            // Without these the guest's RDTSCP/INVPCID would #UD although CPUID advertises them.
+            SecondaryControls::ENABLE_VPID
+                | SecondaryControls::ENABLE_RDTSCP
+                | SecondaryControls::ENABLE_INVPCID,
+        )
+        .map_err(|m| missing("secondary processor-based", m))?;
+    let exit = caps
+        .exit
+        .compute(
+            ExitControls::HOST_ADDRESS_SPACE_SIZE
+                | ExitControls::SAVE_IA32_EFER
+                | ExitControls::LOAD_IA32_EFER
+                | exit_interrupt,
+            ExitControls::empty(),
+        )
+        .map_err(|m| missing("VM-exit", m))?;
+    let entry = caps
+        .entry
+        .compute(
+            EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_IA32_EFER,
+            EntryControls::empty(),
+        )
+        .map_err(|m| missing("VM-entry", m))?;
+    Ok(Controls {
+        pin,
+        primary,
+        secondary,
+        exit,
+        entry,
+    })
+}
+
+fn missing(kind: &str, bits: impl core::fmt::Debug) -> MissingFeature {
+    MissingFeature(format!("{kind} controls {bits:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::vmx::VmxMsrs;
+
+    /// Bochs `tigerlake` allowed-1 halves (shared/emulators.md) with the SDM's default-1 bits as allowed-0.
+    fn bochs_caps() -> VmxCaps {
+        let msrs = VmxMsrs {
+            basic: 0x01D8_1000_0000_0004,
+            pinbased_true: (0x7F << 32) | 0x16,
+            procbased_true: (0xFFF9_FFFE << 32) | 0x0401_E172,
+            exit_true: (0x03FF_FFFF << 32) | 0x0003_6DFB,
+            entry_true: (0x0000_F3FF << 32) | 0x0000_11FB,
+            procbased2: 0x0297_7FFF << 32,
+            ept_vpid_cap: 0x0000_0F01_06B3_4141,
+            misc: 0x6004_01E0,
+            cr0_fixed0: 0x8000_0021,
+            cr0_fixed1: 0xFFFF_FFFF,
+            cr4_fixed0: 0x2000,
+            cr4_fixed1: 0x003F_FFFF,
+            vmfunc: 1,
+            feature_control: 5,
+        };
+        VmxCaps::decode(Some(&msrs))
+    }
+
+    #[test]
+    fn baseline_exits_on_interrupts_and_eli_does_not() {
+        let caps = bochs_caps();
+        let baseline = plan(&caps, InterruptMode::Baseline).unwrap();
+        assert!(baseline
+            .pin
+            .contains(PinBasedControls::EXTERNAL_INTERRUPT_EXITING));
+        assert!(baseline
+            .exit
+            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT));
+        let eli = plan(&caps, InterruptMode::Eli).unwrap();
+        assert!(!eli
+            .pin
+            .contains(PinBasedControls::EXTERNAL_INTERRUPT_EXITING));
+        assert!(eli
+            .pin
+            .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER));
+        for c in [baseline, eli] {
+            assert!(c.secondary.contains(
+                SecondaryControls::ENABLE_EPT | SecondaryControls::DESCRIPTOR_TABLE_EXITING
+            ));
+            assert!(
+                c.secondary.contains(SecondaryControls::ENABLE_VPID),
+                "optional but offered by Bochs"
+            );
+            assert!(c.entry.contains(EntryControls::IA32E_MODE_GUEST));
+            // Default-1 bits (allowed-0 = 1) stay set.
+            assert!(caps.primary.must_be_one.difference(c.primary).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_cpu_without_ept_is_refused_naming_it() {
+        let mut caps = bochs_caps();
+        caps.secondary
+            .may_be_one
+            .remove(SecondaryControls::ENABLE_EPT);
+        let error = plan(&caps, InterruptMode::Baseline).unwrap_err();
+        assert!(error.0.contains("ENABLE_EPT"), "{error}");
+    }
+
+    #[test]
+    fn eli_needs_the_preemption_timer() {
+        let mut caps = bochs_caps();
+        caps.pin_based
+            .may_be_one
+            .remove(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER);
+        assert!(plan(&caps, InterruptMode::Baseline).is_ok());
+        let error = plan(&caps, InterruptMode::Eli).unwrap_err();
+        assert!(error.0.contains("PREEMPTION_TIMER"), "{error}");
+    }
+}
