@@ -1,5 +1,8 @@
 //! The virtual-machine monitor: guests built from the configuration, run on VT-x.
 
 pub mod controls;
+pub mod cpuid;
+pub mod exits;
 pub mod guest_layout;
+pub mod guest_memory;
 pub mod vmcs_setup;

@@ -1,0 +1,560 @@
+//! VM-exit handling: the exit is decoded once into [`ExitReason`], dispatched from [`handle_exit`], and
+//! every handler says what happens next ([`Next`]); RIP is advanced in one place.
+//!
+//! Everything here goes through [`VmcsAccess`], [`GuestMemory`] and [`HostServices`], so it is
+//! unit-tested on the host with a fake VMCS.
+
+use super::cpuid::guest_cpuid;
+use super::guest_memory::GuestMemory;
+use crate::arch::vmx::GuestRegisters;
+use crate::vmx::exit::{
+    CrAccess, CrAccessKind, DescriptorTableInfo, DtInstruction, EventType, ExitReason,
+    ExitReasonField, Gpr, InterruptionInfo, IoDirection, IoQualification, SegmentReg,
+};
+use crate::vmx::vmcs::{VmFail, VmcsAccess};
+use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, Vmcs64, Vmcs64Ro, VmcsNatural, VmcsNaturalRo};
+use alloc::format;
+use alloc::string::String;
+use exitless_abi::hypercall::{Hypercall, HypercallError, ABI_VERSION, EXIT_REASON_COUNT};
+
+/// What the machine outside the guest provides to exit handlers.
+pub trait HostServices {
+    /// One complete line the guest printed on its console.
+    fn console_line(&mut self, line: &str);
+    /// The host CPU's CPUID.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    fn rdtsc(&self) -> u64;
+}
+
+/// How a guest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// The guest asked to power off (hypercall) with this code.
+    PoweredOff(u32),
+    /// The guest did something it may not, or that cannot go on; it is stopped, the host runs on.
+    Stopped(String),
+}
+
+/// What happens after an exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    Resume,
+    End(GuestEnd),
+}
+
+/// Per-guest VM-exit counts by basic exit reason, readable by hypercall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitCounters(pub [u64; EXIT_REASON_COUNT]);
+
+impl Default for ExitCounters {
+    fn default() -> Self {
+        Self([0; EXIT_REASON_COUNT])
+    }
+}
+
+impl ExitCounters {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// COM1 as guests see it: a transmitter that is always ready; bytes are forwarded line by line.
+#[derive(Clone, Debug, Default)]
+pub struct VirtualConsole {
+    line: String,
+    /// Line control register: bit 7 (DLAB) turns ports +0/+1 into the divisor latch.
+    lcr: u8,
+}
+
+pub const COM1: u16 = 0x3F8;
+const UART_LSR_THRE_TEMT: u8 = 0x60;
+const MAX_CONSOLE_LINE: usize = 512;
+
+/// The software state of one virtual CPU that exit handlers read and change.
+#[derive(Debug, Default)]
+pub struct Vcpu {
+    pub regs: GuestRegisters,
+    pub counters: ExitCounters,
+    /// The IDTR the guest loaded (what SIDT returns); under ELI the CPU runs on a shadow instead.
+    pub guest_idtr: (u64, u16),
+    pub console: VirtualConsole,
+    /// IA32_APIC_BASE as the guest sees it.
+    pub apic_base: u64,
+    /// MSRs the VMCS does not hold, kept in software (never loaded into the CPU).
+    pub soft_msrs: SoftMsrs,
+    /// CR0/CR4 bits VMX operation fixes (SDM A.7/A.8): (fixed0, fixed1) pairs.
+    pub cr0_fixed: (u64, u64),
+    pub cr4_fixed: (u64, u64),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SoftMsrs {
+    pub pat: u64,
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub fmask: u64,
+    pub kernel_gs_base: u64,
+    pub tsc_aux: u64,
+}
+
+/// The guest's view of IA32_APIC_BASE at reset: LAPIC at 0xFEE00000, enabled, bootstrap processor.
+pub const APIC_BASE_RESET: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 8);
+const APIC_BASE_WRITABLE: u64 = (1 << 11) | (1 << 10);
+
+mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const PLATFORM_ID: u32 = 0x17;
+    pub const APIC_BASE: u32 = 0x1B;
+    pub const BIOS_SIGN_ID: u32 = 0x8B;
+    pub const MISC_ENABLE: u32 = 0x1A0;
+    pub const PAT: u32 = 0x277;
+    pub const EFER: u32 = 0xC000_0080;
+    pub const STAR: u32 = 0xC000_0081;
+    pub const LSTAR: u32 = 0xC000_0082;
+    pub const CSTAR: u32 = 0xC000_0083;
+    pub const FMASK: u32 = 0xC000_0084;
+    pub const FS_BASE: u32 = 0xC000_0100;
+    pub const GS_BASE: u32 = 0xC000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
+    pub const TSC_AUX: u32 = 0xC000_0103;
+    pub const X2APIC_FIRST: u32 = 0x800;
+    pub const X2APIC_LAST: u32 = 0x8FF;
+    pub const X2APIC_ICR: u32 = 0x830;
+}
+
+const VECTOR_GP: u8 = 13;
+const RFLAGS_IF: u64 = 1 << 9;
+/// Guest activity state HLT (SDM 25.4.2).
+const ACTIVITY_HLT: u32 = 1;
+/// Interruptibility: blocking by STI (bit 0) and by MOV SS (bit 1) end when an instruction is skipped.
+const BLOCKING_STI_MOV_SS: u32 = 0b11;
+
+/// Handles the VM exit that just happened on the current VMCS.
+pub fn handle_exit(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    mem: &mut GuestMemory<'_>,
+    host: &mut impl HostServices,
+) -> Next {
+    match dispatch(vmcs, vcpu, mem, host) {
+        Ok(next) => next,
+        Err(fail) => Next::End(GuestEnd::Stopped(format!(
+            "VMREAD/VMWRITE failed while handling an exit: {fail}"
+        ))),
+    }
+}
+
+/// Outcome of one handler before RIP bookkeeping.
+enum Handled {
+    /// The instruction was emulated: skip it.
+    Skip,
+    /// Re-run the instruction (an exception was injected or nothing was executed).
+    Stay,
+    End(GuestEnd),
+}
+
+fn dispatch(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    mem: &mut GuestMemory<'_>,
+    host: &mut impl HostServices,
+) -> Result<Next, VmFail> {
+    let raw = ExitReasonField(vmcs.read32_ro(Vmcs32Ro::ExitReason)?);
+    if let Some(counter) = vcpu.counters.0.get_mut(raw.basic() as usize) {
+        *counter += 1;
+    }
+    let qualification = vmcs.read_natural_ro(VmcsNaturalRo::ExitQualification)?;
+    if raw.entry_failure() {
+        return Ok(stop(format!(
+            "VM entry failed: basic reason {} qualification {qualification:#x}",
+            raw.basic()
+        )));
+    }
+    let Ok(reason) = raw.reason() else {
+        return Ok(stop(format!("unknown VM exit reason {}", raw.basic())));
+    };
+    let handled = match reason {
+        ExitReason::Cpuid => cpuid(vcpu, host),
+        ExitReason::Rdmsr => rdmsr(vmcs, vcpu, host)?,
+        ExitReason::Wrmsr => wrmsr(vmcs, vcpu)?,
+        ExitReason::IoInstruction => io(vcpu, host, qualification),
+        ExitReason::Vmcall => hypercall(vcpu, mem),
+        ExitReason::Hlt => hlt(vmcs)?,
+        ExitReason::GdtrIdtrAccess => descriptor_table(vmcs, vcpu, mem, qualification)?,
+        ExitReason::CrAccess => control_register(vmcs, vcpu, qualification)?,
+        ExitReason::PreemptionTimer => Handled::Stay,
+        ExitReason::EptViolation => {
+            let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
+            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+            Handled::End(GuestEnd::Stopped(format!(
+                "EPT violation: guest-physical {gpa:#x} is not guest memory (qualification {qualification:#x}, rip {rip:#x})"
+            )))
+        }
+        ExitReason::TripleFault => {
+            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+            Handled::End(GuestEnd::Stopped(format!("triple fault at rip {rip:#x}")))
+        }
+        ExitReason::ExceptionOrNmi => {
+            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
+            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+            Handled::End(GuestEnd::Stopped(format!(
+                "unexpected exception vector {} at rip {rip:#x}",
+                info.vector
+            )))
+        }
+        other => Handled::End(GuestEnd::Stopped(format!(
+            "unhandled VM exit: {} ({})",
+            other as u16,
+            other.description()
+        ))),
+    };
+    match handled {
+        Handled::Skip => {
+            skip_instruction(vmcs)?;
+            Ok(Next::Resume)
+        }
+        Handled::Stay => Ok(Next::Resume),
+        Handled::End(end) => Ok(Next::End(end)),
+    }
+}
+
+fn stop(why: String) -> Next {
+    Next::End(GuestEnd::Stopped(why))
+}
+
+/// Advances RIP past the exiting instruction and ends STI/MOV-SS blocking, as executing it would have
+/// (SDM Vol. 3C 27.3.1.5 requires no such blocking when injecting after an emulated instruction).
+fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
+    let len = vmcs.read32_ro(Vmcs32Ro::ExitInstructionLength)?;
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+    vmcs.write_natural(VmcsNatural::GuestRip, rip.wrapping_add(u64::from(len)))?;
+    let interruptibility = vmcs.read32(Vmcs32::GuestInterruptibilityState)?;
+    if interruptibility & BLOCKING_STI_MOV_SS != 0 {
+        vmcs.write32(
+            Vmcs32::GuestInterruptibilityState,
+            interruptibility & !BLOCKING_STI_MOV_SS,
+        )?;
+    }
+    Ok(())
+}
+
+/// Injects #GP(0) on the next entry (SDM 26.6: hardware exception with error code).
+fn inject_gp(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
+    let info = InterruptionInfo::inject(VECTOR_GP, EventType::HardwareException, true);
+    vmcs.write32(Vmcs32::EntryInterruptionInfo, info.encode())?;
+    vmcs.write32(Vmcs32::EntryExceptionErrorCode, 0)?;
+    Ok(Handled::Stay)
+}
+
+fn cpuid(vcpu: &mut Vcpu, host: &impl HostServices) -> Handled {
+    let (leaf, subleaf) = (vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
+    let [a, b, c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf));
+    (vcpu.regs.rax, vcpu.regs.rbx, vcpu.regs.rcx, vcpu.regs.rdx) =
+        (a.into(), b.into(), c.into(), d.into());
+    Handled::Skip
+}
+
+fn rdmsr(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    host: &impl HostServices,
+) -> Result<Handled, VmFail> {
+    let soft = &vcpu.soft_msrs;
+    let value = match vcpu.regs.rcx as u32 {
+        msr::TSC => host.rdtsc(),
+        msr::APIC_BASE => vcpu.apic_base,
+        // Fast strings on (bit 0), consistent with CPUID's ERMS; nothing else enabled.
+        msr::MISC_ENABLE => 1,
+        msr::PLATFORM_ID | msr::BIOS_SIGN_ID => 0,
+        msr::PAT => soft.pat,
+        msr::EFER => vmcs.read64(Vmcs64::GuestIa32Efer)?,
+        msr::STAR => soft.star,
+        msr::LSTAR => soft.lstar,
+        msr::CSTAR => soft.cstar,
+        msr::FMASK => soft.fmask,
+        msr::FS_BASE => vmcs.read_natural(VmcsNatural::GuestFsBase)?,
+        msr::GS_BASE => vmcs.read_natural(VmcsNatural::GuestGsBase)?,
+        msr::KERNEL_GS_BASE => soft.kernel_gs_base,
+        msr::TSC_AUX => soft.tsc_aux,
+        // The virtual x2APIC is not modelled yet: its registers read as not implemented.
+        _ => return inject_gp(vmcs),
+    };
+    vcpu.regs.rax = value & 0xFFFF_FFFF;
+    vcpu.regs.rdx = value >> 32;
+    Ok(Handled::Skip)
+}
+
+fn wrmsr(vmcs: &mut impl VmcsAccess, vcpu: &mut Vcpu) -> Result<Handled, VmFail> {
+    let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xFFFF_FFFF);
+    let soft = &mut vcpu.soft_msrs;
+    match vcpu.regs.rcx as u32 {
+        msr::APIC_BASE => {
+            if value & !APIC_BASE_WRITABLE != APIC_BASE_RESET & !APIC_BASE_WRITABLE {
+                // Moving the APIC or clearing the BSP flag is not supported.
+                return inject_gp(vmcs);
+            }
+            vcpu.apic_base = value;
+        }
+        msr::MISC_ENABLE => {}
+        msr::PAT => soft.pat = value,
+        msr::EFER => {
+            // LMA is the CPU's (SDM 2.2.1); changing LME with paging on is #GP on hardware, and a guest
+            // cannot leave long mode here anyway.
+            const LME: u64 = 1 << 8;
+            const LMA: u64 = 1 << 10;
+            let current = vmcs.read64(Vmcs64::GuestIa32Efer)?;
+            if (value ^ current) & LME != 0 {
+                return inject_gp(vmcs);
+            }
+            vmcs.write64(Vmcs64::GuestIa32Efer, (value & !LMA) | (current & LMA))?;
+        }
+        msr::STAR => soft.star = value,
+        msr::LSTAR => soft.lstar = value,
+        msr::CSTAR => soft.cstar = value,
+        msr::FMASK => soft.fmask = value,
+        msr::FS_BASE => vmcs.write_natural(VmcsNatural::GuestFsBase, value)?,
+        msr::GS_BASE => vmcs.write_natural(VmcsNatural::GuestGsBase, value)?,
+        msr::KERNEL_GS_BASE => soft.kernel_gs_base = value,
+        msr::TSC_AUX => soft.tsc_aux = value,
+        // IPIs, INIT and SIPI would reach the host's CPUs: refused.
+        msr::X2APIC_ICR => return inject_gp(vmcs),
+        msr::X2APIC_FIRST..=msr::X2APIC_LAST => return inject_gp(vmcs),
+        _ => return inject_gp(vmcs),
+    }
+    Ok(Handled::Skip)
+}
+
+fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Handled {
+    let Some(access) = IoQualification::decode(qualification) else {
+        return Handled::End(GuestEnd::Stopped(format!(
+            "malformed I/O exit qualification {qualification:#x}"
+        )));
+    };
+    if access.string {
+        return Handled::End(GuestEnd::Stopped(format!(
+            "string I/O to port {:#x} is not emulated",
+            access.port
+        )));
+    }
+    let value = match access.direction {
+        IoDirection::Out => {
+            if (COM1..COM1 + 8).contains(&access.port) {
+                vcpu.console
+                    .write(access.port - COM1, vcpu.regs.rax as u8, host);
+            }
+            return Handled::Skip;
+        }
+        IoDirection::In if (COM1..COM1 + 8).contains(&access.port) => {
+            u32::from(vcpu.console.read(access.port - COM1))
+        }
+        // Nothing decodes an unassigned port: the bus floats to all ones.
+        IoDirection::In => u32::MAX,
+    };
+    let rax = &mut vcpu.regs.rax;
+    *rax = match access.size {
+        1 => (*rax & !0xFF) | u64::from(value & 0xFF),
+        2 => (*rax & !0xFFFF) | u64::from(value & 0xFFFF),
+        // A 32-bit register write zero-extends (SDM Vol. 1 3.4.1.1).
+        _ => u64::from(value),
+    };
+    Handled::Skip
+}
+
+impl VirtualConsole {
+    fn write(&mut self, register: u16, byte: u8, host: &mut impl HostServices) {
+        const LCR: u16 = 3;
+        match register {
+            0 if self.lcr & 0x80 == 0 => match byte {
+                b'\n' => {
+                    host.console_line(&self.line);
+                    self.line.clear();
+                }
+                b'\r' => {}
+                _ if self.line.len() < MAX_CONSOLE_LINE => self.line.push(char::from(byte)),
+                _ => {}
+            },
+            LCR => self.lcr = byte,
+            _ => {}
+        }
+    }
+
+    fn read(&self, register: u16) -> u8 {
+        match register {
+            3 => self.lcr,
+            5 => UART_LSR_THRE_TEMT,
+            _ => 0,
+        }
+    }
+
+    /// What the guest printed after its last newline.
+    pub fn pending(&self) -> &str {
+        &self.line
+    }
+}
+
+fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>) -> Handled {
+    let regs = &mut vcpu.regs;
+    regs.rax = match Hypercall::from_raw(regs.rax) {
+        Some(Hypercall::Version) => ABI_VERSION,
+        Some(Hypercall::PowerOff) => return Handled::End(GuestEnd::PoweredOff(regs.rdi as u32)),
+        Some(Hypercall::ResetExitCounters) => {
+            vcpu.counters = ExitCounters::default();
+            0
+        }
+        Some(Hypercall::ReadExitCounters) => {
+            let count = (regs.rsi as usize).min(EXIT_REASON_COUNT);
+            match mem.slice_mut(regs.rdi, count as u64 * 8) {
+                Some(buffer) => {
+                    for (chunk, value) in buffer.chunks_exact_mut(8).zip(vcpu.counters.0.iter()) {
+                        chunk.copy_from_slice(&value.to_le_bytes());
+                    }
+                    count as u64
+                }
+                None => HypercallError::BadAddress as u64,
+            }
+        }
+        None => HypercallError::UnknownCall as u64,
+    };
+    Handled::Skip
+}
+
+fn hlt(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
+    let rflags = vmcs.read_natural(VmcsNatural::GuestRflags)?;
+    if rflags & RFLAGS_IF == 0 {
+        let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+        return Ok(Handled::End(GuestEnd::Stopped(format!(
+            "HLT with interrupts disabled at rip {rip:#x}: the guest can never wake"
+        ))));
+    }
+    // Let the CPU wait inside the guest until an interrupt arrives (SDM 25.4.2 activity state).
+    skip_instruction(vmcs)?;
+    vmcs.write32(Vmcs32::GuestActivityState, ACTIVITY_HLT)?;
+    Ok(Handled::Stay)
+}
+
+/// LGDT/LIDT/SGDT/SIDT (descriptor-table exiting, SDM 25.6.2; operand per Table 28-10).
+fn descriptor_table(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    mem: &mut GuestMemory<'_>,
+    displacement: u64,
+) -> Result<Handled, VmFail> {
+    let raw_info = vmcs.read32_ro(Vmcs32Ro::ExitInstructionInfo)?;
+    let Some(info) = DescriptorTableInfo::decode(raw_info) else {
+        return Ok(Handled::End(GuestEnd::Stopped(format!(
+            "malformed descriptor-table instruction info {raw_info:#x}"
+        ))));
+    };
+    let segment_base = match info.segment {
+        SegmentReg::Fs => vmcs.read_natural(VmcsNatural::GuestFsBase)?,
+        SegmentReg::Gs => vmcs.read_natural(VmcsNatural::GuestGsBase)?,
+        // ES/CS/SS/DS have base 0 in 64-bit mode (SDM Vol. 3A 3.4.4).
+        _ => 0,
+    };
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let address = info.linear_address(displacement, |r| gpr(&vcpu.regs, rsp, r), segment_base);
+    let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
+    match info.instruction {
+        DtInstruction::Lidt | DtInstruction::Lgdt => {
+            let Some(bytes) = mem.read_virt::<10>(cr3, address) else {
+                return Ok(Handled::End(GuestEnd::Stopped(format!(
+                    "LIDT/LGDT operand {address:#x} is not mapped"
+                ))));
+            };
+            let limit = u16::from_le_bytes([bytes[0], bytes[1]]);
+            let base = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+            if info.instruction == DtInstruction::Lidt {
+                vcpu.guest_idtr = (base, limit);
+                vmcs.write_natural(VmcsNatural::GuestIdtrBase, base)?;
+                vmcs.write32(Vmcs32::GuestIdtrLimit, limit.into())?;
+            } else {
+                vmcs.write_natural(VmcsNatural::GuestGdtrBase, base)?;
+                vmcs.write32(Vmcs32::GuestGdtrLimit, limit.into())?;
+            }
+        }
+        DtInstruction::Sidt | DtInstruction::Sgdt => {
+            let (base, limit) = if info.instruction == DtInstruction::Sidt {
+                vcpu.guest_idtr
+            } else {
+                (
+                    vmcs.read_natural(VmcsNatural::GuestGdtrBase)?,
+                    vmcs.read32(Vmcs32::GuestGdtrLimit)? as u16,
+                )
+            };
+            let mut bytes = [0u8; 10];
+            bytes[..2].copy_from_slice(&limit.to_le_bytes());
+            bytes[2..].copy_from_slice(&base.to_le_bytes());
+            if mem.write_virt(cr3, address, &bytes).is_none() {
+                return Ok(Handled::End(GuestEnd::Stopped(format!(
+                    "SIDT/SGDT operand {address:#x} is not mapped"
+                ))));
+            }
+        }
+    }
+    Ok(Handled::Skip)
+}
+
+/// MOV to CR0/CR4 that touches a bit the host owns (the guest/host masks): the guest keeps its view in
+/// the read shadow, the CPU keeps the VMX fixed bits.
+fn control_register(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    qualification: u64,
+) -> Result<Handled, VmFail> {
+    let access = CrAccess::decode(qualification);
+    let CrAccessKind::MovToCr(source) = access.kind else {
+        return Ok(Handled::End(GuestEnd::Stopped(format!(
+            "unsupported control-register access {qualification:#x}"
+        ))));
+    };
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let value = gpr(&vcpu.regs, rsp, source);
+    match access.cr {
+        0 => {
+            let (fixed0, fixed1) = vcpu.cr0_fixed;
+            if value & fixed0 != fixed0 {
+                return Ok(Handled::End(GuestEnd::Stopped(format!(
+                    "guest cleared CR0 bits VMX needs ({value:#x}): leaving paged protected mode is not supported"
+                ))));
+            }
+            vmcs.write_natural(VmcsNatural::Cr0ReadShadow, value)?;
+            vmcs.write_natural(VmcsNatural::GuestCr0, (value | fixed0) & fixed1)?;
+        }
+        4 => {
+            let (fixed0, fixed1) = vcpu.cr4_fixed;
+            vmcs.write_natural(VmcsNatural::Cr4ReadShadow, value)?;
+            vmcs.write_natural(VmcsNatural::GuestCr4, (value | fixed0) & fixed1)?;
+        }
+        cr => {
+            return Ok(Handled::End(GuestEnd::Stopped(format!(
+                "unexpected MOV to CR{cr} exit"
+            ))))
+        }
+    }
+    Ok(Handled::Skip)
+}
+
+fn gpr(regs: &GuestRegisters, rsp: u64, reg: Gpr) -> u64 {
+    match reg {
+        Gpr::Rax => regs.rax,
+        Gpr::Rcx => regs.rcx,
+        Gpr::Rdx => regs.rdx,
+        Gpr::Rbx => regs.rbx,
+        Gpr::Rsp => rsp,
+        Gpr::Rbp => regs.rbp,
+        Gpr::Rsi => regs.rsi,
+        Gpr::Rdi => regs.rdi,
+        Gpr::R8 => regs.r8,
+        Gpr::R9 => regs.r9,
+        Gpr::R10 => regs.r10,
+        Gpr::R11 => regs.r11,
+        Gpr::R12 => regs.r12,
+        Gpr::R13 => regs.r13,
+        Gpr::R14 => regs.r14,
+        Gpr::R15 => regs.r15,
+    }
+}
+
+#[cfg(test)]
+mod tests;

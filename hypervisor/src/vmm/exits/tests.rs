@@ -1,0 +1,266 @@
+//! Exit handling driven through a fake VMCS, as the CPU would leave it after each exit.
+
+use super::*;
+use crate::vmx::vmcs::FakeVmcs;
+use crate::vmx::vmcs_fields::Vmcs32Ro;
+use alloc::vec;
+use alloc::vec::Vec;
+
+#[derive(Default)]
+struct FakeHost {
+    lines: Vec<String>,
+}
+
+impl HostServices for FakeHost {
+    fn console_line(&mut self, line: &str) {
+        self.lines.push(String::from(line));
+    }
+    fn cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
+        match leaf {
+            1 => [0x806C1, 0, 0x77FA_F3BF, 0xBFEB_FBFF],
+            _ => [0; 4],
+        }
+    }
+    fn rdtsc(&self) -> u64 {
+        0x1234_5678_9ABC
+    }
+}
+
+const RIP: u64 = 0xffff_ffff_8000_1000;
+
+/// A VMCS after an exit with `reason`, `qualification` and an instruction of `len` bytes at RIP.
+fn exited(reason: u32, qualification: u64, len: u32) -> FakeVmcs {
+    let mut vmcs = FakeVmcs::new();
+    vmcs.set(Vmcs32Ro::ExitReason as u32, reason.into());
+    vmcs.set(VmcsNaturalRo::ExitQualification as u32, qualification);
+    vmcs.set(Vmcs32Ro::ExitInstructionLength as u32, len.into());
+    vmcs.set(VmcsNatural::GuestRip as u32, RIP);
+    vmcs.set(VmcsNatural::GuestRsp as u32, 0x8000);
+    vmcs.set(VmcsNatural::GuestRflags as u32, 2);
+    vmcs.set(Vmcs32::GuestInterruptibilityState as u32, 0);
+    vmcs.set(Vmcs64::GuestIa32Efer as u32, 0xD00);
+    vmcs.set(VmcsNatural::GuestCr3 as u32, 0x1000);
+    vmcs
+}
+
+/// 2 MiB of guest RAM whose page tables (at 0x1000) identity-map the first GiB with one 1 GiB page.
+fn ram() -> Vec<u8> {
+    let mut ram = vec![0u8; 2 << 20];
+    ram[0x1000..0x1008].copy_from_slice(&(0x2000u64 | 3).to_le_bytes());
+    ram[0x2000..0x2008].copy_from_slice(&0x83u64.to_le_bytes());
+    ram
+}
+
+fn run(vmcs: &mut FakeVmcs, vcpu: &mut Vcpu, ram: &mut [u8], host: &mut FakeHost) -> Next {
+    handle_exit(vmcs, vcpu, &mut GuestMemory::new(ram), host)
+}
+
+fn rip(vmcs: &FakeVmcs) -> u64 {
+    vmcs.get(VmcsNatural::GuestRip as u32).unwrap()
+}
+
+fn injected_gp(vmcs: &FakeVmcs) -> bool {
+    // Valid (31), hardware exception (type 3), error code (11), vector 13: SDM 25.8.3.
+    vmcs.get(Vmcs32::EntryInterruptionInfo as u32) == Some(0x8000_0B0D)
+}
+
+#[test]
+fn cpuid_hides_vmx_and_skips_the_instruction() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(10, 0, 2),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vcpu.regs.rax = 1;
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(vcpu.regs.rcx & (1 << 5), 0);
+    assert_ne!(vcpu.regs.rcx & (1 << 31), 0);
+    assert_eq!(rip(&vmcs), RIP + 2);
+    assert_eq!(vcpu.counters.0[10], 1);
+}
+
+#[test]
+fn unknown_msrs_and_icr_writes_get_gp_without_skipping() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(31, 0, 2),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vcpu.regs.rcx = 0x1FF0;
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert!(injected_gp(&vmcs));
+    assert_eq!(rip(&vmcs), RIP, "a faulting instruction is not skipped");
+
+    let mut vmcs = exited(32, 0, 2);
+    vcpu.regs.rcx = 0x830;
+    vcpu.regs.rax = 0xC4500; // INIT to all excluding self
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert!(injected_gp(&vmcs));
+}
+
+#[test]
+fn known_msrs_read_and_write() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(31, 0, 2),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vcpu.regs.rcx = 0x10;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!((vcpu.regs.rdx, vcpu.regs.rax), (0x1234, 0x5678_9ABC));
+    let mut vmcs = exited(32, 0, 2);
+    vcpu.regs.rcx = 0xC000_0080;
+    vcpu.regs.rax = 0x501; // SCE on, LME kept
+    vcpu.regs.rdx = 0;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(
+        vmcs.get(Vmcs64::GuestIa32Efer as u32),
+        Some(0x501 | 0x400),
+        "LMA stays the CPU's"
+    );
+    let mut vmcs = exited(32, 0, 2);
+    vcpu.regs.rax = 0x001; // clearing LME
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert!(injected_gp(&vmcs));
+}
+
+#[test]
+fn unassigned_ports_float_high_and_com1_lines_are_forwarded() {
+    // IN AL, DX from port 0x2E0: size 1 (0), direction in (bit 3), port in bits 31:16.
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(30, (0x2E0 << 16) | 8, 1),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vcpu.regs.rax = 0xAABB_CC00;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.regs.rax, 0xAABB_CCFF);
+    for byte in b"hi\r\n" {
+        let mut vmcs = exited(30, u64::from(COM1) << 16, 1);
+        vcpu.regs.rax = u64::from(*byte);
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    }
+    assert_eq!(host.lines, ["hi"]);
+    // LSR reads "transmitter empty" so the guest's UART driver never waits.
+    let mut vmcs = exited(30, (u64::from(COM1 + 5) << 16) | 8, 1);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.regs.rax & 0xFF, 0x60);
+    assert_eq!(vcpu.counters.0[30], 6);
+}
+
+#[test]
+fn hypercalls_report_counters_and_power_off() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(18, 0, 3),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vcpu.counters.0[30] = 7;
+    vcpu.regs.rax = Hypercall::ReadExitCounters as u64;
+    vcpu.regs.rdi = 0x10_0000;
+    vcpu.regs.rsi = 1000;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.regs.rax, EXIT_REASON_COUNT as u64);
+    let at = |i: usize| {
+        u64::from_le_bytes(
+            ram[0x10_0000 + i * 8..0x10_0000 + i * 8 + 8]
+                .try_into()
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        (at(30), at(18)),
+        (7, 1),
+        "includes the VMCALL being handled"
+    );
+    assert_eq!(rip(&vmcs), RIP + 3);
+
+    let mut vmcs = exited(18, 0, 3);
+    vcpu.regs.rax = Hypercall::ReadExitCounters as u64;
+    vcpu.regs.rdi = (2 << 20) - 8;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.regs.rax, HypercallError::BadAddress as u64);
+
+    let mut vmcs = exited(18, 0, 3);
+    vcpu.regs.rax = Hypercall::PowerOff as u64;
+    vcpu.regs.rdi = 4;
+    assert_eq!(
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host),
+        Next::End(GuestEnd::PoweredOff(4))
+    );
+}
+
+#[test]
+fn lidt_then_sidt_round_trips_through_guest_memory() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    // LIDT [rax]: 64-bit address size, DS, no index, base RAX, identity LIDT (SDM Table 28-10).
+    let mut vmcs = exited(46, 0, 3);
+    vmcs.set(Vmcs32Ro::ExitInstructionInfo as u32, 0x3041_8100);
+    ram[0x5000..0x500A]
+        .copy_from_slice(&[0xFF, 0x0F, 0x00, 0x40, 0x00, 0x80, 0xFF, 0xFF, 0xFF, 0xFF]);
+    vcpu.regs.rax = 0x5000;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.guest_idtr, (0xffff_ffff_8000_4000, 0xFFF));
+    assert_eq!(
+        vmcs.get(VmcsNatural::GuestIdtrBase as u32),
+        Some(0xffff_ffff_8000_4000)
+    );
+    // SIDT [rax + 0x10] (displacement in the exit qualification).
+    let mut vmcs = exited(46, 0x10, 4);
+    vmcs.set(Vmcs32Ro::ExitInstructionInfo as u32, 0x1041_8100);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(
+        &ram[0x5010..0x501A],
+        &[0xFF, 0x0F, 0x00, 0x40, 0x00, 0x80, 0xFF, 0xFF, 0xFF, 0xFF]
+    );
+    assert_eq!(vcpu.counters.0[46], 2);
+}
+
+#[test]
+fn faults_stop_only_the_guest_with_a_report() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(48, 0x2, 0),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    vmcs.set(Vmcs64Ro::GuestPhysicalAddress as u32, 0x8000_0000);
+    let Next::End(GuestEnd::Stopped(why)) = run(&mut vmcs, &mut vcpu, &mut ram, &mut host) else {
+        panic!()
+    };
+    assert!(why.contains("0x80000000"), "{why}");
+    let mut vmcs = exited(2, 0, 0);
+    assert!(matches!(
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host),
+        Next::End(GuestEnd::Stopped(_))
+    ));
+    let mut vmcs = exited(0x8000_0021, 0, 0);
+    let Next::End(GuestEnd::Stopped(why)) = run(&mut vmcs, &mut vcpu, &mut ram, &mut host) else {
+        panic!()
+    };
+    assert!(why.contains("VM entry failed"), "{why}");
+}
+
+#[test]
+fn hlt_waits_in_the_guest_unless_interrupts_are_off() {
+    let (mut vmcs, mut vcpu, mut ram, mut host) = (
+        exited(12, 0, 1),
+        Vcpu::default(),
+        ram(),
+        FakeHost::default(),
+    );
+    assert!(matches!(
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host),
+        Next::End(GuestEnd::Stopped(_))
+    ));
+    let mut vmcs = exited(12, 0, 1);
+    vmcs.set(VmcsNatural::GuestRflags as u32, 0x202);
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(vmcs.get(Vmcs32::GuestActivityState as u32), Some(1));
+    assert_eq!(rip(&vmcs), RIP + 1);
+}

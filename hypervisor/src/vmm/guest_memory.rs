@@ -1,0 +1,157 @@
+//! A guest's RAM as the host sees it (guest-physical 0..len, one contiguous host range), with bounds-
+//! checked access and a walk of the guest's own page tables for operands given as guest-virtual addresses.
+
+/// Guest RAM. On the machine it is the identity-mapped host range backing guest-physical 0..len.
+pub struct GuestMemory<'a> {
+    ram: &'a mut [u8],
+}
+
+// Paging-structure entry bits (SDM Vol. 3A 4.5).
+const PRESENT: u64 = 1 << 0;
+const PAGE_SIZE: u64 = 1 << 7;
+const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+impl<'a> GuestMemory<'a> {
+    pub fn new(ram: &'a mut [u8]) -> Self {
+        Self { ram }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.ram.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ram.is_empty()
+    }
+
+    /// `len` bytes at guest-physical `gpa`, if they are all guest RAM.
+    pub fn slice(&self, gpa: u64, len: u64) -> Option<&[u8]> {
+        let end = gpa.checked_add(len)?;
+        (end <= self.len()).then(|| &self.ram[gpa as usize..end as usize])
+    }
+
+    pub fn slice_mut(&mut self, gpa: u64, len: u64) -> Option<&mut [u8]> {
+        let end = gpa.checked_add(len)?;
+        (end <= self.len()).then(|| &mut self.ram[gpa as usize..end as usize])
+    }
+
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        Some(u64::from_le_bytes(self.slice(gpa, 8)?.try_into().ok()?))
+    }
+
+    /// Translates a guest-virtual address through the guest's 4-level page tables at `cr3`
+    /// (4 KiB, 2 MiB and 1 GiB pages; SDM Vol. 3A 4.5). `None` if not mapped or a table lies outside RAM.
+    pub fn translate(&self, cr3: u64, virt: u64) -> Option<u64> {
+        let mut table = cr3 & ADDRESS_MASK;
+        for (level, shift) in [(4, 39u64), (3, 30), (2, 21), (1, 12)] {
+            let entry = self.read_u64(table + ((virt >> shift) & 511) * 8)?;
+            if entry & PRESENT == 0 {
+                return None;
+            }
+            let leaf = level == 1 || ((level == 3 || level == 2) && entry & PAGE_SIZE != 0);
+            if leaf {
+                let page_mask = (1u64 << shift) - 1;
+                return Some((entry & ADDRESS_MASK & !page_mask) | (virt & page_mask));
+            }
+            table = entry & ADDRESS_MASK;
+        }
+        None
+    }
+
+    /// Reads `N` bytes at a guest-virtual address; the range may cross a page boundary.
+    pub fn read_virt<const N: usize>(&self, cr3: u64, virt: u64) -> Option<[u8; N]> {
+        let mut out = [0u8; N];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let gpa = self.translate(cr3, virt.wrapping_add(i as u64))?;
+            *byte = self.slice(gpa, 1)?[0];
+        }
+        Some(out)
+    }
+
+    /// Writes bytes at a guest-virtual address; nothing is written unless every byte is mapped.
+    pub fn write_virt(&mut self, cr3: u64, virt: u64, bytes: &[u8]) -> Option<()> {
+        let mut gpas = [0u64; 16];
+        assert!(
+            bytes.len() <= gpas.len(),
+            "write_virt takes at most 16 bytes"
+        );
+        for (i, gpa) in gpas.iter_mut().enumerate().take(bytes.len()) {
+            *gpa = self
+                .translate(cr3, virt.wrapping_add(i as u64))
+                .filter(|&g| g < self.len())?;
+        }
+        for (byte, gpa) in bytes.iter().zip(gpas) {
+            self.ram[gpa as usize] = *byte;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn put(ram: &mut [u8], at: u64, value: u64) {
+        ram[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000; virt 0x40_0000 (4K) -> 0x9000,
+    /// virt 0x20_0000 (2M) -> 0x60_0000, virt 0x4000_0000 (1G) -> 0.
+    fn tables() -> alloc::vec::Vec<u8> {
+        let mut ram = vec![0u8; 8 << 20];
+        put(&mut ram, 0x1000, 0x2000 | 3);
+        put(&mut ram, 0x2000, 0x3000 | 3);
+        put(&mut ram, 0x2008, 0x83);
+        put(&mut ram, 0x3000 + 8, 0x60_0000 | 0x83);
+        put(&mut ram, 0x3000 + 16, 0x4000 | 3);
+        put(&mut ram, 0x4000, 0x9000 | 3);
+        ram
+    }
+
+    #[test]
+    fn walks_4k_2m_and_1g_pages() {
+        let mut ram = tables();
+        let mem = GuestMemory::new(&mut ram);
+        assert_eq!(mem.translate(0x1000, 0x40_0123), Some(0x9123));
+        assert_eq!(mem.translate(0x1000, 0x20_0456), Some(0x60_0456));
+        assert_eq!(mem.translate(0x1000, 0x4000_0789), Some(0x789));
+        assert_eq!(
+            mem.translate(0x1000, 0x40_1000),
+            None,
+            "PT entry 1 not present"
+        );
+        assert_eq!(
+            mem.translate(0x1000, 0x80_0000_0000),
+            None,
+            "PML4 entry 1 not present"
+        );
+    }
+
+    #[test]
+    fn virtual_reads_and_writes_cross_pages_and_refuse_unmapped_bytes() {
+        let mut ram = tables();
+        let mut mem = GuestMemory::new(&mut ram);
+        mem.write_virt(0x1000, 0x40_0000, &[1, 2, 3]).unwrap();
+        assert_eq!(mem.read_virt::<3>(0x1000, 0x40_0000), Some([1, 2, 3]));
+        assert_eq!(
+            mem.write_virt(0x1000, 0x40_0FFE, &[9, 9, 9, 9]),
+            None,
+            "runs into an unmapped page"
+        );
+        assert_eq!(
+            mem.slice(0x9FFE, 2),
+            Some(&[0u8, 0][..]),
+            "nothing written by the refused write"
+        );
+    }
+
+    #[test]
+    fn physical_access_is_bounds_checked() {
+        let mut ram = vec![0u8; 4096];
+        let mem = GuestMemory::new(&mut ram);
+        assert!(mem.slice(4090, 6).is_some());
+        assert!(mem.slice(4090, 7).is_none());
+        assert!(mem.slice(u64::MAX, 2).is_none());
+    }
+}
