@@ -40,6 +40,9 @@ pub struct GuestConfig {
     pub ports: Vec<(u16, u16)>,
     /// IOAPIC pins whose interrupts belong to the guest.
     pub ioapic_pins: Vec<u8>,
+    /// For tests of the hypervisor's defences: the guest is expected to be stopped with a reason that
+    /// contains this text (e.g. `EPT violation`), instead of powering off with code 0.
+    pub expect_stop: Option<String>,
 }
 
 impl GuestConfig {
@@ -53,6 +56,7 @@ impl GuestConfig {
             interrupts: InterruptMode::Baseline,
             ports: Vec::new(),
             ioapic_pins: Vec::new(),
+            expect_stop: None,
         }
     }
 }
@@ -183,6 +187,7 @@ impl GuestConfig {
                     }
                 }
             }
+            "expect_stop" => self.expect_stop = Some(String::from(value)),
             "ioapic_pins" => {
                 for pin in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match parse_u64(pin) {
@@ -193,7 +198,7 @@ impl GuestConfig {
             }
             _ => {
                 return Err(format!(
-                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins)"
+                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop)"
                 ))
             }
         }

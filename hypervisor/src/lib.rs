@@ -15,4 +15,5 @@ pub mod platform;
 pub mod summary;
 pub mod vmx;
 pub mod vmm;
+pub mod virq;
 pub mod vtd;

@@ -15,8 +15,10 @@ extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod kernel {
+    use alloc::format;
     use alloc::vec::Vec;
     use exitless_abi::boot_info::BootInfo;
+    use exitless_abi::boot_info::Module;
     use exitless_abi::protocol::{self, Outcome};
     use hypervisor::arch::{exceptions, gdt, power, serial};
     use hypervisor::caps::{cpu::CpuInfo, vmx::VmxCaps};
@@ -24,6 +26,8 @@ mod kernel {
     use hypervisor::memory::{frames::FrameAllocator, heap};
     use hypervisor::pci::{self, ConfigAccess, Ecam, LegacyPorts, PciTopology};
     use hypervisor::platform::{AcpiStatus, Platform};
+    use hypervisor::vmm::exits::GuestEnd;
+    use hypervisor::vmm::runner::VmxCpu;
     use hypervisor::{println, summary};
     use linked_list_allocator::LockedHeap;
 
@@ -57,7 +61,7 @@ mod kernel {
         serial::init(log::LevelFilter::Info);
         println!();
         println!("Exitless {} hypervisor", env!("CARGO_PKG_VERSION"));
-        gdt::init();
+        let selectors = gdt::init();
         exceptions::init();
 
         // SAFETY: the loader passes the physical (identity-mapped) address of a BootInfo in rdi.
@@ -145,12 +149,58 @@ mod kernel {
         );
 
         let _ = results.write(&mut console);
+        let mut exit_code = results.exit_code();
+        if !config.guests.is_empty() {
+            exit_code |= run_guests(&config, &vmx, modules, &mut frames, &selectors);
+        }
         if config.selftest == SelfTest::Exception {
             log::info!("self-test: executing ud2, expecting an #UD report and a clean stop");
             // SAFETY: deliberately raises #UD; the handler reports it and stops the machine.
             unsafe { core::arch::asm!("ud2") };
         }
-        power::power_off(results.exit_code())
+        power::power_off(exit_code)
+    }
+
+    /// Runs every configured guest, one after the other, as the `guests` suite; returns 1 if any failed.
+    fn run_guests(
+        config: &Config,
+        vmx: &VmxCaps,
+        modules: &[Module],
+        frames: &mut FrameAllocator,
+        selectors: &gdt::Selectors,
+    ) -> u32 {
+        let mut console = serial::Console;
+        let _ = protocol::write_begin(&mut console, "guests");
+        let mut results = summary::Results::default();
+        match VmxCpu::enable(vmx, frames, selectors) {
+            Err(why) => {
+                log::error!("cannot run guests: {why}");
+                for guest in &config.guests {
+                    results.record(
+                        format!("guest-{}", guest.name),
+                        Outcome::Failed("VMX unavailable (see log)"),
+                    );
+                }
+            }
+            Ok(cpu) => {
+                for (index, guest) in config.guests.iter().enumerate() {
+                    let report = cpu.run(guest, modules, frames, index as u16 + 1);
+                    match &report.end {
+                        GuestEnd::PoweredOff(code) => {
+                            log::info!("guest {} powered off with code {code}", guest.name)
+                        }
+                        GuestEnd::Stopped(why) => log::warn!("guest {} stopped: {why}", guest.name),
+                    }
+                    let _ = summary::write_guest_exits(&mut console, &report);
+                    results.record(
+                        format!("guest-{}", guest.name),
+                        summary::judge_guest(guest, &report.end),
+                    );
+                }
+            }
+        }
+        let _ = results.write(&mut console);
+        results.exit_code()
     }
 
     /// Enumerates PCI through ECAM where MCFG describes it, legacy 0xCF8/0xCFC otherwise.

@@ -1,12 +1,17 @@
 //! The boot summary: facts about the machine as `summary:` lines, and the kernel's own check results as
 //! protocol RESULT lines (see `exitless_abi::protocol`).
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use exitless_abi::boot_info::{BootInfo, MemoryKind, MemoryRegion, Module};
 use exitless_abi::protocol::{self, Outcome};
 
+use crate::config::GuestConfig;
 use crate::memory::frames::FrameAllocator;
+use crate::vmm::exits::GuestEnd;
+use crate::vmm::runner::GuestReport;
+use crate::vmx::exit::ExitReason;
 
 /// Facts about how the machine was booted and its memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,12 +67,12 @@ impl BootFacts {
 /// The kernel's own checks, in the order they ran.
 #[derive(Default)]
 pub struct Results {
-    entries: Vec<(&'static str, Outcome<'static>)>,
+    entries: Vec<(String, Outcome<'static>)>,
 }
 
 impl Results {
-    pub fn record(&mut self, name: &'static str, outcome: Outcome<'static>) {
-        self.entries.push((name, outcome));
+    pub fn record(&mut self, name: impl Into<String>, outcome: Outcome<'static>) {
+        self.entries.push((name.into(), outcome));
     }
 
     pub fn failed(&self) -> u32 {
@@ -97,6 +102,46 @@ impl Results {
     }
 }
 
+/// One line with a guest's VM exits by reason (only reasons that occurred), printed when it ends.
+pub fn write_guest_exits(out: &mut dyn Write, report: &GuestReport) -> fmt::Result {
+    write!(
+        out,
+        "summary: guest_exits guest={} total={}",
+        report.name,
+        report.counters.total()
+    )?;
+    for (reason, count) in report
+        .counters
+        .0
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != 0)
+    {
+        match ExitReason::from_basic(reason as u16) {
+            Some(r) => write!(out, " {r:?}={count}")?,
+            None => write!(out, " reason{reason}={count}")?,
+        }
+    }
+    writeln!(out)
+}
+
+/// Whether a guest ended the way its configuration expects: powered off with code 0, or stopped with
+/// the expected reason.
+pub fn judge_guest(config: &GuestConfig, end: &GuestEnd) -> Outcome<'static> {
+    match (end, &config.expect_stop) {
+        (GuestEnd::PoweredOff(0), None) => Outcome::Ok,
+        (GuestEnd::PoweredOff(_), None) => Outcome::Failed("the guest reported failures"),
+        (GuestEnd::Stopped(_), None) => Outcome::Failed("the guest was stopped (see log)"),
+        (GuestEnd::Stopped(why), Some(expected)) if why.contains(expected.as_str()) => Outcome::Ok,
+        (GuestEnd::Stopped(_), Some(_)) => {
+            Outcome::Failed("the guest was stopped for another reason")
+        }
+        (GuestEnd::PoweredOff(_), Some(_)) => {
+            Outcome::Failed("the guest was expected to be stopped")
+        }
+    }
+}
+
 /// Checks that the heap hands out distinct, writable memory.
 pub fn check_heap() -> Outcome<'static> {
     let a: Vec<u64> = (0..4096).collect();
@@ -112,7 +157,6 @@ pub fn check_heap() -> Outcome<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::String;
     use exitless_abi::protocol::{parse_line, Line};
 
     #[test]
@@ -134,6 +178,34 @@ mod tests {
             }
         );
         assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn guests_are_judged_by_how_they_were_expected_to_end() {
+        let (mut config, _) = crate::config::Config::parse("[guest g]\nimage = x.elf\n");
+        let mut g = config.guests.remove(0);
+        assert_eq!(judge_guest(&g, &GuestEnd::PoweredOff(0)), Outcome::Ok);
+        assert!(matches!(
+            judge_guest(&g, &GuestEnd::PoweredOff(1)),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            judge_guest(&g, &GuestEnd::Stopped("EPT violation".into())),
+            Outcome::Failed(_)
+        ));
+        g.expect_stop = Some("EPT violation".into());
+        assert_eq!(
+            judge_guest(&g, &GuestEnd::Stopped("EPT violation: 0x80000000".into())),
+            Outcome::Ok
+        );
+        assert!(matches!(
+            judge_guest(&g, &GuestEnd::Stopped("triple fault".into())),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            judge_guest(&g, &GuestEnd::PoweredOff(0)),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub struct Selectors {
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
+/// Base address of the TSS (VMCS host TR base).
+pub fn tss_base() -> u64 {
+    TSS.get()
+        .map_or(0, |tss| tss as *const TaskStateSegment as u64)
+}
+
 /// Builds and loads the GDT and TSS, and reloads every segment register.
 pub fn init() -> Selectors {
     let tss = TSS.call_once(|| {

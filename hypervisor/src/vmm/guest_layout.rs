@@ -93,7 +93,7 @@ impl core::fmt::Display for LayoutError {
 /// Lays out a guest's memory (`ram` is guest-physical 0..len) for `image` and returns its start state.
 pub fn build(ram: &mut [u8], image: &ElfImage<'_>) -> Result<GuestStart, LayoutError> {
     let span = image.span();
-    if span.start % MIB2 != 0 {
+    if !span.start.is_multiple_of(MIB2) {
         return Err(LayoutError::ImageNotAligned(span.start));
     }
     let image_len = image.span_len();

@@ -5,4 +5,5 @@ pub mod cpuid;
 pub mod exits;
 pub mod guest_layout;
 pub mod guest_memory;
+pub mod runner;
 pub mod vmcs_setup;

@@ -1,0 +1,399 @@
+//! The boot disk: a GPT disk (protective MBR, primary and backup headers) holding one FAT32 EFI
+//! System Partition with the loader, the hypervisor, the guests and the configuration.
+//!
+//! The same image boots Bochs, QEMU and a real server written with `dd`. Its size is a whole number
+//! of Bochs cylinders (16 heads x 63 sectors): Bochs sizes a flat disk as C/16/63 and cannot reach
+//! sectors past the last whole cylinder, where the GPT backup header lives (UEFI 2.10 s5.3.2: the
+//! backup header is in the disk's last LBA).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+use fscommon::{BufStream, StreamSlice};
+use gpt::disk::LogicalBlockSize;
+use gpt::mbr::ProtectiveMBR;
+use gpt::partition_types;
+
+use crate::artifacts::Artifacts;
+use crate::config::ImageConfig;
+use crate::fat_fixup;
+use crate::paths;
+
+pub const SECTOR: u64 = 512;
+/// One Bochs cylinder: 16 heads x 63 sectors x 512 bytes.
+pub const CYLINDER_BYTES: u64 = 16 * 63 * SECTOR;
+/// 130 cylinders = 65,520 KiB: big enough for FAT32 with 512-byte clusters (at least 65,525
+/// clusters, Microsoft FAT spec "FAT type determination").
+pub const MIN_CYLINDERS: u64 = 130;
+/// The ESP starts at 1 MiB, the alignment partitioning tools use for real disks.
+pub const ESP_FIRST_LBA: u64 = 2048;
+/// The GPT's backup partition entries and header take the last 33 sectors (128 entries x 128 bytes).
+const GPT_BACKUP_SECTORS: u64 = 33;
+/// FAT32 needs at least this many clusters (with some margin over 65,525).
+const FAT32_MIN_CLUSTERS: u64 = 66_000;
+
+pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+pub const HYPERVISOR_PATH: &str = "exitless/hypervisor.elf";
+pub const CONFIG_PATH: &str = "exitless/exitless.cfg";
+pub const GUESTS_DIR: &str = "exitless/guests";
+
+/// One file on the ESP: its path there (`/`-separated) and contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EspFile {
+    pub path: String,
+    pub data: Vec<u8>,
+}
+
+/// What was written, for messages and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub total_bytes: u64,
+    pub esp_first_lba: u64,
+    pub esp_last_lba: u64,
+    pub cluster_bytes: u32,
+}
+
+/// The ESP's files for these build outputs and configuration text.
+pub fn esp_files(built: &Artifacts, config_text: &str) -> Result<Vec<EspFile>> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut files = vec![
+        EspFile {
+            path: LOADER_PATH.into(),
+            data: read(&built.boot_efi)?,
+        },
+        EspFile {
+            path: HYPERVISOR_PATH.into(),
+            data: read(&built.hypervisor_elf)?,
+        },
+        EspFile {
+            path: CONFIG_PATH.into(),
+            data: config_text.as_bytes().to_vec(),
+        },
+    ];
+    for guest in &built.guests {
+        let stem = guest
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("guest binary without a UTF-8 name")?;
+        files.push(EspFile {
+            path: format!("{GUESTS_DIR}/{stem}.elf"),
+            data: read(guest)?,
+        });
+    }
+    Ok(files)
+}
+
+/// The disk size for this much content: whole cylinders, at least [`MIN_CYLINDERS`].
+pub fn disk_bytes_for(content_bytes: u64) -> u64 {
+    // Room for the GPT, the 1 MiB gap, two FATs (4 bytes per 512-byte cluster each) and slack.
+    let needed = 4 * 1024 * 1024 + content_bytes + content_bytes / 8;
+    needed.div_ceil(CYLINDER_BYTES).max(MIN_CYLINDERS) * CYLINDER_BYTES
+}
+
+/// The smallest cluster size (512 B to 4 KiB) that still leaves FAT32 enough clusters.
+fn cluster_bytes_for(partition_bytes: u64) -> u32 {
+    let mut cluster = 512u32;
+    while cluster < 4096 && partition_bytes / (2 * u64::from(cluster)) >= FAT32_MIN_CLUSTERS {
+        cluster *= 2;
+    }
+    cluster
+}
+
+/// Writes a GPT disk image with one FAT32 ESP holding `files` to `out` (replacing it).
+pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
+    let content: u64 = files
+        .iter()
+        .map(|f| (f.data.len() as u64).next_multiple_of(4096))
+        .sum();
+    let total_bytes = disk_bytes_for(content);
+    let total_lba = total_bytes / SECTOR;
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    disk.set_len(total_bytes)?;
+
+    // Protective MBR: one 0xEE partition over the whole disk (capped at 2^32-1 sectors), UEFI 2.10 s5.2.3.
+    let protective_sectors = u32::try_from(total_lba - 1).unwrap_or(u32::MAX);
+    ProtectiveMBR::with_lb_size(protective_sectors)
+        .overwrite_lba0(&mut disk)
+        .context("writing the protective MBR")?;
+
+    // The ESP ends on a 1 MiB boundary too, before the backup partition array.
+    let last_usable = total_lba - GPT_BACKUP_SECTORS - 1;
+    let esp_last_lba = (last_usable + 1) / ESP_FIRST_LBA * ESP_FIRST_LBA - 1;
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .create_from_device(disk, None)
+        .context("creating the GPT")?;
+    gpt.add_partition_at(
+        "EFI System Partition",
+        1,
+        ESP_FIRST_LBA,
+        esp_last_lba - ESP_FIRST_LBA + 1,
+        partition_types::EFI,
+        0,
+    )
+    .context("adding the ESP")?;
+    let mut disk = gpt.write().context("writing the GPT")?;
+
+    let start = ESP_FIRST_LBA * SECTOR;
+    let end = (esp_last_lba + 1) * SECTOR;
+    let cluster_bytes = cluster_bytes_for(end - start);
+    {
+        let mut slice = StreamSlice::new(&mut disk, start, end)?;
+        fatfs::format_volume(
+            &mut slice,
+            FormatVolumeOptions::new()
+                .fat_type(fatfs::FatType::Fat32)
+                .bytes_per_cluster(cluster_bytes)
+                .volume_label(*b"EXITLESS   "),
+        )
+        .context("formatting the ESP as FAT32")?;
+        let fs = FileSystem::new(BufStream::new(slice), FsOptions::new())?;
+        for file in files {
+            let root = fs.root_dir();
+            let (dir_path, name) = file.path.rsplit_once('/').unwrap_or(("", &file.path));
+            let mut dir = root;
+            for part in dir_path.split('/').filter(|p| !p.is_empty()) {
+                dir = dir.create_dir(part)?;
+            }
+            let mut f = dir
+                .create_file(name)
+                .with_context(|| format!("creating {} on the ESP", file.path))?;
+            f.truncate()?;
+            f.write_all(&file.data)
+                .with_context(|| format!("writing {} on the ESP", file.path))?;
+        }
+        fs.unmount()?;
+    }
+    fat_fixup::fix_volume(
+        &mut StreamSlice::new(&mut disk, start, end)?,
+        ESP_FIRST_LBA as u32,
+    )
+    .context("repairing the FAT32 directories")?;
+    disk.sync_all()?;
+    Ok(Layout {
+        total_bytes,
+        esp_first_lba: ESP_FIRST_LBA,
+        esp_last_lba,
+        cluster_bytes,
+    })
+}
+
+/// Reopens an image with `gpt` and `fatfs` and returns every file on its ESP, by path.
+pub fn read_esp(image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let gpt = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .open(image)
+        .context("reading the GPT")?;
+    let esp = gpt
+        .partitions()
+        .values()
+        .find(|p| p.part_type_guid == partition_types::EFI)
+        .context("no EFI System Partition in the GPT")?
+        .clone();
+    let mut disk = File::open(image)?;
+    let slice = StreamSlice::new(
+        ReadOnly(&mut disk),
+        esp.first_lba * SECTOR,
+        (esp.last_lba + 1) * SECTOR,
+    )?;
+    let fs = FileSystem::new(slice, FsOptions::new())?;
+    if fs.fat_type() != fatfs::FatType::Fat32 {
+        bail!("the ESP is {:?}, not FAT32", fs.fat_type());
+    }
+    let mut files = BTreeMap::new();
+    let mut pending = vec![(String::new(), fs.root_dir())];
+    while let Some((prefix, dir)) = pending.pop() {
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = format!("{prefix}{name}");
+            if entry.is_dir() {
+                pending.push((format!("{path}/"), entry.to_dir()));
+            } else {
+                let mut data = Vec::new();
+                entry.to_file().read_to_end(&mut data)?;
+                files.insert(path, data);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// A file opened read-only, presented as Read + Write + Seek (fatfs wants all three; writing fails).
+struct ReadOnly<'a>(&'a mut File);
+
+impl Read for ReadOnly<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadOnly<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "image opened read-only",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for ReadOnly<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+/// `cargo xtask image`: build, then write the image for a real server (or the given config).
+pub fn image_command(out: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
+    crate::prereq::ensure_rust_targets()?;
+    let built = crate::artifacts::build_all()?;
+    let config_text = match &config {
+        Some(path) => {
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => ImageConfig::server().render(),
+    };
+    let out = out.unwrap_or_else(|| paths::xtask_dir().join("exitless.img"));
+    let files = esp_files(&built, &config_text)?;
+    let layout = write_image(&files, &out)?;
+    // Read it back the way a firmware would (GPT, then FAT32) before anyone writes it to a disk.
+    let back = read_esp(&out).context("reading the new image back")?;
+    for file in &files {
+        if back.get(&file.path) != Some(&file.data) {
+            bail!(
+                "{} did not read back intact from {}",
+                file.path,
+                out.display()
+            );
+        }
+    }
+    println!(
+        "wrote {} ({} KiB, {} cylinders; ESP LBA {}..={}, FAT32 with {}-byte clusters)",
+        out.display(),
+        layout.total_bytes / 1024,
+        layout.total_bytes / CYLINDER_BYTES,
+        layout.esp_first_lba,
+        layout.esp_last_lba,
+        layout.cluster_bytes
+    );
+    for file in &files {
+        println!("  {:<28} {:>9} bytes", file.path, file.data.len());
+    }
+    println!(
+        "write it to a USB stick with: sudo dd if={} of=/dev/sdX bs=4M conv=fsync",
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_files() -> Vec<EspFile> {
+        vec![
+            EspFile {
+                path: LOADER_PATH.into(),
+                data: b"MZ fake loader".to_vec(),
+            },
+            EspFile {
+                path: HYPERVISOR_PATH.into(),
+                data: (0..200_000u32).map(|i| (i % 251) as u8).collect(),
+            },
+            EspFile {
+                path: CONFIG_PATH.into(),
+                data: ImageConfig::server().render().into_bytes(),
+            },
+            EspFile {
+                path: format!("{GUESTS_DIR}/eli.elf"),
+                data: b"\x7fELF guest".to_vec(),
+            },
+        ]
+    }
+
+    #[test]
+    fn image_reopens_with_every_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.img");
+        let files = sample_files();
+        let layout = write_image(&files, &path).unwrap();
+
+        // 130 Bochs cylinders = 65,520 KiB, and the file is exactly that long.
+        assert_eq!(layout.total_bytes, 130 * 516_096);
+        assert_eq!(layout.total_bytes, 65_520 * 1024);
+        assert_eq!(fs::metadata(&path).unwrap().len(), layout.total_bytes);
+
+        let read = read_esp(&path).unwrap();
+        let expected: BTreeMap<String, Vec<u8>> =
+            files.into_iter().map(|f| (f.path, f.data)).collect();
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn disk_has_protective_mbr_and_backup_gpt_in_the_last_sector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.img");
+        let layout = write_image(&sample_files(), &path).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let total_lba = layout.total_bytes / SECTOR;
+
+        // MBR: boot signature 55 AA; first record type 0xEE starting at LBA 1 (UEFI 2.10 table 5-4).
+        assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
+        let record = &bytes[446..462];
+        assert_eq!(record[4], 0xEE);
+        assert_eq!(u32::from_le_bytes(record[8..12].try_into().unwrap()), 1);
+        assert_eq!(
+            u64::from(u32::from_le_bytes(record[12..16].try_into().unwrap())),
+            total_lba - 1
+        );
+
+        // Primary header at LBA 1 and backup header at the last LBA, both "EFI PART".
+        let at = |lba: u64| &bytes[(lba * SECTOR) as usize..][..8];
+        assert_eq!(at(1), b"EFI PART");
+        assert_eq!(at(total_lba - 1), b"EFI PART");
+        // The ESP starts at 1 MiB and ends on a 1 MiB boundary before the backup partition array
+        // (131,040 sectors in all; the last usable one is 131,006; 63 MiB end at LBA 129,023).
+        assert_eq!(layout.esp_first_lba, 2048);
+        assert_eq!(total_lba, 131_040);
+        assert_eq!(layout.esp_last_lba, 129_023);
+        assert_eq!(layout.cluster_bytes, 512);
+    }
+
+    #[test]
+    fn sizes_are_whole_cylinders() {
+        assert_eq!(disk_bytes_for(0), 130 * CYLINDER_BYTES);
+        let big = disk_bytes_for(100 * 1024 * 1024);
+        assert_eq!(big % CYLINDER_BYTES, 0);
+        assert!(big >= 100 * 1024 * 1024 + 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn cluster_size_keeps_fat32_cluster_count() {
+        assert_eq!(cluster_bytes_for(64 * 1024 * 1024), 512);
+        assert_eq!(cluster_bytes_for(1024 * 1024 * 1024), 4096);
+        for size in [40u64 << 20, 100 << 20, 300 << 20, 2 << 30] {
+            assert!(size / u64::from(cluster_bytes_for(size)) >= FAT32_MIN_CLUSTERS);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The emulator tests, as data: each [`Boot`] is one emulator run of one image, and feeds the tests
+//! in its `checks` plus one test per RESULT line the kernel prints. Add a test by adding a check or
+//! a boot here (guest tests, `vtd-...` tests).
+
+use clap::ValueEnum;
+
+use crate::config::ImageConfig;
+use crate::emulator::{BootOutput, Emulator};
+use crate::judge::SerialReport;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Tier {
+    /// Host unit tests (cargo test of exitless-abi, hypervisor's lib, xtask).
+    Host,
+    /// Bochs 2.7 (VT-x with EPT; no ACPI, no IOMMU).
+    Bochs,
+    /// QEMU q35 TCG (VT-d, edu; no VT-x).
+    #[value(name = "qemu-tcg")]
+    QemuTcg,
+    /// Nested QEMU/KVM (VT-x and VT-d), where /dev/kvm offers VMX.
+    #[value(name = "qemu-kvm")]
+    QemuKvm,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Host, Tier::Bochs, Tier::QemuTcg, Tier::QemuKvm];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Host => "host",
+            Tier::Bochs => "bochs",
+            Tier::QemuTcg => "qemu-tcg",
+            Tier::QemuKvm => "qemu-kvm",
+        }
+    }
+
+    pub fn emulator(self) -> Option<Emulator> {
+        match self {
+            Tier::Host => None,
+            Tier::Bochs => Some(Emulator::Bochs),
+            Tier::QemuTcg => Some(Emulator::QemuTcg),
+            Tier::QemuKvm => Some(Emulator::QemuKvm),
+        }
+    }
+}
+
+/// What a check gets: the serial log parsed, and the raw boot output.
+pub struct Evidence<'a> {
+    pub report: &'a SerialReport,
+    pub boot: &'a BootOutput,
+}
+
+/// One named test judged from a boot.
+pub struct Check {
+    pub name: &'static str,
+    pub check: fn(&Evidence<'_>) -> Result<(), String>,
+}
+
+/// When a boot is over.
+#[derive(Clone, Copy)]
+pub enum StopWhen {
+    /// The kernel printed `EXITLESS-POWEROFF` (then the emulator gets a grace period to exit).
+    PowerOff,
+    /// A custom condition on the serial log; the emulator is killed at once when it holds.
+    Log(fn(&str) -> bool),
+}
+
+/// One emulator run and the tests it feeds.
+pub struct Boot {
+    /// Names the run directory, target/xtask/test/<id>/.
+    pub id: &'static str,
+    pub tier: Tier,
+    pub config: fn() -> ImageConfig,
+    pub stop: StopWhen,
+    /// Whether the kernel's own RESULT lines become tests `TIER/SUITE/NAME` (SUITE from BEGIN).
+    pub kernel_results: bool,
+    pub checks: &'static [Check],
+}
+
+pub const BOOTS: &[Boot] = &[
+    Boot {
+        id: "bochs-boot",
+        tier: Tier::Bochs,
+        config: ImageConfig::emulator,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[
+            Check {
+                name: "boot-protocol",
+                check: boot_protocol,
+            },
+            Check {
+                name: "vmx-ept",
+                check: vmx_with_ept,
+            },
+            Check {
+                name: "no-iommu",
+                check: no_iommu,
+            },
+            Check {
+                name: "ioapic",
+                check: ioapic_at_default_base,
+            },
+            Check {
+                name: "acpi-fallback",
+                check: acpi_absent,
+            },
+        ],
+    },
+    Boot {
+        id: "qemu-tcg-boot",
+        tier: Tier::QemuTcg,
+        config: ImageConfig::emulator,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[
+            Check {
+                name: "boot-protocol",
+                check: boot_protocol,
+            },
+            Check {
+                name: "no-vmx",
+                check: no_vmx,
+            },
+            Check {
+                name: "drhd",
+                check: qemu_drhd,
+            },
+            Check {
+                name: "edu-msi",
+                check: edu_with_msi,
+            },
+            Check {
+                name: "ioapic",
+                check: ioapic_at_default_base,
+            },
+            Check {
+                name: "acpi",
+                check: acpi_from_rsdp,
+            },
+        ],
+    },
+    Boot {
+        id: "qemu-tcg-exception",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().with("selftest", "exception"),
+        stop: StopWhen::PowerOff,
+        kernel_results: false,
+        checks: &[Check {
+            name: "exception-report",
+            check: ud_reported_then_poweroff,
+        }],
+    },
+    Boot {
+        id: "qemu-tcg-missing-kernel",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().kernel("missing.elf"),
+        stop: StopWhen::Log(firmware_back_after_loader_error),
+        kernel_results: false,
+        checks: &[Check {
+            name: "loader-missing-kernel",
+            check: loader_error_then_firmware,
+        }],
+    },
+    Boot {
+        id: "qemu-kvm-boot",
+        tier: Tier::QemuKvm,
+        config: ImageConfig::emulator,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[
+            Check {
+                name: "boot-protocol",
+                check: boot_protocol,
+            },
+            Check {
+                name: "vmx-ept",
+                check: vmx_with_ept,
+            },
+            Check {
+                name: "drhd",
+                check: qemu_drhd,
+            },
+            Check {
+                name: "edu-msi",
+                check: edu_with_msi,
+            },
+            Check {
+                name: "ioapic",
+                check: ioapic_at_default_base,
+            },
+            Check {
+                name: "acpi",
+                check: acpi_from_rsdp,
+            },
+        ],
+    },
+];
+
+/// BEGIN, END with agreeing counts, POWEROFF.
+fn boot_protocol(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.protocol()
+}
+
+fn vmx_with_ept(e: &Evidence<'_>) -> Result<(), String> {
+    e.report
+        .expect_fact("vmx", &[("supported", "yes"), ("ept", "yes")])
+}
+
+fn no_vmx(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("vmx", &[("supported", "no")])
+}
+
+fn no_iommu(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("iommu", &[("units", "0")])
+}
+
+/// QEMU's intel-iommu: one DRHD at 0xFED90000 with interrupt remapping (emulators.md).
+fn qemu_drhd(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("iommu", &[("units", "1")])?;
+    e.report
+        .expect_fact("drhd", &[("base", "0xfed90000"), ("ir", "yes")])
+}
+
+fn edu_with_msi(e: &Evidence<'_>) -> Result<(), String> {
+    e.report
+        .expect_fact("pci_function", &[("id", "1234:11e8"), ("msi", "yes")])
+}
+
+fn ioapic_at_default_base(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("ioapic", &[("base", "0xfec00000")])
+}
+
+/// OVMF under Bochs publishes no ACPI tables: the kernel must say it fell back.
+fn acpi_absent(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("acpi", &[("source", "none")])
+}
+
+fn acpi_from_rsdp(e: &Evidence<'_>) -> Result<(), String> {
+    e.report.expect_fact("acpi", &[("source", "rsdp")])
+}
+
+/// `selftest = exception`: the kernel executes ud2 after the summary; its handler must report
+/// `EXCEPTION #UD ... vector=6` and then power off with a non-zero code.
+fn ud_reported_then_poweroff(e: &Evidence<'_>) -> Result<(), String> {
+    let lines: Vec<&str> = e.boot.serial.lines().collect();
+    let Some(at) = lines
+        .iter()
+        .position(|l| l.contains("EXCEPTION #UD") && l.contains("vector=6"))
+    else {
+        return Err("no line with `EXCEPTION #UD` and `vector=6`".into());
+    };
+    match SerialReport::parse(&lines[at..].join("\n")).poweroff {
+        Some(0) => Err("EXITLESS-POWEROFF 0 after the exception (want non-zero)".into()),
+        Some(_) => Ok(()),
+        None => Err("no EXITLESS-POWEROFF after the exception report".into()),
+    }
+}
+
+/// What OVMF prints on the serial console once the boot option it ran has returned. Seen under
+/// QEMU 7.2 with Debian's OVMF 2022.11: `BdsDxe: failed to start Boot0002 "UEFI Misc Device" from
+/// PciRoot(0x0)/Pci(0x4,0x0): Not Found` (the loader's status), then iPXE, then the shell.
+const FIRMWARE_MARKERS: &[&str] = &[
+    "BdsDxe: failed to start",
+    "UEFI Interactive Shell",
+    "Shell>",
+];
+
+/// Index of the loader's "not found" line and of the first firmware line after it.
+fn loader_error_and_firmware(serial: &str) -> (Option<usize>, Option<usize>) {
+    let lines: Vec<&str> = serial.lines().collect();
+    let error = lines.iter().position(|l| l.contains("not found"));
+    let firmware = error.and_then(|at| {
+        lines[at + 1..]
+            .iter()
+            .position(|l| FIRMWARE_MARKERS.iter().any(|m| l.contains(m)))
+            .map(|i| at + 1 + i)
+    });
+    (error, firmware)
+}
+
+fn firmware_back_after_loader_error(serial: &str) -> bool {
+    loader_error_and_firmware(serial).1.is_some()
+}
+
+/// `kernel = missing.elf`: the loader says the file is not found and returns to the firmware.
+fn loader_error_then_firmware(e: &Evidence<'_>) -> Result<(), String> {
+    match loader_error_and_firmware(&e.boot.serial) {
+        (None, _) => Err("no loader error line containing `not found`".into()),
+        (Some(_), None) => Err(format!(
+            "the loader reported the missing kernel but the firmware printed none of {FIRMWARE_MARKERS:?} afterwards"
+        )),
+        (Some(_), Some(_)) if e.report.poweroff.is_some() => {
+            Err("a kernel ran and powered off although its file is missing".into())
+        }
+        (Some(_), Some(_)) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::Ending;
+    use std::path::PathBuf;
+
+    fn boot_output(serial: &str) -> BootOutput {
+        BootOutput {
+            serial: serial.into(),
+            serial_path: PathBuf::from("serial.log"),
+            emulator_log: PathBuf::from("emulator.out"),
+            ending: Ending::Done { exit: None },
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
+    fn run_check(
+        check: fn(&Evidence<'_>) -> Result<(), String>,
+        serial: &str,
+    ) -> Result<(), String> {
+        let boot = boot_output(serial);
+        let report = SerialReport::parse(serial);
+        check(&Evidence {
+            report: &report,
+            boot: &boot,
+        })
+    }
+
+    #[test]
+    fn test_names_are_unique_per_tier() {
+        let mut seen = std::collections::BTreeSet::new();
+        for boot in BOOTS {
+            for check in boot.checks {
+                assert!(seen.insert((boot.tier, check.name)), "{} twice", check.name);
+            }
+        }
+        let ids: std::collections::BTreeSet<_> = BOOTS.iter().map(|b| b.id).collect();
+        assert_eq!(ids.len(), BOOTS.len());
+    }
+
+    #[test]
+    fn qemu_facts_pass_the_qemu_checks() {
+        let serial = "summary: vmx supported=no\n\
+                      summary: iommu units=1\n\
+                      summary: drhd index=0 base=0xfed90000 ir=yes qi=yes\n\
+                      summary: pci_function bdf=00:03.0 id=1234:11e8 class=0x00ff00 msi=yes msix=no\n\
+                      summary: ioapic id=0 base=0xfec00000 gsi_base=0\n\
+                      summary: acpi source=rsdp revision=2\n";
+        for check in [
+            no_vmx,
+            qemu_drhd,
+            edu_with_msi,
+            ioapic_at_default_base,
+            acpi_from_rsdp,
+        ] {
+            assert_eq!(run_check(check, serial), Ok(()));
+        }
+        assert!(run_check(vmx_with_ept, serial).is_err());
+        assert!(run_check(no_iommu, serial).is_err());
+        let no_ir = serial.replace("ir=yes", "ir=no");
+        assert!(run_check(qemu_drhd, &no_ir).is_err());
+    }
+
+    #[test]
+    fn exception_report_needs_ud_then_nonzero_poweroff() {
+        let good = "summary: x a=b\nEXCEPTION #UD vector=6 error=0x0 rip=0xffff800000001234\nEXITLESS-POWEROFF 3\n";
+        assert_eq!(run_check(ud_reported_then_poweroff, good), Ok(()));
+        let zero = good.replace("POWEROFF 3", "POWEROFF 0");
+        assert!(run_check(ud_reported_then_poweroff, &zero).is_err());
+        let before = "EXITLESS-POWEROFF 3\nEXCEPTION #UD vector=6\n";
+        assert!(run_check(ud_reported_then_poweroff, before).is_err());
+        assert!(run_check(
+            ud_reported_then_poweroff,
+            "EXCEPTION #GP vector=13\nEXITLESS-POWEROFF 3\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn missing_kernel_needs_error_then_firmware() {
+        let good = "BdsDxe: starting Boot0002 \"UEFI Misc Device\"\n\
+                    exitless-boot: \\exitless\\missing.elf not found: copy it to the ESP\n\
+                    BdsDxe: failed to start Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x4,0x0): Not Found\n";
+        assert!(firmware_back_after_loader_error(good));
+        assert_eq!(run_check(loader_error_then_firmware, good), Ok(()));
+        let no_firmware = "exitless-boot: \\exitless\\missing.elf not found\n";
+        assert!(!firmware_back_after_loader_error(no_firmware));
+        assert!(run_check(loader_error_then_firmware, no_firmware).is_err());
+        // Firmware text before the error does not count.
+        let before = "UEFI Interactive Shell v2.2\nmissing.elf not found\n";
+        assert!(!firmware_back_after_loader_error(before));
+    }
+}

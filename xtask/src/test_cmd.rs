@@ -1,0 +1,350 @@
+//! `cargo xtask test`: host unit tests, then the emulator tiers. Every test prints exactly one line
+//! on stdout (`TIER/NAME ... ok|FAILED (...)|skipped (...)`); progress goes to stderr; the run ends
+//! with `N passed, N failed, N skipped`.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::artifacts::{self, Artifacts};
+use crate::emulator::{self, BootOutput, BootRequest, Emulator, Ending};
+use crate::image;
+use crate::judge::{self, SerialReport, Verdict};
+use crate::kvm;
+use crate::paths;
+use crate::prereq;
+use crate::suite::{Boot, Evidence, StopWhen, Tier, BOOTS};
+
+/// Counts of printed test lines.
+#[derive(Default)]
+struct Tally {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+}
+
+impl Tally {
+    /// Prints one test's line and counts it. `log` is where to look when it failed.
+    fn record(&mut self, tier: Tier, name: &str, verdict: &Verdict, log: Option<&Path>) {
+        let name = format!("{}/{name}", tier.label());
+        match verdict {
+            Verdict::Ok => {
+                self.passed += 1;
+                println!("{name} ... ok");
+            }
+            Verdict::Failed(reason) => {
+                self.failed += 1;
+                match log {
+                    Some(log) => {
+                        println!("{name} ... FAILED (see {}: {reason})", paths::display(log))
+                    }
+                    None => println!("{name} ... FAILED ({reason})"),
+                }
+            }
+            Verdict::Skipped(reason) => {
+                self.skipped += 1;
+                println!("{name} ... skipped ({reason})");
+            }
+        }
+    }
+}
+
+pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut tiers: Vec<Tier> = if tiers.is_empty() {
+        Tier::ALL.to_vec()
+    } else {
+        tiers.to_vec()
+    };
+    tiers.sort();
+    tiers.dedup();
+    let mut tally = Tally::default();
+
+    if tiers.contains(&Tier::Host) {
+        host_tier(&mut tally)?;
+    }
+
+    // Emulator tiers in order; one that cannot run here is skipped with its reason. The build
+    // happens once, when the first tier that can run needs it.
+    let mut built: Option<Result<Artifacts, String>> = None;
+    for &tier in tiers.iter().filter(|t| t.emulator().is_some()) {
+        if let Some(reason) = tier_blocker(tier) {
+            skip_tier(&mut tally, tier, &reason);
+            continue;
+        }
+        let built = built.get_or_insert_with(|| {
+            prereq::ensure_rust_targets()
+                .and_then(|()| artifacts::build_all())
+                .map_err(|e| format!("build failed: {e:#}"))
+        });
+        let packages: Vec<_> = tier
+            .emulator()
+            .into_iter()
+            .flat_map(|e| e.packages())
+            .collect();
+        let ready = match (&*built, prereq::ensure_packages(&packages)) {
+            (Ok(built), Ok(())) => Ok(built),
+            (Err(e), _) => Err(e.clone()),
+            (_, Err(e)) => Err(format!("{e:#}")),
+        };
+        for boot in BOOTS.iter().filter(|b| b.tier == tier) {
+            match &ready {
+                Ok(built) => run_boot(&mut tally, boot, built),
+                Err(reason) => {
+                    for check in boot.checks {
+                        tally.record(tier, check.name, &Verdict::Failed(reason.clone()), None);
+                    }
+                }
+            }
+        }
+    }
+
+    println!(
+        "{} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    eprintln!("xtask: test took {} s", started.elapsed().as_secs());
+    Ok(if tally.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Why an emulator tier cannot run on this machine, if it cannot.
+fn tier_blocker(tier: Tier) -> Option<String> {
+    match tier {
+        Tier::QemuKvm => kvm::nested_vmx(&kvm::KvmReadings::read_host()).err(),
+        _ => None,
+    }
+}
+
+fn skip_tier(tally: &mut Tally, tier: Tier, reason: &str) {
+    for boot in BOOTS.iter().filter(|b| b.tier == tier) {
+        for check in boot.checks {
+            tally.record(tier, check.name, &Verdict::Skipped(reason.into()), None);
+        }
+    }
+}
+
+fn run_dir(boot: &Boot) -> PathBuf {
+    paths::xtask_dir().join("test").join(boot.id)
+}
+
+/// Images, boots and judges one [`Boot`], printing each of its tests.
+fn run_boot(tally: &mut Tally, boot: &Boot, built: &Artifacts) {
+    let emulator = boot.tier.emulator().expect("emulator tier");
+    let dir = run_dir(boot);
+    match boot_once(boot, emulator, &dir, built) {
+        Err(e) => {
+            for check in boot.checks {
+                tally.record(
+                    boot.tier,
+                    check.name,
+                    &Verdict::Failed(format!("{e:#}")),
+                    None,
+                );
+            }
+        }
+        Ok(output) => judge_boot(tally, boot, &output),
+    }
+}
+
+fn boot_once(boot: &Boot, emulator: Emulator, dir: &Path, built: &Artifacts) -> Result<BootOutput> {
+    fs::create_dir_all(dir)?;
+    let image_path = dir.join("exitless.img");
+    let config = (boot.config)().render();
+    image::write_image(&image::esp_files(built, &config)?, &image_path)?;
+    fs::write(dir.join("exitless.cfg"), &config)?;
+    let done = |log: &str| match boot.stop {
+        StopWhen::PowerOff => judge::powered_off(log),
+        StopWhen::Log(f) => f(log),
+    };
+    // After POWEROFF the emulator exits by itself; a custom stop means it would run on.
+    let grace = match boot.stop {
+        StopWhen::PowerOff => emulator.exit_grace(),
+        StopWhen::Log(_) => Duration::ZERO,
+    };
+    eprintln!(
+        "xtask: booting {} for {} ({})...",
+        emulator.label(),
+        boot.id,
+        emulator.expected_wall_time()
+    );
+    let output = emulator::boot(&BootRequest {
+        emulator,
+        dir,
+        image: &image_path,
+        timeout: emulator.default_timeout(),
+        echo: false,
+        done: &done,
+        grace,
+    })?;
+    eprintln!(
+        "xtask: {} done in {} s: {}",
+        boot.id,
+        output.elapsed.as_secs(),
+        output.describe_ending()
+    );
+    Ok(output)
+}
+
+fn judge_boot(tally: &mut Tally, boot: &Boot, output: &BootOutput) {
+    let report = SerialReport::parse(&output.serial);
+    let evidence = Evidence {
+        report: &report,
+        boot: output,
+    };
+    // A failure says how the run ended when that explains it (timeout, early exit).
+    let ending_note = match output.ending {
+        Ending::Done { .. } => None,
+        _ => Some(output.describe_ending()),
+    };
+    for check in boot.checks {
+        let verdict = match ((check.check)(&evidence), &ending_note) {
+            (Ok(()), _) => Verdict::Ok,
+            (Err(reason), None) => Verdict::Failed(reason),
+            (Err(reason), Some(note)) => Verdict::Failed(format!("{reason}; {note}")),
+        };
+        tally.record(boot.tier, check.name, &verdict, Some(&output.serial_path));
+    }
+    if boot.kernel_results {
+        // Named after the kernel's suite (`TIER/SUITE/NAME`) so they cannot clash with the checks.
+        let suite = report.begins.first().map_or("kernel", String::as_str);
+        for (name, verdict) in &report.results {
+            tally.record(
+                boot.tier,
+                &format!("{suite}/{name}"),
+                verdict,
+                Some(&output.serial_path),
+            );
+        }
+    }
+}
+
+/// The host crates and the `cargo test` filter for each (the hypervisor's kernel binary is not a
+/// host program, so only its library).
+const HOST_CRATES: &[(&str, &[&str])] = &[
+    ("exitless-abi", &["--lib"]),
+    ("hypervisor", &["--lib"]),
+    ("xtask", &[]),
+];
+
+fn host_tier(tally: &mut Tally) -> Result<()> {
+    let dir = paths::xtask_dir().join("test").join("host");
+    fs::create_dir_all(&dir)?;
+    for (krate, filter) in HOST_CRATES {
+        let log = dir.join(format!("{krate}.log"));
+        eprintln!("xtask: host tests of {krate} (cargo test)...");
+        let out = File::create(&log)?;
+        let status = Command::new(paths::cargo())
+            .current_dir(paths::workspace_root())
+            .args(["test", "--color", "never", "-p", krate])
+            .args(*filter)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()?;
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let results = libtest_results(&text);
+        for (name, verdict) in &results {
+            tally.record(Tier::Host, &format!("{krate}/{name}"), verdict, Some(&log));
+        }
+        let any_failed = results.iter().any(|(_, v)| matches!(v, Verdict::Failed(_)));
+        if !status.success() && !any_failed {
+            tally.record(
+                Tier::Host,
+                krate,
+                &Verdict::Failed(format!("cargo test did not run ({status})")),
+                Some(&log),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// libtest's `test NAME ... ok|FAILED|ignored[, reason]` lines.
+fn libtest_results(output: &str) -> Vec<(String, Verdict)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("test ")?;
+            let (name, status) = rest.rsplit_once(" ... ")?;
+            let verdict = if status == "ok" {
+                Verdict::Ok
+            } else if status == "FAILED" {
+                Verdict::Failed("test failed".into())
+            } else if let Some(reason) = status.strip_prefix("ignored") {
+                let reason = reason.trim_start_matches(',').trim();
+                Verdict::Skipped(if reason.is_empty() { "ignored" } else { reason }.into())
+            } else {
+                return None;
+            };
+            Some((name.to_string(), verdict))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines_become_results() {
+        let out = "\
+   Compiling xtask v0.1.0
+     Running unittests src/main.rs (target/debug/deps/xtask-abc)
+
+running 4 tests
+test judge::tests::missing_end_fails ... ok
+test kvm::tests::x ... FAILED
+test slow ... ignored, needs bochs
+test other ... ignored
+test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out
+";
+        assert_eq!(
+            libtest_results(out),
+            vec![
+                ("judge::tests::missing_end_fails".into(), Verdict::Ok),
+                (
+                    "kvm::tests::x".into(),
+                    Verdict::Failed("test failed".into())
+                ),
+                ("slow".into(), Verdict::Skipped("needs bochs".into())),
+                ("other".into(), Verdict::Skipped("ignored".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn judging_a_boot_prints_checks_and_kernel_results() {
+        let serial = "summary: vmx supported=yes ept=yes\nsummary: iommu units=0\n\
+                      summary: ioapic base=0xfec00000\nsummary: acpi source=none\n\
+                      EXITLESS-TEST BEGIN boot\nEXITLESS-TEST RESULT heap ok\n\
+                      EXITLESS-TEST RESULT pci FAILED no bus\n\
+                      EXITLESS-TEST END passed=1 failed=1 skipped=0\nEXITLESS-POWEROFF 1\n";
+        let output = BootOutput {
+            serial: serial.into(),
+            serial_path: PathBuf::from("serial.log"),
+            emulator_log: PathBuf::from("bochs.log"),
+            ending: Ending::Done { exit: None },
+            elapsed: Duration::ZERO,
+        };
+        let mut tally = Tally::default();
+        judge_boot(&mut tally, &BOOTS[0], &output);
+        // 5 checks pass, the kernel's `heap` passes and its `pci` fails.
+        assert_eq!((tally.passed, tally.failed, tally.skipped), (6, 1, 0));
+
+        let mut tally = Tally::default();
+        let timed_out = BootOutput {
+            serial: String::new(),
+            ending: Ending::TimedOut(Duration::from_secs(300)),
+            ..output
+        };
+        judge_boot(&mut tally, &BOOTS[0], &timed_out);
+        assert_eq!((tally.passed, tally.failed), (0, 5));
+    }
+}
