@@ -117,11 +117,12 @@ pub fn detect_mode() -> Mode {
 
 /// Ends the guest: the `PowerOff` hypercall under Exitless, the emulators' exit ports bare metal.
 pub fn finish(mode: Mode, code: u32) -> ! {
-    let _ = exitless_abi::protocol::write_poweroff(&mut console::Console, code);
-    console::drain();
     if mode == Mode::Exitless {
+        // The hypervisor reports how this guest ended; only the machine's own power-off is announced.
         hypervisor::power_off(code);
     }
+    let _ = exitless_abi::protocol::write_poweroff(&mut console::Console, code);
+    console::drain();
     // SAFETY: bare metal in a test image: QEMU isa-debug-exit (0xF4) and Bochs' shutdown port (0x8900)
     // end the emulation; on a real machine these writes are harmless and we halt below.
     unsafe {

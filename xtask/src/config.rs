@@ -14,6 +14,8 @@ pub struct ImageConfig {
     /// 0x8900 instead of halting (never on a real server).
     pub emulator_exit: bool,
     pub settings: Vec<(String, String)>,
+    /// `[guest NAME]` sections: name and settings.
+    pub guests: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl ImageConfig {
@@ -23,6 +25,7 @@ impl ImageConfig {
             kernel: DEFAULT_KERNEL.into(),
             emulator_exit: false,
             settings: Vec::new(),
+            guests: Vec::new(),
         }
     }
 
@@ -41,6 +44,16 @@ impl ImageConfig {
 
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds a `[guest NAME]` section.
+    pub fn guest(mut self, name: &str, settings: &[(&str, &str)]) -> Self {
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.guests.push((name.into(), settings));
         self
     }
 
@@ -63,6 +76,12 @@ impl ImageConfig {
         }
         for (key, value) in &self.settings {
             let _ = writeln!(text, "{key} = {value}");
+        }
+        for (name, settings) in &self.guests {
+            let _ = writeln!(text, "\n[guest {name}]");
+            for (key, value) in settings {
+                let _ = writeln!(text, "{key} = {value}");
+            }
         }
         text
     }

@@ -14,12 +14,12 @@ pub enum Verdict {
 /// Everything protocol-relevant in one serial log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SerialReport {
-    /// Suites named by BEGIN lines, in order (more than one means the machine restarted).
+    /// Suites named by BEGIN lines, in order (a name seen twice means the machine restarted).
     pub begins: Vec<String>,
-    /// RESULT lines in order.
+    /// RESULT lines in order, named `SUITE/NAME` after the BEGIN they follow.
     pub results: Vec<(String, Verdict)>,
-    /// The END line's counts (the last one).
-    pub end: Option<Counts>,
+    /// One entry per BEGIN: its END line's counts, if it had one.
+    pub ends: Vec<Option<Counts>>,
     /// The POWEROFF line's code (the first one).
     pub poweroff: Option<u32>,
     /// `summary:` facts: topic and fields text.
@@ -53,6 +53,7 @@ impl SerialReport {
             match parsed {
                 Line::Begin { suite } => {
                     report.begins.push(suite.into());
+                    report.ends.push(None);
                     report.order.push(Event::Begin);
                 }
                 Line::Result { name, outcome } => {
@@ -61,7 +62,8 @@ impl SerialReport {
                         Outcome::Failed(d) => Verdict::Failed(d.into()),
                         Outcome::Skipped(r) => Verdict::Skipped(r.into()),
                     };
-                    report.results.push((name.into(), verdict));
+                    let suite = report.begins.last().map_or("kernel", String::as_str);
+                    report.results.push((format!("{suite}/{name}"), verdict));
                     report.order.push(Event::Result);
                 }
                 Line::End {
@@ -69,11 +71,13 @@ impl SerialReport {
                     failed,
                     skipped,
                 } => {
-                    report.end = Some(Counts {
-                        passed,
-                        failed,
-                        skipped,
-                    });
+                    if let Some(slot) = report.ends.last_mut() {
+                        *slot = Some(Counts {
+                            passed,
+                            failed,
+                            skipped,
+                        });
+                    }
                     report.order.push(Event::End);
                 }
                 Line::PowerOff { code } => {
@@ -89,9 +93,11 @@ impl SerialReport {
     }
 
     /// Counts of the RESULT lines.
-    pub fn result_counts(&self) -> Counts {
+    /// Counts of the RESULT lines of suite `suite` (the `SUITE/` prefix of their names).
+    pub fn result_counts(&self, suite: &str) -> Counts {
         let mut c = Counts::default();
-        for (_, v) in &self.results {
+        let prefix = format!("{suite}/");
+        for (_, v) in self.results.iter().filter(|(n, _)| n.starts_with(&prefix)) {
             match v {
                 Verdict::Ok => c.passed += 1,
                 Verdict::Failed(_) => c.failed += 1,
@@ -101,26 +107,31 @@ impl SerialReport {
         c
     }
 
-    /// The protocol test: one BEGIN, then END with counts that agree with the RESULT lines, then
-    /// POWEROFF. Failed results are reported by their own tests, not here.
+    /// The protocol test: one or more suites (BEGIN, RESULTs, END with counts that agree with that
+    /// suite's RESULT lines), then POWEROFF. A suite name seen twice means the machine restarted.
+    /// Failed results are reported by their own tests, not here.
     pub fn protocol(&self) -> Result<(), String> {
-        match self.begins.len() {
-            0 => return Err("no EXITLESS-TEST BEGIN line".into()),
-            1 => {}
-            n => return Err(format!("{n} BEGIN lines: the machine restarted")),
+        if self.begins.is_empty() {
+            return Err("no EXITLESS-TEST BEGIN line".into());
         }
-        let Some(end) = self.end else {
-            return Err(format!(
-                "no EXITLESS-TEST END line after {} result(s)",
-                self.results.len()
-            ));
-        };
-        let seen = self.result_counts();
-        if end != seen {
-            return Err(format!(
-                "END says passed={} failed={} skipped={} but the RESULT lines give passed={} failed={} skipped={}",
-                end.passed, end.failed, end.skipped, seen.passed, seen.failed, seen.skipped
-            ));
+        for (i, suite) in self.begins.iter().enumerate() {
+            if self.begins[..i].contains(suite) {
+                return Err(format!(
+                    "suite `{suite}` began twice: the machine restarted"
+                ));
+            }
+        }
+        for (i, suite) in self.begins.iter().enumerate() {
+            let Some(end) = self.ends[i] else {
+                return Err(format!("suite `{suite}` has no EXITLESS-TEST END line"));
+            };
+            let seen = self.result_counts(suite);
+            if end != seen {
+                return Err(format!(
+                    "suite `{suite}`: END says passed={} failed={} skipped={} but the RESULT lines give passed={} failed={} skipped={}",
+                    end.passed, end.failed, end.skipped, seen.passed, seen.failed, seen.skipped
+                ));
+            }
         }
         let Some(code) = self.poweroff else {
             return Err("no EXITLESS-POWEROFF line".into());
@@ -133,7 +144,8 @@ impl SerialReport {
         if self.order.iter().rposition(|x| *x == Event::Result) > last_end {
             return Err("RESULT line after END".into());
         }
-        if end.failed == 0 && code != 0 {
+        let failed: u32 = self.ends.iter().flatten().map(|c| c.failed).sum();
+        if failed == 0 && code != 0 {
             return Err(format!(
                 "nothing failed but the kernel powered off with code {code}"
             ));
@@ -204,7 +216,7 @@ EXITLESS-POWEROFF 0\r
         assert_eq!(r.results.len(), 3);
         assert_eq!(
             r.results[2],
-            ("smp".into(), Verdict::Skipped("one CPU".into()))
+            ("boot/smp".into(), Verdict::Skipped("one CPU".into()))
         );
         assert_eq!(
             r.expect_fact("vmx", &[("supported", "yes"), ("ept", "yes")]),
@@ -223,7 +235,30 @@ EXITLESS-POWEROFF 0\r
     fn missing_end_fails() {
         let log = GOOD.replace("EXITLESS-TEST END passed=2 failed=0 skipped=1\r\n", "");
         let err = SerialReport::parse(&log).protocol().unwrap_err();
-        assert!(err.starts_with("no EXITLESS-TEST END"), "{err}");
+        assert!(err.contains("has no EXITLESS-TEST END"), "{err}");
+    }
+
+    #[test]
+    fn several_suites_are_each_checked_against_their_own_results() {
+        let guest = "\
+[guest basic] EXITLESS-TEST BEGIN basic\r
+[guest basic] EXITLESS-TEST RESULT cpuid ok\r
+[guest basic] EXITLESS-TEST END passed=1 failed=0 skipped=0\r
+EXITLESS-TEST BEGIN guests\r
+EXITLESS-TEST RESULT guest-basic ok\r
+EXITLESS-TEST END passed=1 failed=0 skipped=0\r
+";
+        let log = GOOD.replace(
+            "EXITLESS-POWEROFF 0\r\n",
+            &format!("{guest}EXITLESS-POWEROFF 0\r\n"),
+        );
+        let r = SerialReport::parse(&log);
+        assert_eq!(r.protocol(), Ok(()));
+        assert_eq!(r.results[3], ("basic/cpuid".into(), Verdict::Ok));
+        assert_eq!(r.results[4], ("guests/guest-basic".into(), Verdict::Ok));
+        let bad = log.replace("RESULT cpuid ok", "RESULT cpuid FAILED no");
+        let err = SerialReport::parse(&bad).protocol().unwrap_err();
+        assert!(err.contains("suite `basic`"), "{err}");
     }
 
     #[test]
@@ -264,7 +299,7 @@ EXITLESS-POWEROFF 0\r
         assert_eq!(
             r.results[1],
             (
-                "heap".into(),
+                "boot/heap".into(),
                 Verdict::Failed("out of memory at 0x1000".into())
             )
         );

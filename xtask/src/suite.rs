@@ -81,7 +81,7 @@ pub const BOOTS: &[Boot] = &[
     Boot {
         id: "bochs-boot",
         tier: Tier::Bochs,
-        config: ImageConfig::emulator,
+        config: bochs_guests,
         stop: StopWhen::PowerOff,
         kernel_results: true,
         checks: &[
@@ -196,6 +196,24 @@ pub const BOOTS: &[Boot] = &[
         ],
     },
 ];
+
+/// The Bochs image: the boot summary, then guests run one after the other. The EPT-violation guest runs
+/// first so the guests after it show that the host ran on.
+fn bochs_guests() -> ImageConfig {
+    ImageConfig::emulator()
+        .guest(
+            "eptfault",
+            &[
+                ("image", "guests/ept_violation.elf"),
+                ("memory_mib", "8"),
+                ("expect_stop", "EPT violation"),
+            ],
+        )
+        .guest(
+            "basic",
+            &[("image", "guests/basic.elf"), ("memory_mib", "8")],
+        )
+}
 
 /// BEGIN, END with agreeing counts, POWEROFF.
 fn boot_protocol(e: &Evidence<'_>) -> Result<(), String> {

@@ -213,14 +213,8 @@ fn judge_boot(tally: &mut Tally, boot: &Boot, output: &BootOutput) {
     }
     if boot.kernel_results {
         // Named after the kernel's suite (`TIER/SUITE/NAME`) so they cannot clash with the checks.
-        let suite = report.begins.first().map_or("kernel", String::as_str);
         for (name, verdict) in &report.results {
-            tally.record(
-                boot.tier,
-                &format!("{suite}/{name}"),
-                verdict,
-                Some(&output.serial_path),
-            );
+            tally.record(boot.tier, name, verdict, Some(&output.serial_path));
         }
     }
 }

@@ -72,10 +72,7 @@ impl VmxCpu {
             efer: Efer::read_raw(),
             rip: hw::vm_exit_entry_point(),
         };
-        Ok(Self {
-            caps: *caps,
-            host,
-        })
+        Ok(Self { caps: *caps, host })
     }
 
     /// Builds and runs one guest to its end. Errors before the guest starts are returned as its end.
