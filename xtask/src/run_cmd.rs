@@ -53,7 +53,11 @@ pub fn run(
         Some(path) => config::with_emulator_exit(
             &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
-        None => ImageConfig::emulator().render(),
+        // The demo guest needs VT-x: QEMU TCG has none, so it boots the hypervisor alone.
+        None if emulator == Emulator::QemuTcg => ImageConfig::emulator().render(),
+        None => ImageConfig::emulator()
+            .guest("basic", &[("image", "guests/basic.elf"), ("memory_mib", "8")])
+            .render(),
     };
     let dir = paths::xtask_dir().join("run");
     let image_path = dir.join("exitless.img");
