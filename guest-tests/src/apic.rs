@@ -28,6 +28,16 @@ pub fn enable_x2apic() -> u32 {
     }
 }
 
+/// Masks both 8259 PICs so IRQ 3 arrives once, through the IOAPIC (bare metal; under Exitless the
+/// ports are not the guest's and the writes are dropped).
+pub fn mask_legacy_pics() {
+    // SAFETY: the PICs' interrupt-mask registers.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xFF);
+        Port::<u8>::new(0xA1).write(0xFF);
+    }
+}
+
 /// Signals end of interrupt (x2APIC EOI MSR; any write other than 0 is #GP).
 #[inline(always)]
 pub fn eoi() {

@@ -35,3 +35,13 @@ pub fn exit_counters(env: &crate::Env) -> [u64; EXIT_REASON_COUNT] {
     );
     counters
 }
+
+/// Host timer interrupts the host has taken so far.
+pub fn host_timer_ticks() -> u64 {
+    call(Hypercall::HostTimerTicks, 0, 0, 0)
+}
+
+/// Whether this guest's device interrupts are delivered ELI-style.
+pub fn eli_mode() -> bool {
+    call(Hypercall::InterruptMode, 0, 0, 0) == 1
+}

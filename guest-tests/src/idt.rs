@@ -12,7 +12,12 @@ use x86_64::structures::idt::InterruptDescriptorTable;
 pub type Handler = fn(u8);
 
 static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
-static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
+/// The IDT on pages of its own: under ELI the hypervisor write-protects the guest's IDT pages, and
+/// other data there would make every write to it exit.
+#[repr(C, align(4096))]
+struct PageAlignedIdt(InterruptDescriptorTable);
+
+static mut IDT: PageAlignedIdt = PageAlignedIdt(InterruptDescriptorTable::new());
 
 #[repr(C)]
 pub struct InterruptFrame {
@@ -104,7 +109,7 @@ extern "C" {
 pub fn init() {
     // SAFETY: single-threaded guest start-up, before interrupts are enabled; the table is a static.
     unsafe {
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        let idt = &mut (*core::ptr::addr_of_mut!(IDT)).0;
         let stubs = &guest_stub_table;
         for vector in 0..=255u8 {
             let addr = x86_64::VirtAddr::new(stubs[vector as usize]);
@@ -131,7 +136,7 @@ pub fn set_handler(vector: u8, handler: Handler) {
 pub fn move_gate(from: u8, to: u8) {
     // SAFETY: single-threaded; interrupts for these vectors must be quiet while the gate moves.
     unsafe {
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        let idt = &mut (*core::ptr::addr_of_mut!(IDT)).0;
         let addr = x86_64::VirtAddr::new(guest_stub_table[from as usize]);
         idt[to].set_handler_addr(addr);
     }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod hypervisor;
 pub mod idt;
 pub mod suite;
+pub mod workload;
 
 pub use exitless_abi::boot_info::BootInfo;
 

@@ -15,6 +15,8 @@ pub enum SelfTest {
     None,
     /// Executes `ud2` to prove that exceptions are reported and the machine stops cleanly.
     Exception,
+    /// Drives QEMU's edu devices through the VT-d layer (DMA and interrupt remapping), suite `vtd`.
+    Vtd,
 }
 
 /// How a guest's assigned-device interrupts are delivered.
@@ -130,7 +132,8 @@ impl Config {
                     "selftest" => match value {
                         "none" => config.selftest = SelfTest::None,
                         "exception" => config.selftest = SelfTest::Exception,
-                        _ => problem(format!("selftest = {value}: write none or exception")),
+                        "vtd" => config.selftest = SelfTest::Vtd,
+                        _ => problem(format!("selftest = {value}: write none, exception or vtd")),
                     },
                     "log" => match value.parse() {
                         Ok(level) => config.log_level = level,
@@ -242,6 +245,13 @@ mod tests {
         assert!(config.emulator_exit);
         assert_eq!(config.selftest, SelfTest::Exception);
         assert_eq!(config.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn vtd_self_test_is_read() {
+        let (config, problems) = Config::parse("selftest = vtd\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.selftest, SelfTest::Vtd);
     }
 
     #[test]

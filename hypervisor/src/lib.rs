@@ -12,6 +12,7 @@ pub mod config;
 pub mod memory;
 pub mod pci;
 pub mod platform;
+pub mod selftest;
 pub mod summary;
 pub mod virq;
 pub mod vmm;

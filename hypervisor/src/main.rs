@@ -34,7 +34,8 @@ mod kernel {
     #[global_allocator]
     static HEAP: LockedHeap = LockedHeap::empty();
 
-    const BOOT_STACK_SIZE: usize = 64 * 1024;
+    /// The only kernel stack (interrupts and exceptions other than #DF/NMI/#MC run on it too).
+    const BOOT_STACK_SIZE: usize = 256 * 1024;
 
     #[repr(C, align(16))]
     struct BootStack([u8; BOOT_STACK_SIZE]);
@@ -151,7 +152,10 @@ mod kernel {
         let _ = results.write(&mut console);
         let mut exit_code = results.exit_code();
         if !config.guests.is_empty() {
-            exit_code |= run_guests(&config, &vmx, modules, &mut frames, &selectors);
+            exit_code |= run_guests(&config, &vmx, &platform, modules, &mut frames, &selectors);
+        }
+        if config.selftest == SelfTest::Vtd {
+            exit_code |= hypervisor::selftest::vtd::run(&platform, &pci, &mut frames, &mut console);
         }
         if config.selftest == SelfTest::Exception {
             log::info!("self-test: executing ud2, expecting an #UD report and a clean stop");
@@ -165,6 +169,7 @@ mod kernel {
     fn run_guests(
         config: &Config,
         vmx: &VmxCaps,
+        platform: &Platform,
         modules: &[Module],
         frames: &mut FrameAllocator,
         selectors: &gdt::Selectors,
@@ -172,7 +177,8 @@ mod kernel {
         let mut console = serial::Console;
         // Guests print their own suites while they run; this suite follows them.
         let mut results = summary::Results::default();
-        match VmxCpu::enable(vmx, frames, selectors) {
+        let ioapic_base = platform.ioapics.first().map(|ioapic| ioapic.address);
+        match VmxCpu::enable(vmx, frames, selectors, ioapic_base) {
             Err(why) => {
                 log::error!("cannot run guests: {why}");
                 for guest in &config.guests {
@@ -192,6 +198,12 @@ mod kernel {
                         GuestEnd::Stopped(why) => log::warn!("guest {} stopped: {why}", guest.name),
                     }
                     let _ = summary::write_guest_exits(&mut console, &report);
+                    log::info!(
+                        "host timer: {} ticks so far (TSC {})",
+                        hypervisor::arch::host_irq::timer_ticks(),
+                        // SAFETY: RDTSC at CPL 0.
+                        unsafe { core::arch::x86_64::_rdtsc() }
+                    );
                     results.record(
                         format!("guest-{}", guest.name),
                         summary::judge_guest(guest, &report.end),

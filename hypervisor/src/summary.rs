@@ -122,7 +122,13 @@ pub fn write_guest_exits(out: &mut dyn Write, report: &GuestReport) -> fmt::Resu
             None => write!(out, " reason{reason}={count}")?,
         }
     }
-    writeln!(out)
+    writeln!(out)?;
+    let irq = &report.interrupts;
+    writeln!(
+        out,
+        "summary: guest_interrupts guest={} injected={} host_interrupts={} stray={} refused_routings={}",
+        report.name, irq.injected, irq.host_interrupts, irq.stray, irq.refused_routings
+    )
 }
 
 /// Whether a guest ended the way its configuration expects: powered off with code 0, or stopped with

@@ -73,7 +73,8 @@ impl Emulator {
 
 /// The Bochs configuration: /work/shared/reference/bochs-uefi.bxrc with this run's paths.
 /// Deterministic time (`clock: sync=none`, fixed `time0`, `vga realtime=0`) makes two runs of one
-/// image give the same output and TSC values.
+/// image give the same output and TSC values. COM2 (IRQ 3) is the device whose interrupts guests take
+/// (its output goes nowhere).
 pub fn bxrc(image: &Path, serial: &Path, log: &Path) -> String {
     format!(
         "\
@@ -96,6 +97,7 @@ info: action=report
 error: action=report
 panic: action=report
 com1: enabled=true, mode=file, dev=\"{serial}\"
+com2: enabled=true, mode=null
 port_e9_hack: enabled=1
 ",
         rom = prereq::BOCHS_ROM,
@@ -146,6 +148,10 @@ pub fn qemu_args(emulator: Emulator, image: &Path, vars: &Path, serial: &Path) -
     args.extend([
         "-device".into(),
         "edu".into(),
+        // A second edu, in its own slot so the other devices keep theirs: the vtd self-test puts
+        // the two in two domains to show they cannot reach each other's memory.
+        "-device".into(),
+        "edu,addr=0x8".into(),
         "-drive".into(),
         format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
@@ -537,7 +543,7 @@ mod tests {
             Path::new("/r/serial.log"),
         )
         .join(" ");
-        assert!(tcg.starts_with("-machine q35 -accel tcg -cpu max -m 512 -smp 1 -device intel-iommu,intremap=on -device edu "));
+        assert!(tcg.starts_with("-machine q35 -accel tcg -cpu max -m 512 -smp 1 -device intel-iommu,intremap=on -device edu -device edu,addr=0x8 "));
         assert!(tcg.contains(
             "-drive if=none,id=esp,format=raw,file=/r/x.img -device virtio-blk-pci,drive=esp"
         ));

@@ -52,6 +52,9 @@ impl SerialReport {
             };
             match parsed {
                 Line::Begin { suite } => {
+                    // A guest's suite is named after the guest (the hypervisor prefixes its console
+                    // lines with `[guest NAME] `): two guests may run the same test binary.
+                    let suite = guest_name(line).unwrap_or(suite);
                     report.begins.push(suite.into());
                     report.ends.push(None);
                     report.order.push(Event::Begin);
@@ -185,6 +188,14 @@ impl SerialReport {
     }
 }
 
+/// NAME of a console line the hypervisor forwarded from guest NAME (`[guest NAME] ...`).
+fn guest_name(line: &str) -> Option<&str> {
+    let rest = line.split("[guest ").nth(1)?;
+    rest.split_once(']')
+        .map(|(name, _)| name)
+        .filter(|n| !n.is_empty() && !n.contains(' '))
+}
+
 /// True once the log holds an `EXITLESS-POWEROFF` line (the end of an emulator run).
 pub fn powered_off(log: &str) -> bool {
     log.lines()
@@ -255,6 +266,26 @@ EXITLESS-TEST END passed=1 failed=0 skipped=0\r
         let r = SerialReport::parse(&log);
         assert_eq!(r.protocol(), Ok(()));
         assert_eq!(r.results[3], ("basic/cpuid".into(), Verdict::Ok));
+        let twice = log
+            .replace(
+                "EXITLESS-TEST BEGIN guests",
+                "[guest other] EXITLESS-TEST BEGIN basic",
+            )
+            .replace(
+                "EXITLESS-TEST RESULT guest-basic ok",
+                "[guest other] EXITLESS-TEST RESULT cpuid ok",
+            )
+            .replace(
+                "EXITLESS-TEST END passed=1 failed=0 skipped=0\r\nEXITLESS-POWEROFF",
+                "[guest other] EXITLESS-TEST END passed=1 failed=0 skipped=0\r\nEXITLESS-POWEROFF",
+            );
+        let r2 = SerialReport::parse(&twice);
+        assert_eq!(
+            r2.protocol(),
+            Ok(()),
+            "two guests running one test binary are two suites"
+        );
+        assert_eq!(r2.results[4], ("other/cpuid".into(), Verdict::Ok));
         assert_eq!(r.results[4], ("guests/guest-basic".into(), Verdict::Ok));
         let bad = log.replace("RESULT cpuid ok", "RESULT cpuid FAILED no");
         let err = SerialReport::parse(&bad).protocol().unwrap_err();

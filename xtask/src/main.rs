@@ -3,9 +3,11 @@
 //! Each module does one job: [`prereq`] (rustup targets, Debian packages), [`artifacts`] (cargo builds),
 //! [`config`] (the `exitless.cfg` text), [`image`] (GPT + FAT32 disk), [`kvm`] (is nested VT-x usable
 //! here), [`emulator`] (start, watch, stop Bochs and QEMU), [`judge`] (the serial test protocol),
-//! [`suite`] (the table of emulator tests), [`test_cmd`] and [`run_cmd`] (the commands).
+//! [`suite`] (the table of emulator tests), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
+//! [`bench`] (the commands).
 
 mod artifacts;
+mod bench;
 mod config;
 mod emulator;
 mod fat_fixup;
@@ -16,6 +18,7 @@ mod paths;
 mod prereq;
 mod run_cmd;
 mod suite;
+mod svg;
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, then every emulator tier that can run here\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)"
+    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, then every emulator tier that can run here\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +70,13 @@ enum Command {
         /// Tiers to run (repeatable or comma-separated) [default: all].
         #[arg(long = "tier", value_enum, value_delimiter = ',')]
         tiers: Vec<suite::Tier>,
+    },
+    /// Run the interrupt benchmark guest bare, under `baseline` and under `eli` in Bochs; print a
+    /// table, write JSON and an SVG chart under target/bench/.
+    Bench {
+        /// Where to write the JSON [default: target/bench/bench.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -114,6 +124,7 @@ fn main() -> ExitCode {
             config,
         } => run_cmd::run(emulator, accel, timeout, config),
         Command::Test { tiers } => test_cmd::test(&tiers),
+        Command::Bench { json } => bench::bench(json),
     };
     match result {
         Ok(code) => code,

@@ -56,7 +56,10 @@ pub fn run(
         // The demo guest needs VT-x: QEMU TCG has none, so it boots the hypervisor alone.
         None if emulator == Emulator::QemuTcg => ImageConfig::emulator().render(),
         None => ImageConfig::emulator()
-            .guest("basic", &[("image", "guests/basic.elf"), ("memory_mib", "8")])
+            .guest(
+                "basic",
+                &[("image", "guests/basic.elf"), ("memory_mib", "8")],
+            )
             .render(),
     };
     let dir = paths::xtask_dir().join("run");

@@ -152,6 +152,17 @@ pub const BOOTS: &[Boot] = &[
         }],
     },
     Boot {
+        id: "qemu-tcg-vtd",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().with("selftest", "vtd"),
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[Check {
+            name: "vtd-boot-protocol",
+            check: boot_protocol,
+        }],
+    },
+    Boot {
         id: "qemu-tcg-missing-kernel",
         tier: Tier::QemuTcg,
         config: || ImageConfig::emulator().kernel("missing.elf"),
@@ -213,6 +224,19 @@ fn bochs_guests() -> ImageConfig {
             "basic",
             &[("image", "guests/basic.elf"), ("memory_mib", "8")],
         )
+        .guest("irq-baseline", &irq_guest("baseline"))
+        .guest("irq-eli", &irq_guest("eli"))
+}
+
+/// The interrupt test guest with COM2 (ports and IOAPIC pin 3) assigned, in `mode`.
+fn irq_guest(mode: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        ("image", "guests/irq.elf"),
+        ("memory_mib", "8"),
+        ("interrupts", mode),
+        ("ports", "0x2f8-0x2ff"),
+        ("ioapic_pins", "3"),
+    ]
 }
 
 /// BEGIN, END with agreeing counts, POWEROFF.

@@ -26,6 +26,11 @@ pub enum Hypercall {
     /// Copies the caller's exit counters, one `u64` per basic exit reason (index = reason), to guest-physical
     /// `rdi`, at most `rsi` entries; returns the number of entries written.
     ReadExitCounters = 3,
+    /// Returns how many host timer interrupts the host has taken so far (the host keeps its timer
+    /// whatever the guest does; tests use this to see it tick).
+    HostTimerTicks = 4,
+    /// Returns how the guest's device interrupts are delivered: 0 `baseline`, 1 `eli`.
+    InterruptMode = 5,
 }
 
 impl Hypercall {
@@ -35,6 +40,8 @@ impl Hypercall {
             1 => Self::PowerOff,
             2 => Self::ResetExitCounters,
             3 => Self::ReadExitCounters,
+            4 => Self::HostTimerTicks,
+            5 => Self::InterruptMode,
             _ => return None,
         })
     }
@@ -75,6 +82,8 @@ mod tests {
             Hypercall::PowerOff,
             Hypercall::ResetExitCounters,
             Hypercall::ReadExitCounters,
+            Hypercall::HostTimerTicks,
+            Hypercall::InterruptMode,
         ] {
             assert_eq!(Hypercall::from_raw(call as u64), Some(call));
         }

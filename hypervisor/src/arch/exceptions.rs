@@ -135,7 +135,7 @@ extern "C" {
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
-/// Builds the IDT with a handler for every architectural exception and loads it.
+/// Builds the IDT with a handler for every architectural exception and the host's own vectors, and loads it.
 pub fn init() {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
@@ -174,6 +174,10 @@ pub fn init() {
             idt.hv_injection_exception.set_handler_addr(at(28));
             idt.vmm_communication_exception.set_handler_addr(at(29));
             idt.security_exception.set_handler_addr(at(30));
+            idt[super::apic::HOST_TIMER_VECTOR]
+                .set_handler_addr(VirtAddr::new(super::host_irq::timer_entry()));
+            idt[super::apic::SPURIOUS_VECTOR]
+                .set_handler_addr(VirtAddr::new(super::host_irq::spurious_entry()));
         }
         idt
     });

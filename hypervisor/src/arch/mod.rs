@@ -1,8 +1,11 @@
 //! The machine itself: serial console, descriptor tables, exception entry, power-off.
 //! This is where the kernel's `unsafe` and assembly live; each piece is small and documented.
 
+pub mod apic;
 pub mod exceptions;
 pub mod gdt;
+pub mod host_irq;
+pub mod irq_probe;
 pub mod power;
 pub mod serial;
 pub mod vmx;

@@ -48,7 +48,12 @@ pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeat
     };
     let pin = caps
         .pin_based
-        .compute(pin_required, PinBasedControls::empty())
+        // The preemption timer also backs up baseline: some emulators (Bochs 2.7) do not notice an
+        // external interrupt while the guest has RFLAGS.IF = 0 until the next VM transition.
+        .compute(
+            pin_required,
+            PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER,
+        )
         .map_err(|m| missing("pin-based", m))?;
     let primary = caps
         .primary

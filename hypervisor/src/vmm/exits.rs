@@ -6,6 +6,8 @@
 
 use super::cpuid::guest_cpuid;
 use super::guest_memory::GuestMemory;
+use super::interrupts::{GuestInterrupts, InterruptHardware};
+use super::irq_exits::{self, EliState};
 use crate::arch::vmx::GuestRegisters;
 use crate::vmx::exit::{
     CrAccess, CrAccessKind, DescriptorTableInfo, DtInstruction, EventType, ExitReason,
@@ -18,12 +20,18 @@ use alloc::string::String;
 use exitless_abi::hypercall::{Hypercall, HypercallError, ABI_VERSION, EXIT_REASON_COUNT};
 
 /// What the machine outside the guest provides to exit handlers.
-pub trait HostServices {
+pub trait HostServices: InterruptHardware {
     /// One complete line the guest printed on its console.
     fn console_line(&mut self, line: &str);
     /// The host CPU's CPUID.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
     fn rdtsc(&self) -> u64;
+    /// Host timer interrupts taken so far.
+    fn host_timer_ticks(&self) -> u64;
+    /// ELI: makes the guest page at `gpa` writable or read-only in EPT (and invalidates EPT caches).
+    fn set_guest_page_writable(&mut self, gpa: u64, writable: bool);
+    /// ELI: stores the shadow IDT where the guest's IDTR points.
+    fn write_shadow_idt(&mut self, shadow: &[u8; 4096]);
 }
 
 /// How a guest ended.
@@ -85,6 +93,14 @@ pub struct Vcpu {
     /// CR0/CR4 bits VMX operation fixes (SDM A.7/A.8): (fixed0, fixed1) pairs.
     pub cr0_fixed: (u64, u64),
     pub cr4_fixed: (u64, u64),
+    /// The virtual x2APIC, mediated IOAPIC and injection state.
+    pub interrupts: GuestInterrupts,
+    /// ELI only: the shadow IDT and the guest IDT pages it mirrors (on the heap: its tables are 8 KiB).
+    pub eli: Option<alloc::boxed::Box<EliState>>,
+    /// Interrupt-window exiting is on (baseline injection waits for the guest to accept interrupts).
+    pub window_exiting: bool,
+    /// Basic reason of the last VM exit.
+    pub last_exit: u16,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,7 +136,6 @@ mod msr {
     pub const TSC_AUX: u32 = 0xC000_0103;
     pub const X2APIC_FIRST: u32 = 0x800;
     pub const X2APIC_LAST: u32 = 0x8FF;
-    pub const X2APIC_ICR: u32 = 0x830;
 }
 
 const VECTOR_GP: u8 = 13;
@@ -146,7 +161,7 @@ pub fn handle_exit(
 }
 
 /// Outcome of one handler before RIP bookkeeping.
-enum Handled {
+pub(super) enum Handled {
     /// The instruction was emulated: skip it.
     Skip,
     /// Re-run the instruction (an exception was injected or nothing was executed).
@@ -164,6 +179,7 @@ fn dispatch(
     if let Some(counter) = vcpu.counters.0.get_mut(raw.basic() as usize) {
         *counter += 1;
     }
+    vcpu.last_exit = raw.basic();
     let qualification = vmcs.read_natural_ro(VmcsNaturalRo::ExitQualification)?;
     if raw.entry_failure() {
         return Ok(stop(format!(
@@ -177,32 +193,35 @@ fn dispatch(
     let handled = match reason {
         ExitReason::Cpuid => cpuid(vcpu, host),
         ExitReason::Rdmsr => rdmsr(vmcs, vcpu, host)?,
-        ExitReason::Wrmsr => wrmsr(vmcs, vcpu)?,
+        ExitReason::Wrmsr => wrmsr(vmcs, vcpu, host)?,
         ExitReason::IoInstruction => io(vcpu, host, qualification),
-        ExitReason::Vmcall => hypercall(vcpu, mem),
+        ExitReason::Vmcall => hypercall(vcpu, mem, host),
         ExitReason::Hlt => hlt(vmcs)?,
-        ExitReason::GdtrIdtrAccess => descriptor_table(vmcs, vcpu, mem, qualification)?,
+        ExitReason::GdtrIdtrAccess => descriptor_table(vmcs, vcpu, mem, host, qualification)?,
         ExitReason::CrAccess => control_register(vmcs, vcpu, qualification)?,
-        ExitReason::PreemptionTimer => Handled::Stay,
+        ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Handled::Stay,
+        ExitReason::ExternalInterrupt => {
+            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
+            vcpu.interrupts.external_interrupt(info.vector, host);
+            Handled::Stay
+        }
         ExitReason::EptViolation => {
             let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
-            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
-            Handled::End(GuestEnd::Stopped(format!(
-                "EPT violation: guest-physical {gpa:#x} is not guest memory (qualification {qualification:#x}, rip {rip:#x})"
-            )))
+            match irq_exits::ept_violation(vmcs, vcpu, mem, host, gpa, qualification)? {
+                Some(handled) => handled,
+                None => {
+                    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+                    Handled::End(GuestEnd::Stopped(format!(
+                        "EPT violation: guest-physical {gpa:#x} is not guest memory (qualification {qualification:#x}, rip {rip:#x})"
+                    )))
+                }
+            }
         }
         ExitReason::TripleFault => {
             let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
             Handled::End(GuestEnd::Stopped(format!("triple fault at rip {rip:#x}")))
         }
-        ExitReason::ExceptionOrNmi => {
-            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
-            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
-            Handled::End(GuestEnd::Stopped(format!(
-                "unexpected exception vector {} at rip {rip:#x}",
-                info.vector
-            )))
-        }
+        ExitReason::ExceptionOrNmi => irq_exits::exception(vmcs, vcpu, host)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
             other as u16,
@@ -219,13 +238,17 @@ fn dispatch(
     }
 }
 
+pub(super) fn stopped(why: String) -> Handled {
+    Handled::End(GuestEnd::Stopped(why))
+}
+
 fn stop(why: String) -> Next {
     Next::End(GuestEnd::Stopped(why))
 }
 
 /// Advances RIP past the exiting instruction and ends STI/MOV-SS blocking, as executing it would have
 /// (SDM Vol. 3C 27.3.1.5 requires no such blocking when injecting after an emulated instruction).
-fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
+pub(super) fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
     let len = vmcs.read32_ro(Vmcs32Ro::ExitInstructionLength)?;
     let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     vmcs.write_natural(VmcsNatural::GuestRip, rip.wrapping_add(u64::from(len)))?;
@@ -240,7 +263,7 @@ fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
 }
 
 /// Injects #GP(0) on the next entry (SDM 26.6: hardware exception with error code).
-fn inject_gp(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
+pub(super) fn inject_gp(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
     let info = InterruptionInfo::inject(VECTOR_GP, EventType::HardwareException, true);
     vmcs.write32(Vmcs32::EntryInterruptionInfo, info.encode())?;
     vmcs.write32(Vmcs32::EntryExceptionErrorCode, 0)?;
@@ -277,7 +300,12 @@ fn rdmsr(
         msr::GS_BASE => vmcs.read_natural(VmcsNatural::GuestGsBase)?,
         msr::KERNEL_GS_BASE => soft.kernel_gs_base,
         msr::TSC_AUX => soft.tsc_aux,
-        // The virtual x2APIC is not modelled yet: its registers read as not implemented.
+        msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
+            match vcpu.interrupts.read_msr(vcpu.regs.rcx as u32) {
+                Ok(value) => value,
+                Err(_) => return inject_gp(vmcs),
+            }
+        }
         _ => return inject_gp(vmcs),
     };
     vcpu.regs.rax = value & 0xFFFF_FFFF;
@@ -285,7 +313,11 @@ fn rdmsr(
     Ok(Handled::Skip)
 }
 
-fn wrmsr(vmcs: &mut impl VmcsAccess, vcpu: &mut Vcpu) -> Result<Handled, VmFail> {
+fn wrmsr(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    host: &mut impl HostServices,
+) -> Result<Handled, VmFail> {
     let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xFFFF_FFFF);
     let soft = &mut vcpu.soft_msrs;
     match vcpu.regs.rcx as u32 {
@@ -317,9 +349,16 @@ fn wrmsr(vmcs: &mut impl VmcsAccess, vcpu: &mut Vcpu) -> Result<Handled, VmFail>
         msr::GS_BASE => vmcs.write_natural(VmcsNatural::GuestGsBase, value)?,
         msr::KERNEL_GS_BASE => soft.kernel_gs_base = value,
         msr::TSC_AUX => soft.tsc_aux = value,
-        // IPIs, INIT and SIPI would reach the host's CPUs: refused.
-        msr::X2APIC_ICR => return inject_gp(vmcs),
-        msr::X2APIC_FIRST..=msr::X2APIC_LAST => return inject_gp(vmcs),
+        // The virtual x2APIC; IPIs that would reach other CPUs (INIT, SIPI) are refused with #GP.
+        msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
+            if vcpu
+                .interrupts
+                .write_msr(vcpu.regs.rcx as u32, value, host)
+                .is_err()
+            {
+                return inject_gp(vmcs);
+            }
+        }
         _ => return inject_gp(vmcs),
     }
     Ok(Handled::Skip)
@@ -393,7 +432,7 @@ impl VirtualConsole {
     }
 }
 
-fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>) -> Handled {
+fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>, host: &impl HostServices) -> Handled {
     let regs = &mut vcpu.regs;
     regs.rax = match Hypercall::from_raw(regs.rax) {
         Some(Hypercall::Version) => ABI_VERSION,
@@ -413,6 +452,10 @@ fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>) -> Handled {
                 }
                 None => HypercallError::BadAddress as u64,
             }
+        }
+        Some(Hypercall::HostTimerTicks) => host.host_timer_ticks(),
+        Some(Hypercall::InterruptMode) => {
+            u64::from(vcpu.interrupts.mode == crate::config::InterruptMode::Eli)
         }
         None => HypercallError::UnknownCall as u64,
     };
@@ -438,6 +481,7 @@ fn descriptor_table(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
     mem: &mut GuestMemory<'_>,
+    host: &mut impl HostServices,
     displacement: u64,
 ) -> Result<Handled, VmFail> {
     let raw_info = vmcs.read32_ro(Vmcs32Ro::ExitInstructionInfo)?;
@@ -453,7 +497,11 @@ fn descriptor_table(
         _ => 0,
     };
     let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
-    let address = info.linear_address(displacement, |r| gpr(&vcpu.regs, rsp, r), segment_base);
+    let address = info.linear_address(
+        displacement,
+        |r| gpr_value(&vcpu.regs, rsp, r),
+        segment_base,
+    );
     let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
     match info.instruction {
         DtInstruction::Lidt | DtInstruction::Lgdt => {
@@ -466,8 +514,13 @@ fn descriptor_table(
             let base = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
             if info.instruction == DtInstruction::Lidt {
                 vcpu.guest_idtr = (base, limit);
-                vmcs.write_natural(VmcsNatural::GuestIdtrBase, base)?;
-                vmcs.write32(Vmcs32::GuestIdtrLimit, limit.into())?;
+                if vcpu.eli.is_some() {
+                    // The CPU keeps running on the shadow; it is rebuilt from the new table.
+                    irq_exits::guest_idt_loaded(vmcs, vcpu, mem, host)?;
+                } else {
+                    vmcs.write_natural(VmcsNatural::GuestIdtrBase, base)?;
+                    vmcs.write32(Vmcs32::GuestIdtrLimit, limit.into())?;
+                }
             } else {
                 vmcs.write_natural(VmcsNatural::GuestGdtrBase, base)?;
                 vmcs.write32(Vmcs32::GuestGdtrLimit, limit.into())?;
@@ -509,7 +562,7 @@ fn control_register(
         ))));
     };
     let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
-    let value = gpr(&vcpu.regs, rsp, source);
+    let value = gpr_value(&vcpu.regs, rsp, source);
     match access.cr {
         0 => {
             let (fixed0, fixed1) = vcpu.cr0_fixed;
@@ -535,7 +588,7 @@ fn control_register(
     Ok(Handled::Skip)
 }
 
-fn gpr(regs: &GuestRegisters, rsp: u64, reg: Gpr) -> u64 {
+pub(super) fn gpr_value(regs: &GuestRegisters, rsp: u64, reg: Gpr) -> u64 {
     match reg {
         Gpr::Rax => regs.rax,
         Gpr::Rcx => regs.rcx,
@@ -554,6 +607,29 @@ fn gpr(regs: &GuestRegisters, rsp: u64, reg: Gpr) -> u64 {
         Gpr::R14 => regs.r14,
         Gpr::R15 => regs.r15,
     }
+}
+
+/// Writes a general register other than RSP (which lives in the VMCS).
+pub(super) fn set_gpr(regs: &mut GuestRegisters, reg: Gpr, value: u64) {
+    let slot = match reg {
+        Gpr::Rax => &mut regs.rax,
+        Gpr::Rcx => &mut regs.rcx,
+        Gpr::Rdx => &mut regs.rdx,
+        Gpr::Rbx => &mut regs.rbx,
+        Gpr::Rsp => return,
+        Gpr::Rbp => &mut regs.rbp,
+        Gpr::Rsi => &mut regs.rsi,
+        Gpr::Rdi => &mut regs.rdi,
+        Gpr::R8 => &mut regs.r8,
+        Gpr::R9 => &mut regs.r9,
+        Gpr::R10 => &mut regs.r10,
+        Gpr::R11 => &mut regs.r11,
+        Gpr::R12 => &mut regs.r12,
+        Gpr::R13 => &mut regs.r13,
+        Gpr::R14 => &mut regs.r14,
+        Gpr::R15 => &mut regs.r15,
+    };
+    *slot = value;
 }
 
 #[cfg(test)]

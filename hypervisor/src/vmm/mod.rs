@@ -5,5 +5,8 @@ pub mod cpuid;
 pub mod exits;
 pub mod guest_layout;
 pub mod guest_memory;
+pub mod interrupts;
+pub mod irq_exits;
+pub mod mmio_decode;
 pub mod runner;
 pub mod vmcs_setup;

@@ -6,17 +6,24 @@ use super::controls::{self, Controls};
 use super::exits::{self, ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
+use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
+use super::irq_exits::{self, EliState, SHADOW_IDT_GPA};
 use super::vmcs_setup::{self, GuestTables, HostState};
+use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::gdt::Selectors;
+use crate::arch::host_irq;
 use crate::arch::vmx::{self as hw, EntryResult, GuestRegisters};
-use crate::caps::vmx::VmxCaps;
+use crate::caps::vmx::{PinBasedControls, VmxCaps};
 use crate::config::GuestConfig;
+use crate::config::InterruptMode;
 use crate::memory::{frames::FrameAllocator, FrameAlloc, PAGE_SIZE};
+use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::ept::{Ept, EptPerms, Leaf, PageSizes};
+use crate::vmx::exit::ExitReason;
 use crate::vmx::io_bitmap::IoBitmaps;
 use crate::vmx::msr_bitmap::MsrBitmap;
 use crate::vmx::vmcs::{self, CurrentVmcs, VmcsAccess};
-use crate::vmx::vmcs_fields::Vmcs32Ro;
+use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro};
 use alloc::format;
 use alloc::string::String;
 use exitless_abi::boot_info::Module;
@@ -29,13 +36,29 @@ pub struct GuestReport {
     pub name: String,
     pub end: GuestEnd,
     pub counters: ExitCounters,
+    pub interrupts: InterruptStats,
 }
 
 /// VMX operation on this CPU (VMXON done).
 pub struct VmxCpu {
     caps: VmxCaps,
     host: HostState,
+    /// The host's interrupt hardware, when the CPU has an x2APIC (guests with devices need it).
+    irq: Option<HostIrq>,
 }
+
+/// What the host learned bringing its interrupt hardware up.
+#[derive(Clone, Copy)]
+struct HostIrq {
+    apic_id: u32,
+    ioapic_base: u64,
+    /// Host timer period in TSC ticks; the VMX-preemption timer uses the same period in ELI mode.
+    timer_period_tsc: u64,
+}
+
+/// Host timer period, in TSC ticks: long enough that it adds well under one exit per 100 guest device
+/// interrupts to a workload (the bench's ceiling), short enough to keep the host responsive.
+const HOST_TIMER_PERIOD_TSC: u64 = 5_000_000;
 
 /// Guest RAM is aligned so EPT can map it with 2 MiB pages.
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -46,6 +69,7 @@ impl VmxCpu {
         caps: &VmxCaps,
         frames: &mut FrameAllocator,
         selectors: &Selectors,
+        ioapic_base: Option<u64>,
     ) -> Result<Self, String> {
         if let Err(reason) = caps.support {
             return Err(format!("VMX is not available: {}", reason.as_str()));
@@ -72,7 +96,28 @@ impl VmxCpu {
             efer: Efer::read_raw(),
             rip: hw::vm_exit_entry_point(),
         };
-        Ok(Self { caps: *caps, host })
+        let irq = (apic::has_x2apic()).then(|| {
+            // SAFETY: CPL 0, interrupts off, once on this CPU; CPUID says x2APIC exists.
+            let apic_id = unsafe { apic::enable_x2apic() };
+            apic::mask_legacy_pics();
+            // The LAPIC timer's rate is not architectural: start from a guess and correct it with the
+            // period measured from two real timer interrupts.
+            const GUESS: u64 = 1 << 20;
+            apic::start_periodic_timer(GUESS as u32);
+            let measured = host_irq::measure_timer_period(40 * HOST_TIMER_PERIOD_TSC).unwrap_or(HOST_TIMER_PERIOD_TSC);
+            let count = (GUESS * HOST_TIMER_PERIOD_TSC / measured.max(1)).clamp(1, u64::from(u32::MAX));
+            apic::start_periodic_timer(count as u32);
+            let tsc_per_tick = measured / GUESS;
+            log::info!(
+                "host interrupts: x2APIC id {apic_id}, timer every {HOST_TIMER_PERIOD_TSC} TSC ticks ({tsc_per_tick} TSC per LAPIC tick)"
+            );
+            HostIrq { apic_id, ioapic_base: ioapic_base.unwrap_or(0), timer_period_tsc: HOST_TIMER_PERIOD_TSC }
+        });
+        Ok(Self {
+            caps: *caps,
+            host,
+            irq,
+        })
     }
 
     /// Builds and runs one guest to its end. Errors before the guest starts are returned as its end.
@@ -87,6 +132,7 @@ impl VmxCpu {
             name: config.name.clone(),
             end,
             counters: ExitCounters::default(),
+            interrupts: InterruptStats::default(),
         };
         let controls = match controls::plan(&self.caps, config.interrupts) {
             Ok(c) => c,
@@ -94,11 +140,13 @@ impl VmxCpu {
         };
         match self.build(config, modules, frames, controls, vpid) {
             Ok(mut guest) => {
-                let end = guest.run_loop(&config.name);
+                let end = guest.run_loop(&config.name, frames);
+                guest.release_pins();
                 GuestReport {
                     name: config.name.clone(),
                     end,
-                    counters: guest.vcpu.counters,
+                    counters: guest.vcpu.counters.clone(),
+                    interrupts: guest.vcpu.interrupts.stats,
                 }
             }
             Err(why) => report(GuestEnd::Stopped(why)),
@@ -156,6 +204,40 @@ impl VmxCpu {
         )
         .map_err(|e| format!("EPT: {e:?}"))?;
 
+        let needs_irq = !config.ioapic_pins.is_empty() || config.interrupts == InterruptMode::Eli;
+        let irq = match (self.irq, needs_irq) {
+            (Some(irq), _) => Some(irq),
+            (None, true) => {
+                return Err(String::from(
+                    "device interrupts need an x2APIC, and this CPU has none",
+                ))
+            }
+            (None, false) => None,
+        };
+        if irq.is_some_and(|i| i.ioapic_base == 0) && !config.ioapic_pins.is_empty() {
+            return Err(String::from(
+                "ioapic_pins are configured but no IOAPIC was found",
+            ));
+        }
+        let eli = config.interrupts == InterruptMode::Eli;
+        let shadow_idt = if eli {
+            let frame = frames
+                .alloc_zeroed()
+                .ok_or("no memory for the shadow IDT")?;
+            // Read-only to the guest: only the CPU's interrupt delivery and the host use it.
+            ept.map(
+                frames,
+                SHADOW_IDT_GPA,
+                frame,
+                PAGE_SIZE,
+                Leaf::ram(EptPerms::READ),
+                PageSizes::ONLY_4K,
+            )
+            .map_err(|e| format!("EPT: {e:?}"))?;
+            Some(frame)
+        } else {
+            None
+        };
         let msr_bitmap = copy_to_frames(frames, MsrBitmap::intercept_all().as_bytes())?;
         let mut io = IoBitmaps::intercept_all();
         for &(first, last) in &config.ports {
@@ -177,11 +259,24 @@ impl VmxCpu {
             io_bitmap_b: io_b,
             vpid: if self.caps.vpid() { vpid } else { 0 },
         };
-        let setup = vmcs_setup::write_controls(&mut vmcs, &controls, 0)
+        // ELI: #NP is how host interrupts hidden by the shadow IDT come back (eli.md).
+        let exception_bitmap = if eli { 1 << 11 } else { 0 };
+        let setup = vmcs_setup::write_controls(&mut vmcs, &controls, exception_bitmap)
             .and_then(|()| vmcs_setup::write_tables(&mut vmcs, &tables))
             .and_then(|()| vmcs_setup::write_host_state(&mut vmcs, &self.host))
             .and_then(|()| vmcs_setup::write_guest_start(&mut vmcs, &self.caps, &start));
         setup.map_err(|e| format!("programming the VMCS failed: {e}"))?;
+        if let (true, Some(irq)) = (
+            controls
+                .pin
+                .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER),
+            irq,
+        ) {
+            let value = (irq.timer_period_tsc >> self.caps.preemption_timer_tsc_shift())
+                .min(u64::from(u32::MAX));
+            vmcs.write32(Vmcs32::PreemptionTimerValue, value as u32)
+                .map_err(|e| format!("programming the VMCS failed: {e}"))?;
+        }
         // SAFETY: VMX is on; flushes anything cached for this EPTP from an earlier guest.
         unsafe { hw::invept_single(tables.eptp) };
 
@@ -193,6 +288,8 @@ impl VmxCpu {
             apic_base: APIC_BASE_RESET,
             cr0_fixed: (self.caps.cr0_fixed0, self.caps.cr0_fixed1),
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
+            interrupts: GuestInterrupts::new(config.interrupts, &config.ioapic_pins),
+            eli: eli.then(|| alloc::boxed::Box::new(EliState::default())),
             ..Default::default()
         };
         log::info!(
@@ -203,12 +300,28 @@ impl VmxCpu {
             start.rip,
             config.interrupts
         );
-        Ok(Guest {
+        let mut guest = Guest {
             vmcs,
             vcpu,
             ram_base,
             ram_len,
-        })
+            ept,
+            eptp: tables.eptp,
+            msr_bitmap,
+            shadow_idt,
+            irq,
+        };
+        let mut services = MachineServices::new(
+            &config.name,
+            frames,
+            &mut guest.ept,
+            guest.eptp,
+            msr_bitmap,
+            shadow_idt,
+            irq,
+        );
+        guest.vcpu.interrupts.start(&mut services);
+        Ok(guest)
     }
 }
 
@@ -224,13 +337,81 @@ struct Guest {
     vcpu: Vcpu,
     ram_base: u64,
     ram_len: u64,
+    ept: Ept,
+    eptp: u64,
+    msr_bitmap: u64,
+    shadow_idt: Option<u64>,
+    irq: Option<HostIrq>,
 }
 
-struct MachineServices<'a> {
+/// The machine as exit handlers see it while one guest runs.
+struct MachineServices<'a, 'f> {
     guest: &'a str,
+    frames: &'f mut FrameAllocator,
+    ept: &'a mut Ept,
+    eptp: u64,
+    msr_bitmap: u64,
+    shadow_idt: Option<u64>,
+    irq: Option<HostIrq>,
 }
 
-impl HostServices for MachineServices<'_> {
+impl<'a, 'f> MachineServices<'a, 'f> {
+    fn new(
+        guest: &'a str,
+        frames: &'f mut FrameAllocator,
+        ept: &'a mut Ept,
+        eptp: u64,
+        msr_bitmap: u64,
+        shadow_idt: Option<u64>,
+        irq: Option<HostIrq>,
+    ) -> Self {
+        Self {
+            guest,
+            frames,
+            ept,
+            eptp,
+            msr_bitmap,
+            shadow_idt,
+            irq,
+        }
+    }
+}
+
+/// Byte and bit of the x2APIC EOI MSR's write-intercept in the MSR bitmap (SDM 25.6.9: write-low
+/// bitmap at 0x800; MSR 0x80B is bit 0x80B of it).
+const EOI_WRITE_BYTE: u64 = 0x800 + 0x80B / 8;
+const EOI_WRITE_BIT: u8 = 1 << (0x80B % 8);
+
+impl InterruptHardware for MachineServices<'_, '_> {
+    fn eoi(&mut self) {
+        apic::eoi();
+    }
+    fn route_pin(&mut self, routing: PhysicalRouting) {
+        let Some(irq) = self.irq else { return };
+        // Physical destination mode, fixed delivery, the guest's vector, to this CPU (82093AA 3.2.4).
+        let low = u64::from(routing.vector)
+            | if routing.active_low { 1 << 13 } else { 0 }
+            | if routing.level { 1 << 15 } else { 0 }
+            | if routing.masked { 1 << 16 } else { 0 };
+        let entry = low | (u64::from(irq.apic_id) << 56);
+        // SAFETY: the base is the platform's IOAPIC, identity-mapped; only this CPU programs it.
+        unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(routing.pin, entry);
+    }
+    fn host_timer_tick(&mut self) {
+        host_irq::timer_tick();
+    }
+    fn intercept_eoi(&mut self, intercept: bool) {
+        // SAFETY: the guest's MSR bitmap frame, identity-mapped; the CPU reads it at each RDMSR/WRMSR.
+        let byte = unsafe { &mut *((self.msr_bitmap + EOI_WRITE_BYTE) as *mut u8) };
+        if intercept {
+            *byte |= EOI_WRITE_BIT;
+        } else {
+            *byte &= !EOI_WRITE_BIT;
+        }
+    }
+}
+
+impl HostServices for MachineServices<'_, '_> {
     fn console_line(&mut self, line: &str) {
         crate::println!("[guest {}] {}", self.guest, line);
     }
@@ -242,13 +423,50 @@ impl HostServices for MachineServices<'_> {
         // SAFETY: RDTSC is available at CPL 0.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
+    fn host_timer_ticks(&self) -> u64 {
+        host_irq::timer_ticks()
+    }
+    fn set_guest_page_writable(&mut self, gpa: u64, writable: bool) {
+        let perms = if writable {
+            EptPerms::RWX
+        } else {
+            EptPerms::RX
+        };
+        if let Err(e) = self.ept.set_perms(self.frames, gpa, PAGE_SIZE, perms) {
+            log::error!(
+                "guest {}: changing EPT permissions of {gpa:#x} failed: {e:?}",
+                self.guest
+            );
+        }
+        // SAFETY: VMX is on; the permission change must not be shadowed by cached translations.
+        unsafe { hw::invept_single(self.eptp) };
+    }
+    fn write_shadow_idt(&mut self, shadow: &[u8; 4096]) {
+        if let Some(frame) = self.shadow_idt {
+            // SAFETY: the guest's shadow IDT frame, identity-mapped, read-only to the guest.
+            unsafe { core::ptr::copy_nonoverlapping(shadow.as_ptr(), frame as *mut u8, 4096) };
+        }
+    }
 }
 
 impl Guest {
-    fn run_loop(&mut self, name: &str) -> GuestEnd {
-        let mut services = MachineServices { guest: name };
+    fn run_loop(&mut self, name: &str, frames: &mut FrameAllocator) -> GuestEnd {
+        let mut services = MachineServices::new(
+            name,
+            frames,
+            &mut self.ept,
+            self.eptp,
+            self.msr_bitmap,
+            self.shadow_idt,
+            self.irq,
+        );
+        let eli = self.vcpu.eli.is_some();
         let mut launched = false;
         loop {
+            if let Err(e) = irq_exits::prepare_entry(&mut self.vmcs, &mut self.vcpu, &mut services)
+            {
+                return GuestEnd::Stopped(format!("VMREAD/VMWRITE failed before VM entry: {e}"));
+            }
             // SAFETY: this guest's VMCS is current and fully programmed; HOST_RIP is the exit stub.
             match unsafe { hw::enter_guest(&mut self.vcpu.regs, launched) } {
                 EntryResult::Exited => launched = true,
@@ -258,12 +476,18 @@ impl Guest {
             let ram = unsafe {
                 core::slice::from_raw_parts_mut(self.ram_base as *mut u8, self.ram_len as usize)
             };
-            match exits::handle_exit(
+            let next = exits::handle_exit(
                 &mut self.vmcs,
                 &mut self.vcpu,
                 &mut GuestMemory::new(ram),
                 &mut services,
-            ) {
+            );
+            if eli || self.vcpu.last_exit == ExitReason::PreemptionTimer as u16 {
+                // Without external-interrupt exiting (or when the CPU did not exit for it), host
+                // interrupts wait in the LAPIC: take them now (only host vectors get through, host_irq).
+                host_irq::service_pending();
+            }
+            match next {
                 Next::Resume => {}
                 Next::End(end) => {
                     if !self.vcpu.console.pending().is_empty() {
@@ -272,6 +496,16 @@ impl Guest {
                     return end;
                 }
             }
+        }
+    }
+
+    /// Masks the guest's pins again when it ends: its device must not interrupt the next guest.
+    fn release_pins(&mut self) {
+        let Some(irq) = self.irq else { return };
+        for pin in self.vcpu.interrupts.ioapic.assigned().iter() {
+            let entry = (1 << 16) | (u64::from(irq.apic_id) << 56);
+            // SAFETY: as in `route_pin`.
+            unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(pin, entry);
         }
     }
 

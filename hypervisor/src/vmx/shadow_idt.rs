@@ -99,6 +99,15 @@ impl GateDescriptor {
         reserved: 0,
     };
 
+    /// A hidden shadow gate: a 64-bit interrupt gate (type 0xE) with P = 0. The type matters: the CPU
+    /// checks the gate type before the present bit, so an all-zero gate raises #GP, not the #NP that
+    /// ELI's exception bitmap turns into an exit (SDM Vol. 3A 6.14.1 and the #GP/#NP conditions of
+    /// INT n in Vol. 2A: "gate type is not valid" comes before "not present"). Found by Bochs.
+    pub const HIDDEN: Self = GateDescriptor {
+        attributes: 0x0E,
+        ..Self::NOT_PRESENT
+    };
+
     pub const fn new(offset: u64, selector: u16, ist: u8, kind: GateType, dpl: u8) -> Self {
         let type_bits = match kind {
             GateType::Interrupt => 0xE,
@@ -212,7 +221,7 @@ fn shadow_gate(
     match guest_gate(guest_idt, limit, v) {
         Some(g) if v < 32 => g,
         Some(g) if assigned.contains(v) && g.present() => g,
-        _ => GateDescriptor::NOT_PRESENT,
+        _ => GateDescriptor::HIDDEN,
     }
 }
 
@@ -452,7 +461,7 @@ mod tests {
             if expect_present {
                 assert_eq!(s[usize::from(v)], guest[usize::from(v)]);
             } else {
-                assert_eq!(s[usize::from(v)], GateDescriptor::NOT_PRESENT);
+                assert_eq!(s[usize::from(v)], GateDescriptor::HIDDEN);
             }
         }
     }
@@ -604,5 +613,17 @@ mod tests {
         assert_eq!(s.iter().collect::<Vec<_>>(), [0, 64, 255]);
         let u = s.union(&[1].into_iter().collect());
         assert_eq!(u.len(), 4);
+    }
+
+    #[test]
+    fn hidden_gates_are_valid_interrupt_gates_without_p() {
+        // Bytes 5 of a 64-bit gate: P (bit 7), DPL, 0, type 0xE (SDM Vol. 3A Figure 6-8).
+        let bytes = GateDescriptor::HIDDEN.to_bytes();
+        assert_eq!(bytes[5], 0x0E);
+        assert!(!GateDescriptor::HIDDEN.present());
+        assert_eq!(
+            GateDescriptor::HIDDEN.gate_type(),
+            Some(GateType::Interrupt)
+        );
     }
 }

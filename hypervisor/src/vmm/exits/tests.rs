@@ -11,7 +11,19 @@ struct FakeHost {
     lines: Vec<String>,
 }
 
+impl crate::vmm::interrupts::InterruptHardware for FakeHost {
+    fn eoi(&mut self) {}
+    fn route_pin(&mut self, _: crate::virq::ioapic::PhysicalRouting) {}
+    fn host_timer_tick(&mut self) {}
+    fn intercept_eoi(&mut self, _: bool) {}
+}
+
 impl HostServices for FakeHost {
+    fn host_timer_ticks(&self) -> u64 {
+        42
+    }
+    fn set_guest_page_writable(&mut self, _: u64, _: bool) {}
+    fn write_shadow_idt(&mut self, _: &[u8; 4096]) {}
     fn console_line(&mut self, line: &str) {
         self.lines.push(String::from(line));
     }

@@ -1,0 +1,104 @@
+//! Device interrupts from an emulated device (COM2's 16550 on IRQ 3 via the IOAPIC), in whatever mode
+//! the hypervisor delivers them (or bare metal): each arrives exactly once, on the programmed vector;
+//! the host's timer is never seen; a rewritten IDT gate takes effect; under Exitless, ELI takes no exit
+//! per interrupt while baseline takes at least two, and a guest that keeps interrupts off for good is
+//! still preempted by the host's timer.
+#![no_std]
+#![no_main]
+
+use guest_tests::workload::{self, ALTERNATE_VECTOR, DEVICE_VECTOR};
+use guest_tests::{hypervisor, idt, suite::Suite, Env, Mode};
+
+guest_tests::entry!(main);
+
+const INTERRUPTS: u64 = 500;
+/// Generous: at 115200 baud a byte takes ~4,400 TSC ticks in Bochs (50 M instructions per second).
+const LIMIT_TSC: u64 = 200_000_000;
+const EXIT_EXTERNAL_INTERRUPT: usize = 1;
+const EXIT_WRMSR: usize = 32;
+
+fn main(env: &Env) -> u32 {
+    let mut suite = Suite::begin("irq");
+    let virtualized = env.mode == Mode::Exitless;
+    workload::setup();
+
+    let before = virtualized.then(|| hypervisor::exit_counters(env));
+    let first = workload::run(INTERRUPTS, LIMIT_TSC);
+    let after = virtualized.then(|| hypervisor::exit_counters(env));
+    suite.check(
+        "all-arrived",
+        (first.handled_a == INTERRUPTS)
+            .then_some(())
+            .ok_or("not every interrupt arrived in time"),
+    );
+    suite.check(
+        "each-exactly-once",
+        (first.sent == first.handled_a + first.handled_b)
+            .then_some(())
+            .ok_or("interrupts and bytes sent disagree"),
+    );
+    suite.check(
+        "right-vector",
+        (first.other == 0)
+            .then_some(())
+            .ok_or("an interrupt arrived on another vector"),
+    );
+    guest_tests::println!(
+        "guest: {} interrupts in {} TSC ticks ({} per interrupt), work {}",
+        first.handled_a,
+        first.cycles,
+        first.cycles / first.handled_a.max(1),
+        first.work
+    );
+
+    // Point the device vector's gate at the other stub: interrupts must follow the IDT as written.
+    idt::move_gate(ALTERNATE_VECTOR, DEVICE_VECTOR);
+    let second = workload::run(INTERRUPTS / 5, LIMIT_TSC);
+    suite.check(
+        "idt-rewrite-followed",
+        (second.handled_b == INTERRUPTS / 5 && second.handled_a == 0)
+            .then_some(())
+            .ok_or("interrupts did not follow the rewritten gate"),
+    );
+    idt::move_gate(DEVICE_VECTOR, DEVICE_VECTOR);
+
+    if let (Some(before), Some(after)) = (before, after) {
+        let external = after[EXIT_EXTERNAL_INTERRUPT] - before[EXIT_EXTERNAL_INTERRUPT];
+        let wrmsr = after[EXIT_WRMSR] - before[EXIT_WRMSR];
+        guest_tests::println!(
+            "guest: exits over the workload: external-interrupt {external}, wrmsr {wrmsr}"
+        );
+        if hypervisor::eli_mode() {
+            // Host timer interrupts may add a handful; device interrupts and EOIs add none.
+            suite.check(
+                "eli-exitless",
+                (external * 100 < INTERRUPTS && wrmsr == 0)
+                    .then_some(())
+                    .ok_or("ELI took exits per interrupt"),
+            );
+        } else {
+            suite.check(
+                "baseline-exits",
+                (external >= INTERRUPTS && wrmsr >= INTERRUPTS)
+                    .then_some(())
+                    .ok_or("baseline delivered interrupts without exits"),
+            );
+        }
+        let ticks = hypervisor::host_timer_ticks();
+        workload::spin_masked(40_000_000);
+        let ticked = hypervisor::host_timer_ticks() - ticks;
+        guest_tests::println!(
+            "guest: the host timer ticked {ticked} times while interrupts were off"
+        );
+        suite.check(
+            "masked-guest-preempted",
+            (ticked >= 3)
+                .then_some(())
+                .ok_or("the host timer stopped while the guest kept interrupts off"),
+        );
+    } else {
+        suite.skip("mode-exits", "bare metal");
+        suite.skip("masked-guest-preempted", "bare metal");
+    }
+    suite.end()
+}

@@ -1,0 +1,117 @@
+//! The host's own interrupt hardware: the local APIC in x2APIC mode (SDM Vol. 3A 11.12), the IOAPIC's
+//! redirection table (82093AA datasheet), and the legacy 8259 PICs (masked for good).
+
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+const IA32_APIC_BASE: u32 = 0x1B;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+const X2APIC_ID: u32 = 0x802;
+const X2APIC_TPR: u32 = 0x808;
+const X2APIC_EOI: u32 = 0x80B;
+const X2APIC_SVR: u32 = 0x80F;
+const X2APIC_LVT_TIMER: u32 = 0x832;
+const X2APIC_LVT_LINT0: u32 = 0x835;
+const X2APIC_LVT_LINT1: u32 = 0x836;
+const X2APIC_LVT_ERROR: u32 = 0x837;
+const X2APIC_TIMER_INITIAL: u32 = 0x838;
+const X2APIC_TIMER_DIVIDE: u32 = 0x83E;
+const SVR_ENABLE: u64 = 1 << 8;
+const LVT_MASKED: u64 = 1 << 16;
+const LVT_TIMER_PERIODIC: u64 = 1 << 17;
+/// Divide configuration 0b0011: divide by 16 (SDM Figure 11-10).
+const TIMER_DIVIDE_BY_16: u64 = 0b0011;
+
+/// Vectors the host keeps for itself; guests' device vectors must lie below [`HOST_PRIORITY_FLOOR`].
+pub const HOST_TIMER_VECTOR: u8 = 0xEF;
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// Priority class (SDM 11.8.3) from which vectors are the host's: with TPR at this value only host
+/// vectors are delivered, which is how the host takes its pending interrupts without taking a guest's.
+pub const HOST_PRIORITY_FLOOR: u8 = 0xD0;
+
+/// Whether the CPU has an x2APIC (CPUID.1:ECX bit 21).
+pub fn has_x2apic() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0
+}
+
+/// Switches the local APIC to x2APIC mode, software-enables it, masks LINT0/LINT1/error and returns its ID.
+///
+/// # Safety
+/// CPL 0, once per CPU, before interrupts are enabled; the CPU must have an x2APIC.
+pub unsafe fn enable_x2apic() -> u32 {
+    unsafe {
+        let mut base = Msr::new(IA32_APIC_BASE);
+        // SDM 11.12.1: xAPIC enabled first (or together), then EXTD.
+        let value = base.read() | APIC_BASE_ENABLE;
+        base.write(value);
+        base.write(value | APIC_BASE_X2APIC);
+        Msr::new(X2APIC_SVR).write(SVR_ENABLE | u64::from(SPURIOUS_VECTOR));
+        for lvt in [X2APIC_LVT_LINT0, X2APIC_LVT_LINT1, X2APIC_LVT_ERROR] {
+            Msr::new(lvt).write(LVT_MASKED);
+        }
+        Msr::new(X2APIC_TPR).write(0);
+        Msr::new(X2APIC_ID).read() as u32
+    }
+}
+
+/// Completes the highest-priority interrupt in service.
+#[inline(always)]
+pub fn eoi() {
+    // SAFETY: x2APIC mode is on (enable_x2apic ran before any interrupt was unmasked); writing 0 is EOI.
+    unsafe { Msr::new(X2APIC_EOI).write(0) }
+}
+
+/// Sets the task-priority register (only vectors of a higher priority class are delivered).
+pub fn set_tpr(tpr: u8) {
+    // SAFETY: x2APIC mode is on; TPR only gates delivery.
+    unsafe { Msr::new(X2APIC_TPR).write(u64::from(tpr)) }
+}
+
+/// Starts the periodic host timer: `count` timer ticks (bus clock / 16) between interrupts.
+pub fn start_periodic_timer(count: u32) {
+    // SAFETY: x2APIC mode is on; the host owns the LAPIC timer (guests cannot reach it: its MSRs exit).
+    unsafe {
+        Msr::new(X2APIC_TIMER_DIVIDE).write(TIMER_DIVIDE_BY_16);
+        Msr::new(X2APIC_LVT_TIMER).write(LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR));
+        Msr::new(X2APIC_TIMER_INITIAL).write(u64::from(count));
+    }
+}
+
+/// Masks both 8259 PICs: interrupts come through the IOAPIC only.
+pub fn mask_legacy_pics() {
+    // SAFETY: the PICs' interrupt-mask registers; masking every line has no other effect.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xFF);
+        Port::<u8>::new(0xA1).write(0xFF);
+    }
+}
+
+/// The physical IOAPIC at an identity-mapped base.
+pub struct PhysicalIoapic {
+    base: u64,
+}
+
+impl PhysicalIoapic {
+    /// # Safety
+    /// `base` must be an IOAPIC's register window, identity-mapped, and used by nothing else.
+    pub const unsafe fn new(base: u64) -> Self {
+        Self { base }
+    }
+
+    fn write(&self, reg: u32, value: u32) {
+        // SAFETY: IOREGSEL at +0x00, IOWIN at +0x10 (82093AA 3.1); the caller vouched for the base.
+        unsafe {
+            core::ptr::write_volatile(self.base as *mut u32, reg);
+            core::ptr::write_volatile((self.base + 0x10) as *mut u32, value);
+        }
+    }
+
+    /// Writes redirection entry `pin` (high dword first, so the entry is never live half-written).
+    pub fn set_entry(&self, pin: u8, entry: u64) {
+        let reg = 0x10 + 2 * u32::from(pin);
+        self.write(reg, (1 << 16) | entry as u32 & !0xFF); // masked while it changes
+        self.write(reg + 1, (entry >> 32) as u32);
+        self.write(reg, entry as u32);
+    }
+}

@@ -1,0 +1,388 @@
+//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC, host interrupts that arrive while it
+//! runs, and injection (the `baseline` path, and ELI's fallback for interrupts it cannot deliver
+//! directly). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
+//!
+//! Vector ownership: the host's vectors are [`HOST_PRIORITY_FLOOR`] and above (its timer, spurious);
+//! a guest may route its pins only to vectors 0x20..HOST_PRIORITY_FLOOR, which keeps the physical
+//! vector equal to the guest's (ELI delivers through the guest's own gate) and lets the host raise the
+//! LAPIC's TPR to take only its own pending interrupts.
+
+use crate::arch::apic::{HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR};
+use crate::config::InterruptMode;
+use crate::virq::ioapic::{IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic};
+use crate::virq::x2apic::{IpiReach, WriteEffect, X2apic, X2apicFault};
+use crate::vmx::shadow_idt::VectorSet;
+
+/// Guest-physical base of the mediated IOAPIC (the architectural default).
+pub const IOAPIC_GPA: u64 = 0xFEC0_0000;
+pub const IOAPIC_WINDOW: u64 = 0x1000;
+/// Lowest vector a guest may route a device to (0..31 are exceptions).
+const FIRST_DEVICE_VECTOR: u8 = 0x20;
+/// Pins the mediated IOAPIC shows (the Bochs/QEMU IOAPIC has 24).
+const IOAPIC_PINS: u8 = 24;
+
+/// What interrupt handling does to the machine.
+pub trait InterruptHardware {
+    /// EOI to the physical local APIC.
+    fn eoi(&mut self);
+    /// Programs the physical IOAPIC entry of one of the guest's pins (destination: this CPU).
+    fn route_pin(&mut self, routing: PhysicalRouting);
+    /// Accounts a host timer interrupt.
+    fn host_timer_tick(&mut self);
+    /// Intercepts (true) or passes through (false) the guest's x2APIC EOI writes.
+    fn intercept_eoi(&mut self, intercept: bool);
+}
+
+/// Counters the interrupt path keeps for the summary and the bench.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterruptStats {
+    /// Device interrupts injected into the guest (baseline, or ELI's fallback).
+    pub injected: u64,
+    /// Host interrupts taken while the guest ran.
+    pub host_interrupts: u64,
+    /// Interrupts for vectors nobody owns (EOI'd and dropped).
+    pub stray: u64,
+    /// Guest routings refused (vector reserved by the host or illegal).
+    pub refused_routings: u64,
+}
+
+pub struct GuestInterrupts {
+    pub mode: InterruptMode,
+    pub apic: X2apic,
+    pub ioapic: VirtualIoapic,
+    /// Vectors the guest's unmasked pins are routed to: ELI's shadow IDT keeps their gates present.
+    pub device_vectors: VectorSet,
+    pub stats: InterruptStats,
+    /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
+    eoi_passthrough: bool,
+    /// A virtual interrupt became pending, in service or completed since the last look (ELI keeps its
+    /// shadow gates in step).
+    virtual_changed: bool,
+}
+
+impl Default for GuestInterrupts {
+    fn default() -> Self {
+        Self::new(InterruptMode::Baseline, &[])
+    }
+}
+
+impl core::fmt::Debug for GuestInterrupts {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuestInterrupts")
+            .field("mode", &self.mode)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An x2APIC access the guest may not make: inject #GP(0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault;
+
+impl From<X2apicFault> for GuestFault {
+    fn from(_: X2apicFault) -> Self {
+        GuestFault
+    }
+}
+
+impl GuestInterrupts {
+    pub fn new(mode: InterruptMode, pins: &[u8]) -> Self {
+        Self {
+            mode,
+            apic: X2apic::new(0),
+            ioapic: VirtualIoapic::new(0, IOAPIC_PINS, PinSet::from_pins(pins)),
+            device_vectors: VectorSet::new(),
+            stats: InterruptStats::default(),
+            eoi_passthrough: false,
+            virtual_changed: false,
+        }
+    }
+
+    /// Sets up the physical side before the guest first runs: every assigned pin masked, and in ELI
+    /// mode EOI passed through.
+    pub fn start(&mut self, hw: &mut impl InterruptHardware) {
+        for pin in self.ioapic.assigned().iter() {
+            if let Some(routing) = self.ioapic.routing(pin) {
+                hw.route_pin(PhysicalRouting {
+                    masked: true,
+                    ..routing
+                });
+            }
+        }
+        if self.mode == InterruptMode::Eli {
+            self.set_eoi_passthrough(true, hw);
+        }
+    }
+
+    fn set_eoi_passthrough(&mut self, on: bool, hw: &mut impl InterruptHardware) {
+        if self.eoi_passthrough != on {
+            self.eoi_passthrough = on;
+            hw.intercept_eoi(!on);
+        }
+    }
+
+    /// A host-owned vector arrived while the guest ran (baseline: external-interrupt exit; ELI: #NP
+    /// exit). It is in the LAPIC's ISR: handle it and EOI it here, never inject it.
+    fn host_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        self.stats.host_interrupts += 1;
+        match vector {
+            HOST_TIMER_VECTOR => hw.host_timer_tick(),
+            // A spurious interrupt is not in service and takes no EOI (SDM 11.9).
+            SPURIOUS_VECTOR => return,
+            _ => self.stats.stray += 1,
+        }
+        hw.eoi();
+    }
+
+    /// Baseline: an external-interrupt exit acknowledged `vector`.
+    pub fn external_interrupt(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        if vector >= HOST_PRIORITY_FLOOR || !self.device_vectors.contains(vector) {
+            return self.host_vector(vector, hw);
+        }
+        // Edge-triggered device interrupt: complete it physically now, deliver it virtually.
+        hw.eoi();
+        if self.apic.request(vector, false).is_err() {
+            self.stats.stray += 1;
+        }
+        self.virtual_changed = true;
+    }
+
+    /// ELI: a #NP exit for an external interrupt whose shadow gate is not present.
+    pub fn hidden_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        if self.device_vectors.contains(vector) {
+            // The guest's own device vector but its gate is missing (shadow out of date): EOI the
+            // physical one and deliver it through injection instead.
+            hw.eoi();
+            let _ = self.apic.request(vector, false);
+            self.virtual_changed = true;
+            return;
+        }
+        self.host_vector(vector, hw);
+    }
+
+    /// Whether virtual interrupt state changed since the last call (and clears the flag).
+    pub fn take_virtual_change(&mut self) -> bool {
+        core::mem::take(&mut self.virtual_changed)
+    }
+
+    /// The vector to inject now, if any (the caller checks the guest can take it, then calls
+    /// [`Self::injected`]).
+    pub fn pending(&self) -> Option<u8> {
+        self.apic.highest_deliverable()
+    }
+
+    /// `vector` was injected: it is in service in the virtual APIC, so the guest's EOI must reach it.
+    pub fn injected(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        self.apic.acknowledge(vector);
+        self.stats.injected += 1;
+        self.virtual_changed = true;
+        if self.mode == InterruptMode::Eli {
+            self.set_eoi_passthrough(false, hw);
+        }
+    }
+
+    pub fn read_msr(&self, msr: u32) -> Result<u64, GuestFault> {
+        Ok(self.apic.read_msr(msr)?)
+    }
+
+    /// A guest x2APIC register write that exited.
+    pub fn write_msr(
+        &mut self,
+        msr: u32,
+        value: u64,
+        hw: &mut impl InterruptHardware,
+    ) -> Result<(), GuestFault> {
+        match self.apic.write_msr(msr, value)? {
+            WriteEffect::Eoi(_) => {
+                self.virtual_changed = true;
+                if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
+                    self.set_eoi_passthrough(true, hw);
+                }
+            }
+            // IPIs that reach another CPU (and INIT/SIPI, which always do here) are refused.
+            WriteEffect::Ipi(request) => match request.reach(self.apic.id()) {
+                IpiReach::OnlySelf => {
+                    self.apic.deliver_to_self(request).map_err(|_| GuestFault)?;
+                    self.virtual_changed = true;
+                }
+                IpiReach::Nobody => {}
+                IpiReach::IncludesOthers => return Err(GuestFault),
+            },
+            WriteEffect::None | WriteEffect::TimerChanged => {}
+        }
+        Ok(())
+    }
+
+    /// A guest access to the mediated IOAPIC window; returns the value read (0 for writes) and whether
+    /// the set of device vectors changed (ELI rebuilds its shadow IDT then).
+    pub fn ioapic_access(
+        &mut self,
+        offset: u64,
+        size: u8,
+        write: Option<u32>,
+        hw: &mut impl InterruptHardware,
+    ) -> (u32, bool) {
+        let Some(value) = write else {
+            return (self.ioapic.mmio_read(offset, size), false);
+        };
+        let IoapicWriteEffect::Routing(mut routing) = self.ioapic.mmio_write(offset, size, value)
+        else {
+            return (0, false);
+        };
+        if !(FIRST_DEVICE_VECTOR..HOST_PRIORITY_FLOOR).contains(&routing.vector) && !routing.masked
+        {
+            log::warn!(
+                "guest routed IOAPIC pin {} to vector {:#x}: guests may use {FIRST_DEVICE_VECTOR:#x}..{HOST_PRIORITY_FLOOR:#x}; pin stays masked",
+                routing.pin,
+                routing.vector
+            );
+            self.stats.refused_routings += 1;
+            routing.masked = true;
+        }
+        hw.route_pin(routing);
+        let before = self.device_vectors;
+        self.device_vectors = VectorSet::new();
+        for pin in self.ioapic.assigned().iter() {
+            if let Some(r) = self.ioapic.routing(pin).filter(|r| !r.masked) {
+                if (FIRST_DEVICE_VECTOR..HOST_PRIORITY_FLOOR).contains(&r.vector) {
+                    self.device_vectors.insert(r.vector);
+                }
+            }
+        }
+        (0, before != self.device_vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[derive(Default)]
+    struct FakeHw {
+        eois: u32,
+        ticks: u32,
+        routes: Vec<PhysicalRouting>,
+        eoi_intercepted: Option<bool>,
+    }
+
+    impl InterruptHardware for FakeHw {
+        fn eoi(&mut self) {
+            self.eois += 1;
+        }
+        fn route_pin(&mut self, routing: PhysicalRouting) {
+            self.routes.push(routing);
+        }
+        fn host_timer_tick(&mut self) {
+            self.ticks += 1;
+        }
+        fn intercept_eoi(&mut self, intercept: bool) {
+            self.eoi_intercepted = Some(intercept);
+        }
+    }
+
+    const SVR: u32 = 0x80F;
+    const EOI: u32 = 0x80B;
+
+    /// The guest programs pin 3 as on bare metal: high dword (destination), then low (vector 0x40).
+    fn route_pin3(g: &mut GuestInterrupts, hw: &mut FakeHw, vector: u32) -> bool {
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 3 + 1), hw);
+        g.ioapic_access(0x10, 4, Some(0), hw);
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 3), hw);
+        g.ioapic_access(0x10, 4, Some(vector), hw).1
+    }
+
+    #[test]
+    fn baseline_device_interrupt_is_eoied_physically_and_injected_once() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[3]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        assert!(
+            route_pin3(&mut g, &mut hw, 0x40),
+            "vector 0x40 became a device vector"
+        );
+        assert_eq!(
+            hw.routes.last().map(|r| (r.pin, r.vector, r.masked)),
+            Some((3, 0x40, false))
+        );
+        g.external_interrupt(0x40, &mut hw);
+        assert_eq!(hw.eois, 1);
+        assert_eq!(g.pending(), Some(0x40));
+        g.injected(0x40, &mut hw);
+        assert_eq!(g.pending(), None, "in service, not pending again");
+        g.write_msr(EOI, 0, &mut hw).unwrap();
+        assert!(!g.apic.is_in_service(0x40));
+        assert_eq!(g.stats.injected, 1);
+    }
+
+    #[test]
+    fn host_timer_is_handled_by_the_host_and_never_injected() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[3]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        g.external_interrupt(HOST_TIMER_VECTOR, &mut hw);
+        g.hidden_vector(HOST_TIMER_VECTOR, &mut hw);
+        assert_eq!((hw.ticks, hw.eois), (2, 2));
+        assert_eq!(g.pending(), None);
+        g.external_interrupt(SPURIOUS_VECTOR, &mut hw);
+        assert_eq!(hw.eois, 2, "no EOI for a spurious interrupt");
+    }
+
+    #[test]
+    fn host_vectors_and_unassigned_pins_cannot_be_routed() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Eli, &[3]),
+            FakeHw::default(),
+        );
+        assert!(!route_pin3(&mut g, &mut hw, u32::from(HOST_TIMER_VECTOR)));
+        assert!(hw.routes.last().unwrap().masked, "kept masked");
+        assert_eq!(g.stats.refused_routings, 1);
+        // Pin 4 is not the guest's: the write is ignored, nothing is routed.
+        let before = hw.routes.len();
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 4), &mut hw);
+        g.ioapic_access(0x10, 4, Some(0x41), &mut hw);
+        assert_eq!(hw.routes.len(), before);
+    }
+
+    #[test]
+    fn eli_intercepts_eoi_only_while_an_injected_interrupt_is_in_service() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Eli, &[3]),
+            FakeHw::default(),
+        );
+        g.start(&mut hw);
+        assert_eq!(
+            hw.eoi_intercepted,
+            Some(false),
+            "passthrough from the start"
+        );
+        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        g.write_msr(0x83F, 0x50, &mut hw).unwrap(); // self-IPI: only deliverable by injection
+        assert_eq!(g.pending(), Some(0x50));
+        g.injected(0x50, &mut hw);
+        assert_eq!(hw.eoi_intercepted, Some(true));
+        g.write_msr(EOI, 0, &mut hw).unwrap();
+        assert_eq!(hw.eoi_intercepted, Some(false));
+    }
+
+    #[test]
+    fn ipis_to_other_cpus_are_refused() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        // INIT, all excluding self (SDM Figure 11-12: delivery mode 101, shorthand 11).
+        assert_eq!(
+            g.write_msr(0x830, (0b11 << 18) | (0b101 << 8), &mut hw),
+            Err(GuestFault)
+        );
+        // Fixed IPI to self by shorthand: delivered.
+        assert_eq!(g.write_msr(0x830, (0b01 << 18) | 0x60, &mut hw), Ok(()));
+        assert_eq!(g.pending(), Some(0x60));
+    }
+}
