@@ -45,6 +45,17 @@ pub fn eoi() {
     unsafe { Msr::new(X2APIC_EOI).write(0) }
 }
 
+/// Arms the LAPIC timer once: `vector` after `count` ticks of the timer clock divided by 1
+/// (SDM 11.5.4: divide configuration 0b1011, LVT timer mode 00 one-shot).
+pub fn start_oneshot_timer(vector: u8, count: u32) {
+    // SAFETY: the guest's own LAPIC timer (virtual under Exitless).
+    unsafe {
+        Msr::new(0x83E).write(0b1011);
+        Msr::new(0x832).write(u64::from(vector));
+        Msr::new(0x838).write(u64::from(count));
+    }
+}
+
 /// Writes the x2APIC ICR (IPIs); a guest must not be able to send INIT/SIPI to the host's CPUs.
 ///
 /// # Safety

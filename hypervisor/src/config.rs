@@ -8,6 +8,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use exitless_abi::config_text::{items, Item};
 
+use crate::pci::Bdf;
+
 /// A self-test the kernel runs after the boot summary (for the test harness).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SelfTest {
@@ -45,6 +47,9 @@ pub struct GuestConfig {
     /// For tests of the hypervisor's defences: the guest is expected to be stopped with a reason that
     /// contains this text (e.g. `EPT violation`), instead of powering off with code 0.
     pub expect_stop: Option<String>,
+    /// PCI functions assigned to the guest (`pci = 00:03.0, 00:08.0`); checked at boot by
+    /// `vmm::assignment::plan`.
+    pub pci: Vec<Bdf>,
 }
 
 impl GuestConfig {
@@ -59,6 +64,7 @@ impl GuestConfig {
             ports: Vec::new(),
             ioapic_pins: Vec::new(),
             expect_stop: None,
+            pci: Vec::new(),
         }
     }
 }
@@ -69,6 +75,9 @@ pub struct Config {
     pub emulator_exit: bool,
     pub selftest: SelfTest,
     pub log_level: log::LevelFilter,
+    /// `unsafe_no_iommu = yes`: allow device assignment on a machine without an IOMMU (Bochs), where
+    /// an assigned device can DMA anywhere. Warned about on every boot.
+    pub unsafe_no_iommu: bool,
     pub guests: Vec<GuestConfig>,
 }
 
@@ -78,6 +87,7 @@ impl Default for Config {
             emulator_exit: false,
             selftest: SelfTest::None,
             log_level: log::LevelFilter::Info,
+            unsafe_no_iommu: false,
             guests: Vec::new(),
         }
     }
@@ -129,6 +139,10 @@ impl Config {
                         Some(b) => config.emulator_exit = b,
                         None => problem(format!("emulator_exit = {value}: write yes or no")),
                     },
+                    "unsafe_no_iommu" => match parse_bool(value) {
+                        Some(b) => config.unsafe_no_iommu = b,
+                        None => problem(format!("unsafe_no_iommu = {value}: write yes or no")),
+                    },
                     "selftest" => match value {
                         "none" => config.selftest = SelfTest::None,
                         "exception" => config.selftest = SelfTest::Exception,
@@ -142,7 +156,7 @@ impl Config {
                         )),
                     },
                     _ => problem(format!(
-                        "unknown setting `{key}` (known: kernel, emulator_exit, selftest, log)"
+                        "unknown setting `{key}` (known: kernel, emulator_exit, selftest, log, unsafe_no_iommu)"
                     )),
                 },
             }
@@ -191,6 +205,18 @@ impl GuestConfig {
                 }
             }
             "expect_stop" => self.expect_stop = Some(String::from(value)),
+            "pci" => {
+                for text in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    match text.parse::<Bdf>() {
+                        Ok(bdf) => self.pci.push(bdf),
+                        Err(_) => {
+                            return Err(format!(
+                                "pci: `{text}` is not a PCI address like 00:03.0 (as `lspci` and the boot summary's `summary: pci_function` lines print it)"
+                            ))
+                        }
+                    }
+                }
+            }
             "ioapic_pins" => {
                 for pin in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match parse_u64(pin) {
@@ -201,7 +227,7 @@ impl GuestConfig {
             }
             _ => {
                 return Err(format!(
-                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop)"
+                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop, pci)"
                 ))
             }
         }
@@ -281,6 +307,41 @@ mod tests {
         assert_eq!(g.ports, [(0x2f8, 0x2ff), (0x80, 0x80)]);
         assert_eq!(g.ioapic_pins, [3]);
         assert_eq!(config.guests[1].interrupts, InterruptMode::Baseline);
+    }
+
+    #[test]
+    fn assigned_pci_devices_and_unsafe_no_iommu_are_read() {
+        let (config, problems) = Config::parse(
+            "unsafe_no_iommu = yes\n[guest a]\nimage = a.elf\npci = 00:03.0, 0001:02:1f.7\npci = 00:08.0\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.unsafe_no_iommu);
+        let bdfs: Vec<String> = config.guests[0]
+            .pci
+            .iter()
+            .map(|b| format!("{b}"))
+            .collect();
+        assert_eq!(bdfs, ["00:03.0", "0001:02:1f.7", "00:08.0"]);
+        assert!(!Config::default().unsafe_no_iommu);
+        assert!(Config::default().guests.iter().all(|g| g.pci.is_empty()));
+    }
+
+    #[test]
+    fn malformed_bdf_and_unsafe_no_iommu_are_problems_with_their_line() {
+        let (config, problems) = Config::parse(
+            "unsafe_no_iommu = perhaps\n[guest a]\nimage = a.elf\npci = 00:3\npci = 00:20.0\n",
+        );
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [1, 4, 5]);
+        assert!(problems[0].message.contains("yes or no"));
+        assert!(
+            problems[1].message.contains("`00:3`"),
+            "{}",
+            problems[1].message
+        );
+        assert!(problems[2].message.contains("`00:20.0`"));
+        assert!(!config.unsafe_no_iommu);
+        assert!(config.guests[0].pci.is_empty());
     }
 
     #[test]

@@ -107,6 +107,19 @@ pub const BOOTS: &[Boot] = &[
             },
         ],
     },
+    // The interrupt test guest bare metal: the same binary the hypervisor runs, on the real (emulated)
+    // x2APIC, IOAPIC and COM2, so guest tests stay honest baselines.
+    Boot {
+        id: "bochs-bare-irq",
+        tier: Tier::Bochs,
+        config: || ImageConfig::emulator().kernel("guests/irq.elf"),
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[Check {
+            name: "bare-irq-protocol",
+            check: boot_protocol,
+        }],
+    },
     Boot {
         id: "qemu-tcg-boot",
         tier: Tier::QemuTcg,

@@ -6,12 +6,27 @@
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_tests::workload::{self, ALTERNATE_VECTOR, DEVICE_VECTOR};
 use guest_tests::{hypervisor, idt, suite::Suite, Env, Mode};
 
 guest_tests::entry!(main);
 
-const INTERRUPTS: u64 = 500;
+static TIMER_FIRED: AtomicU64 = AtomicU64::new(0);
+
+fn on_timer(_: u8) {
+    TIMER_FIRED.fetch_add(1, Ordering::Relaxed);
+    guest_tests::apic::eoi();
+}
+
+fn tsc() -> u64 {
+    // SAFETY: RDTSC is always available here.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Long enough (about 10 M TSC ticks) that the host timer (every 5 M) fires during the storm.
+const INTERRUPTS: u64 = 2500;
+const TIMER_VECTOR: u8 = 0x50;
 /// Generous: at 115200 baud a byte takes ~4,400 TSC ticks in Bochs (50 M instructions per second).
 const LIMIT_TSC: u64 = 200_000_000;
 const EXIT_EXTERNAL_INTERRUPT: usize = 1;
@@ -22,9 +37,11 @@ fn main(env: &Env) -> u32 {
     let virtualized = env.mode == Mode::Exitless;
     workload::setup();
 
+    let ticks_before = virtualized.then(hypervisor::host_timer_ticks);
     let before = virtualized.then(|| hypervisor::exit_counters(env));
     let first = workload::run(INTERRUPTS, LIMIT_TSC);
     let after = virtualized.then(|| hypervisor::exit_counters(env));
+    let ticks_during = ticks_before.map(|t| hypervisor::host_timer_ticks() - t);
     suite.check(
         "all-arrived",
         (first.handled_a == INTERRUPTS)
@@ -62,6 +79,23 @@ fn main(env: &Env) -> u32 {
     );
     idt::move_gate(DEVICE_VECTOR, DEVICE_VECTOR);
 
+    // The LAPIC timer: the real one bare metal, the virtual one under Exitless (in ELI mode this is
+    // an injected interrupt: the fallback path).
+    idt::set_handler(TIMER_VECTOR, on_timer);
+    guest_tests::apic::start_oneshot_timer(TIMER_VECTOR, 100_000);
+    x86_64::instructions::interrupts::enable();
+    let start = tsc();
+    while TIMER_FIRED.load(Ordering::Relaxed) == 0 && tsc() - start < LIMIT_TSC {
+        core::hint::spin_loop();
+    }
+    x86_64::instructions::interrupts::disable();
+    suite.check(
+        "lapic-timer-once",
+        (TIMER_FIRED.load(Ordering::Relaxed) == 1)
+            .then_some(())
+            .ok_or("the one-shot LAPIC timer did not fire exactly once"),
+    );
+
     if let (Some(before), Some(after)) = (before, after) {
         let external = after[EXIT_EXTERNAL_INTERRUPT] - before[EXIT_EXTERNAL_INTERRUPT];
         let wrmsr = after[EXIT_WRMSR] - before[EXIT_WRMSR];
@@ -84,6 +118,16 @@ fn main(env: &Env) -> u32 {
                     .ok_or("baseline delivered interrupts without exits"),
             );
         }
+        let during = ticks_during.unwrap_or(0);
+        guest_tests::println!(
+            "guest: the host timer ticked {during} times during the interrupt storm"
+        );
+        suite.check(
+            "host-timer-through-storm",
+            (during >= 1)
+                .then_some(())
+                .ok_or("the host timer did not tick during the interrupt storm"),
+        );
         let ticks = hypervisor::host_timer_ticks();
         workload::spin_masked(40_000_000);
         let ticked = hypervisor::host_timer_ticks() - ticks;
@@ -98,6 +142,7 @@ fn main(env: &Env) -> u32 {
         );
     } else {
         suite.skip("mode-exits", "bare metal");
+        suite.skip("host-timer-through-storm", "bare metal");
         suite.skip("masked-guest-preempted", "bare metal");
     }
     suite.end()

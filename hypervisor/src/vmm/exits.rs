@@ -101,6 +101,10 @@ pub struct Vcpu {
     pub window_exiting: bool,
     /// Basic reason of the last VM exit.
     pub last_exit: u16,
+    /// VMX-preemption timer: (its usual value, the TSC-to-timer shift), when it is in use.
+    pub preemption: Option<(u32, u8)>,
+    /// The preemption-timer value last written to the VMCS.
+    pub preemption_written: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -301,7 +305,7 @@ fn rdmsr(
         msr::KERNEL_GS_BASE => soft.kernel_gs_base,
         msr::TSC_AUX => soft.tsc_aux,
         msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
-            match vcpu.interrupts.read_msr(vcpu.regs.rcx as u32) {
+            match vcpu.interrupts.read_msr(vcpu.regs.rcx as u32, host.rdtsc()) {
                 Ok(value) => value,
                 Err(_) => return inject_gp(vmcs),
             }
@@ -353,7 +357,7 @@ fn wrmsr(
         msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
             if vcpu
                 .interrupts
-                .write_msr(vcpu.regs.rcx as u32, value, host)
+                .write_msr(vcpu.regs.rcx as u32, value, host.rdtsc(), host)
                 .is_err()
             {
                 return inject_gp(vmcs);

@@ -181,7 +181,21 @@ impl GuestInterrupts {
         }
     }
 
-    pub fn read_msr(&self, msr: u32) -> Result<u64, GuestFault> {
+    /// Brings the virtual APIC's timer up to guest time `now` (TSC); a timer that expired becomes a
+    /// pending interrupt.
+    pub fn advance_to(&mut self, now: u64) {
+        if self.apic.advance_to(now) != 0 {
+            self.virtual_changed = true;
+        }
+    }
+
+    /// TSC at which the virtual timer next fires, if it is armed and unmasked.
+    pub fn next_timer_due(&self) -> Option<u64> {
+        self.apic.next_timer_due()
+    }
+
+    pub fn read_msr(&mut self, msr: u32, now: u64) -> Result<u64, GuestFault> {
+        self.advance_to(now);
         Ok(self.apic.read_msr(msr)?)
     }
 
@@ -190,8 +204,10 @@ impl GuestInterrupts {
         &mut self,
         msr: u32,
         value: u64,
+        now: u64,
         hw: &mut impl InterruptHardware,
     ) -> Result<(), GuestFault> {
+        self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
             WriteEffect::Eoi(_) => {
                 self.virtual_changed = true;
@@ -298,7 +314,7 @@ mod tests {
             GuestInterrupts::new(InterruptMode::Baseline, &[3]),
             FakeHw::default(),
         );
-        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
         assert!(
             route_pin3(&mut g, &mut hw, 0x40),
             "vector 0x40 became a device vector"
@@ -312,7 +328,7 @@ mod tests {
         assert_eq!(g.pending(), Some(0x40));
         g.injected(0x40, &mut hw);
         assert_eq!(g.pending(), None, "in service, not pending again");
-        g.write_msr(EOI, 0, &mut hw).unwrap();
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
         assert!(!g.apic.is_in_service(0x40));
         assert_eq!(g.stats.injected, 1);
     }
@@ -323,7 +339,7 @@ mod tests {
             GuestInterrupts::new(InterruptMode::Baseline, &[3]),
             FakeHw::default(),
         );
-        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
         g.external_interrupt(HOST_TIMER_VECTOR, &mut hw);
         g.hidden_vector(HOST_TIMER_VECTOR, &mut hw);
         assert_eq!((hw.ticks, hw.eois), (2, 2));
@@ -360,13 +376,31 @@ mod tests {
             Some(false),
             "passthrough from the start"
         );
-        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
-        g.write_msr(0x83F, 0x50, &mut hw).unwrap(); // self-IPI: only deliverable by injection
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        g.write_msr(0x83F, 0x50, 0, &mut hw).unwrap(); // self-IPI: only deliverable by injection
         assert_eq!(g.pending(), Some(0x50));
         g.injected(0x50, &mut hw);
         assert_eq!(hw.eoi_intercepted, Some(true));
-        g.write_msr(EOI, 0, &mut hw).unwrap();
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
         assert_eq!(hw.eoi_intercepted, Some(false));
+    }
+
+    #[test]
+    fn the_virtual_lapic_timer_fires_when_guest_time_reaches_it() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, 1000, &mut hw).unwrap();
+        g.write_msr(0x83E, 0b1011, 1000, &mut hw).unwrap(); // divide by 1
+        g.write_msr(0x832, 0x50, 1000, &mut hw).unwrap(); // one-shot, vector 0x50
+        g.write_msr(0x838, 500, 1000, &mut hw).unwrap();
+        assert_eq!(g.next_timer_due(), Some(1500));
+        g.advance_to(1499);
+        assert_eq!(g.pending(), None);
+        g.advance_to(1500);
+        assert_eq!(g.pending(), Some(0x50));
+        assert!(g.take_virtual_change());
     }
 
     #[test]
@@ -375,14 +409,14 @@ mod tests {
             GuestInterrupts::new(InterruptMode::Baseline, &[]),
             FakeHw::default(),
         );
-        g.write_msr(SVR, 0x1FF, &mut hw).unwrap();
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
         // INIT, all excluding self (SDM Figure 11-12: delivery mode 101, shorthand 11).
         assert_eq!(
-            g.write_msr(0x830, (0b11 << 18) | (0b101 << 8), &mut hw),
+            g.write_msr(0x830, (0b11 << 18) | (0b101 << 8), 0, &mut hw),
             Err(GuestFault)
         );
         // Fixed IPI to self by shorthand: delivered.
-        assert_eq!(g.write_msr(0x830, (0b01 << 18) | 0x60, &mut hw), Ok(()));
+        assert_eq!(g.write_msr(0x830, (0b01 << 18) | 0x60, 0, &mut hw), Ok(()));
         assert_eq!(g.pending(), Some(0x60));
     }
 }

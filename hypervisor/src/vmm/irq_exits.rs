@@ -272,6 +272,20 @@ pub fn prepare_entry(
     vcpu: &mut Vcpu,
     host: &mut impl HostServices,
 ) -> Result<(), VmFail> {
+    let now = host.rdtsc();
+    vcpu.interrupts.advance_to(now);
+    if let Some((usual, shift)) = vcpu.preemption {
+        // Come back when the guest's virtual LAPIC timer is due, or after the host's usual period.
+        let until_due = vcpu
+            .interrupts
+            .next_timer_due()
+            .map(|due| due.saturating_sub(now) >> shift);
+        let value = until_due.map_or(usual, |t| t.min(u64::from(usual)) as u32);
+        if value != vcpu.preemption_written {
+            vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
+            vcpu.preemption_written = value;
+        }
+    }
     if vcpu.interrupts.mode == InterruptMode::Eli
         && vcpu.interrupts.take_virtual_change()
         && vcpu.guest_idtr.1 != 0

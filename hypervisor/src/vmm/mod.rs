@@ -1,5 +1,6 @@
 //! The virtual-machine monitor: guests built from the configuration, run on VT-x.
 
+pub mod assignment;
 pub mod controls;
 pub mod cpuid;
 pub mod exits;

@@ -266,17 +266,21 @@ impl VmxCpu {
             .and_then(|()| vmcs_setup::write_host_state(&mut vmcs, &self.host))
             .and_then(|()| vmcs_setup::write_guest_start(&mut vmcs, &self.caps, &start));
         setup.map_err(|e| format!("programming the VMCS failed: {e}"))?;
-        if let (true, Some(irq)) = (
+        let preemption = match (
             controls
                 .pin
                 .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER),
             irq,
         ) {
-            let value = (irq.timer_period_tsc >> self.caps.preemption_timer_tsc_shift())
-                .min(u64::from(u32::MAX));
-            vmcs.write32(Vmcs32::PreemptionTimerValue, value as u32)
-                .map_err(|e| format!("programming the VMCS failed: {e}"))?;
-        }
+            (true, Some(irq)) => {
+                let shift = self.caps.preemption_timer_tsc_shift();
+                let value = (irq.timer_period_tsc >> shift).min(u64::from(u32::MAX)) as u32;
+                vmcs.write32(Vmcs32::PreemptionTimerValue, value)
+                    .map_err(|e| format!("programming the VMCS failed: {e}"))?;
+                Some((value, shift))
+            }
+            _ => None,
+        };
         // SAFETY: VMX is on; flushes anything cached for this EPTP from an earlier guest.
         unsafe { hw::invept_single(tables.eptp) };
 
@@ -290,6 +294,8 @@ impl VmxCpu {
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
             interrupts: GuestInterrupts::new(config.interrupts, &config.ioapic_pins),
             eli: eli.then(|| alloc::boxed::Box::new(EliState::default())),
+            preemption,
+            preemption_written: preemption.map_or(0, |(value, _)| value),
             ..Default::default()
         };
         log::info!(
