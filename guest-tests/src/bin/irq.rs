@@ -13,6 +13,14 @@ use guest_tests::{hypervisor, idt, suite::Suite, Env, Mode};
 guest_tests::entry!(main);
 
 static TIMER_FIRED: AtomicU64 = AtomicU64::new(0);
+static UNACKED: AtomicU64 = AtomicU64::new(0);
+
+/// Takes a device interrupt and never EOIs it: the vector stays in service for good.
+fn on_device_without_eoi(_: u8) {
+    let _ = guest_tests::apic::Com2::interrupt_id();
+    guest_tests::apic::Com2::set_tx_interrupt(false);
+    UNACKED.fetch_add(1, Ordering::Relaxed);
+}
 
 fn on_timer(_: u8) {
     TIMER_FIRED.fetch_add(1, Ordering::Relaxed);
@@ -140,8 +148,33 @@ fn main(env: &Env) -> u32 {
                 .then_some(())
                 .ok_or("the host timer stopped while the guest kept interrupts off"),
         );
+        // Last: a guest that takes its device interrupt and never EOIs it, then runs with interrupts
+        // on. Its vector stays in service (virtually, or in the LAPIC under ELI); the host's timer,
+        // of a higher priority class, must still get through.
+        idt::set_handler(DEVICE_VECTOR, on_device_without_eoi);
+        guest_tests::apic::Com2::send(b'!');
+        guest_tests::apic::Com2::set_tx_interrupt(true);
+        x86_64::instructions::interrupts::enable();
+        let start = tsc();
+        while UNACKED.load(Ordering::Relaxed) == 0 && tsc() - start < LIMIT_TSC {
+            core::hint::spin_loop();
+        }
+        let ticks = hypervisor::host_timer_ticks();
+        while tsc() - start < 30_000_000 {
+            core::hint::spin_loop();
+        }
+        x86_64::instructions::interrupts::disable();
+        let ticked = hypervisor::host_timer_ticks() - ticks;
+        guest_tests::println!("guest: without EOI, the host timer ticked {ticked} times");
+        suite.check(
+            "no-eoi-guest-preempted",
+            (UNACKED.load(Ordering::Relaxed) == 1 && ticked >= 2)
+                .then_some(())
+                .ok_or("a guest that never EOIs stopped the host timer"),
+        );
     } else {
         suite.skip("mode-exits", "bare metal");
+        suite.skip("no-eoi-guest-preempted", "bare metal");
         suite.skip("host-timer-through-storm", "bare metal");
         suite.skip("masked-guest-preempted", "bare metal");
     }
