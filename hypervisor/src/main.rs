@@ -16,6 +16,7 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod kernel {
     use alloc::format;
+    use alloc::string::String;
     use alloc::vec::Vec;
     use exitless_abi::boot_info::BootInfo;
     use exitless_abi::boot_info::Module;
@@ -26,6 +27,7 @@ mod kernel {
     use hypervisor::memory::{frames::FrameAllocator, heap};
     use hypervisor::pci::{self, ConfigAccess, Ecam, LegacyPorts, PciTopology};
     use hypervisor::platform::{AcpiStatus, Platform};
+    use hypervisor::vmm::assignment::{self, AssignmentPlan};
     use hypervisor::vmm::exits::GuestEnd;
     use hypervisor::vmm::runner::VmxCpu;
     use hypervisor::{println, summary};
@@ -152,7 +154,15 @@ mod kernel {
         let _ = results.write(&mut console);
         let mut exit_code = results.exit_code();
         if !config.guests.is_empty() {
-            exit_code |= run_guests(&config, &vmx, &platform, modules, &mut frames, &selectors);
+            exit_code |= run_guests(
+                &config,
+                &vmx,
+                &platform,
+                &pci,
+                modules,
+                &mut frames,
+                &selectors,
+            );
         }
         if config.selftest == SelfTest::Vtd {
             exit_code |= hypervisor::selftest::vtd::run(&platform, &pci, &mut frames, &mut console);
@@ -165,11 +175,34 @@ mod kernel {
         power::power_off(exit_code)
     }
 
-    /// Runs every configured guest, one after the other, as the `guests` suite; returns 1 if any failed.
+    /// Checks the guests' `pci =` against the machine: refusals are logged as errors (their guests do
+    /// not run), warnings (`unsafe_no_iommu`) as warnings, on every boot; then the `summary: assignment`
+    /// lines.
+    fn plan_assignment(config: &Config, pci: &PciTopology, platform: &Platform) -> AssignmentPlan {
+        let plan = assignment::plan(
+            &config.guests,
+            pci,
+            &platform.iommus,
+            config.unsafe_no_iommu,
+        );
+        for refusal in &plan.refusals {
+            log::error!("device assignment refused: {refusal}");
+        }
+        for warning in &plan.warnings {
+            log::warn!("device assignment: {warning}");
+        }
+        let _ = plan.write_summary(&mut serial::Console);
+        plan
+    }
+
+    /// Runs every configured guest whose device assignment is not refused, one after the other, as the
+    /// `guests` suite (a refused guest is judged as stopped with "assignment refused"); returns 1 if any
+    /// failed.
     fn run_guests(
         config: &Config,
         vmx: &VmxCaps,
         platform: &Platform,
+        pci: &PciTopology,
         modules: &[Module],
         frames: &mut FrameAllocator,
         selectors: &gdt::Selectors,
@@ -177,39 +210,51 @@ mod kernel {
         let mut console = serial::Console;
         // Guests print their own suites while they run; this suite follows them.
         let mut results = summary::Results::default();
+        let plan = plan_assignment(config, pci, platform);
         let ioapic_base = platform.ioapics.first().map(|ioapic| ioapic.address);
-        match VmxCpu::enable(vmx, frames, selectors, ioapic_base) {
-            Err(why) => {
+        // VMX is only turned on when some guest will run.
+        let runs_any = config.guests.iter().any(|g| !plan.is_refused(&g.name));
+        let cpu = match runs_any.then(|| VmxCpu::enable(vmx, frames, selectors, ioapic_base)) {
+            Some(Err(why)) => {
                 log::error!("cannot run guests: {why}");
-                for guest in &config.guests {
-                    results.record(
-                        format!("guest-{}", guest.name),
-                        Outcome::Failed("VMX unavailable (see log)"),
-                    );
-                }
+                None
             }
-            Ok(cpu) => {
-                for (index, guest) in config.guests.iter().enumerate() {
-                    let report = cpu.run(guest, modules, frames, index as u16 + 1);
-                    match &report.end {
-                        GuestEnd::PoweredOff(code) => {
-                            log::info!("guest {} powered off with code {code}", guest.name)
-                        }
-                        GuestEnd::Stopped(why) => log::warn!("guest {} stopped: {why}", guest.name),
-                    }
-                    let _ = summary::write_guest_exits(&mut console, &report);
-                    log::info!(
-                        "host timer: {} ticks so far (TSC {})",
-                        hypervisor::arch::host_irq::timer_ticks(),
-                        // SAFETY: RDTSC at CPL 0.
-                        unsafe { core::arch::x86_64::_rdtsc() }
-                    );
-                    results.record(
-                        format!("guest-{}", guest.name),
-                        summary::judge_guest(guest, &report.end),
-                    );
-                }
+            Some(Ok(mut cpu)) => {
+                cpu.attach_pci(pci.clone(), guest_pci_access(platform));
+                Some(cpu)
             }
+            None => None,
+        };
+        for (index, guest) in config.guests.iter().enumerate() {
+            let name = format!("guest-{}", guest.name);
+            if plan.is_refused(&guest.name) {
+                log::warn!(
+                    "guest {} not started: device assignment refused",
+                    guest.name
+                );
+                let refused = GuestEnd::Stopped(String::from("assignment refused"));
+                results.record(name, summary::judge_guest(guest, &refused));
+                continue;
+            }
+            let Some(cpu) = &cpu else {
+                results.record(name, Outcome::Failed("VMX unavailable (see log)"));
+                continue;
+            };
+            let report = cpu.run(guest, modules, frames, index as u16 + 1);
+            match &report.end {
+                GuestEnd::PoweredOff(code) => {
+                    log::info!("guest {} powered off with code {code}", guest.name)
+                }
+                GuestEnd::Stopped(why) => log::warn!("guest {} stopped: {why}", guest.name),
+            }
+            let _ = summary::write_guest_exits(&mut console, &report);
+            log::info!(
+                "host timer: {} ticks so far (TSC {})",
+                hypervisor::arch::host_irq::timer_ticks(),
+                // SAFETY: RDTSC at CPL 0.
+                unsafe { core::arch::x86_64::_rdtsc() }
+            );
+            results.record(name, summary::judge_guest(guest, &report.end));
         }
         let _ = protocol::write_begin(&mut console, "guests");
         let _ = results.write(&mut console);
@@ -232,6 +277,18 @@ mod kernel {
         let accesses: Vec<&dyn ConfigAccess> =
             ecams.iter().map(|e| e as &dyn ConfigAccess).collect();
         pci::enumerate_all(&accesses).expect("at least one ECAM window")
+    }
+
+    /// The configuration access guests' virtual PCI buses use: segment 0's ECAM window, else legacy ports.
+    fn guest_pci_access(platform: &Platform) -> alloc::boxed::Box<dyn ConfigAccess> {
+        match platform.mcfg.iter().find(|r| r.segment == 0) {
+            // SAFETY: as in `enumerate_pci`; the VMM only touches assigned functions through it.
+            Some(r) => alloc::boxed::Box::new(unsafe {
+                Ecam::new(r.base, r.segment, r.bus_start, r.bus_end)
+            }),
+            // SAFETY: as above.
+            None => alloc::boxed::Box::new(unsafe { LegacyPorts::new() }),
+        }
     }
 
     #[panic_handler]

@@ -176,6 +176,31 @@ pub const BOOTS: &[Boot] = &[
         }],
     },
     Boot {
+        id: "qemu-tcg-assignment",
+        tier: Tier::QemuTcg,
+        config: refused_assignments,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[
+            Check {
+                name: "assignment-boot-protocol",
+                check: boot_protocol,
+            },
+            Check {
+                name: "assignment-missing-bdf",
+                check: missing_bdf_refused,
+            },
+            Check {
+                name: "assignment-same-bdf-twice",
+                check: same_bdf_twice_refused,
+            },
+            Check {
+                name: "assignment-host-bridge",
+                check: host_bridge_refused,
+            },
+        ],
+    },
+    Boot {
         id: "qemu-tcg-missing-kernel",
         tier: Tier::QemuTcg,
         config: || ImageConfig::emulator().kernel("missing.elf"),
@@ -239,6 +264,102 @@ fn bochs_guests() -> ImageConfig {
         )
         .guest("irq-baseline", &irq_guest("baseline"))
         .guest("irq-eli", &irq_guest("eli"))
+        // Bochs has no IOMMU: assignment needs the explicit unsafe setting there (and warns).
+        .with("unsafe_no_iommu", "yes")
+        .guest(
+            "pci",
+            &[
+                ("image", "guests/pci.elf"),
+                ("memory_mib", "8"),
+                ("pci", BOCHS_UHCI),
+            ],
+        )
+}
+
+/// PIIX3's UHCI controller in Bochs' i440FX machine: an I/O BAR, no MSI, no IOMMU in front of it.
+const BOCHS_UHCI: &str = "00:01.2";
+
+/// Guests whose device assignment the kernel must refuse at boot (QEMU q35: the edu at 00:03.0 exists,
+/// 00:1c.7 does not, 00:00.0 is the host bridge). Only refused guests: QEMU TCG has no VMX to run
+/// others. Each expects to be stopped with "assignment refused", so the `guests` suite passes only
+/// if all of them were refused.
+fn refused_assignments() -> ImageConfig {
+    let refused = |pci: &'static str| {
+        [
+            ("image", "guests/basic.elf"),
+            ("memory_mib", "8"),
+            ("pci", pci),
+            ("expect_stop", "assignment refused"),
+        ]
+    };
+    ImageConfig::emulator()
+        .guest("missing", &refused("00:1c.7"))
+        .guest("first", &refused("00:03.0"))
+        .guest("second", &refused("00:03.0"))
+        .guest("hostbridge", &refused("00:00.0"))
+}
+
+/// A `device assignment refused: ...` log line containing every one of `parts`.
+fn refusal_logged(e: &Evidence<'_>, parts: &[&str]) -> Result<(), String> {
+    let refusals: Vec<&str> = e
+        .boot
+        .serial
+        .lines()
+        .filter(|l| l.contains("device assignment refused: "))
+        .collect();
+    if refusals.iter().any(|l| parts.iter().all(|p| l.contains(p))) {
+        return Ok(());
+    }
+    Err(format!(
+        "no `device assignment refused:` line with {parts:?}; refusals logged: {refusals:?}"
+    ))
+}
+
+fn missing_bdf_refused(e: &Evidence<'_>) -> Result<(), String> {
+    refusal_logged(
+        e,
+        &[
+            "guest missing: PCI device 00:1c.7 does not exist on this machine (present: 00:00.0,",
+            "00:03.0",
+            "fix `pci =` in [guest missing]",
+        ],
+    )?;
+    e.report.expect_fact(
+        "assignment",
+        &[
+            ("guest", "missing"),
+            ("refused", "yes"),
+            ("devices", "none"),
+        ],
+    )
+}
+
+/// Both guests are refused; the edu is still resolved to QEMU's one DRHD (its scope names 00:03.0).
+fn same_bdf_twice_refused(e: &Evidence<'_>) -> Result<(), String> {
+    refusal_logged(
+        e,
+        &["guest first and guest second are both given PCI device 00:03.0"],
+    )?;
+    for guest in ["first", "second"] {
+        e.report.expect_fact(
+            "assignment",
+            &[
+                ("guest", guest),
+                ("refused", "yes"),
+                ("devices", "00:03.0:unit0"),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn host_bridge_refused(e: &Evidence<'_>) -> Result<(), String> {
+    refusal_logged(
+        e,
+        &["guest hostbridge: 00:00.0 is a host bridge (class 06/00)"],
+    )?;
+    e.report
+        .expect_fact("assignment", &[("guest", "hostbridge"), ("refused", "yes")])
 }
 
 /// The interrupt test guest with COM2 (ports and IOAPIC pin 3) assigned, in `mode`.
@@ -413,6 +534,33 @@ mod tests {
         assert!(run_check(no_iommu, serial).is_err());
         let no_ir = serial.replace("ir=yes", "ir=no");
         assert!(run_check(qemu_drhd, &no_ir).is_err());
+    }
+
+    #[test]
+    fn assignment_checks_need_the_refusal_line_and_the_summary_fact() {
+        let serial = "[ERROR] device assignment refused: guest missing: PCI device 00:1c.7 does not exist on \
+                      this machine (present: 00:00.0, 00:03.0): fix `pci =` in [guest missing]\n\
+                      [ERROR] device assignment refused: guest first and guest second are both given PCI \
+                      device 00:03.0; a device belongs to one guest\n\
+                      [ERROR] device assignment refused: guest hostbridge: 00:00.0 is a host bridge (class 06/00)\n\
+                      summary: assignment guest=missing refused=yes devices=none requesters=none\n\
+                      summary: assignment guest=first refused=yes devices=00:03.0:unit0 requesters=00:03.0\n\
+                      summary: assignment guest=second refused=yes devices=00:03.0:unit0 requesters=00:03.0\n\
+                      summary: assignment guest=hostbridge refused=yes devices=none requesters=none\n";
+        for check in [
+            missing_bdf_refused,
+            same_bdf_twice_refused,
+            host_bridge_refused,
+        ] {
+            assert_eq!(run_check(check, serial), Ok(()));
+        }
+        let allowed = serial.replace("guest=second refused=yes", "guest=second refused=no");
+        assert!(run_check(same_bdf_twice_refused, &allowed).is_err());
+        let not_logged = serial.replace("[ERROR] device assignment refused: guest missing", "x");
+        assert!(run_check(missing_bdf_refused, &not_logged).is_err());
+        let text = refused_assignments().render();
+        assert_eq!(text.matches("expect_stop = assignment refused").count(), 4);
+        assert!(text.contains("pci = 00:1c.7"));
     }
 
     #[test]

@@ -11,9 +11,10 @@ pub mod caps;
 mod enumerate;
 pub mod mediation;
 pub mod regs;
+pub mod reset;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

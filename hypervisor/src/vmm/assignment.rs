@@ -483,7 +483,7 @@ mod tests {
     use crate::pci::{
         BridgeBuses, Capabilities, ClassCode, Mechanism, PcieCapability, PciePortType,
     };
-    use crate::platform::dmar::{DrhdFlags, Drhd, PathEntry};
+    use crate::platform::dmar::{Drhd, DrhdFlags, PathEntry};
     use alloc::string::ToString;
     use alloc::vec;
 
@@ -656,7 +656,10 @@ mod tests {
     #[test]
     fn a_multi_hop_scope_path_follows_the_bridges_secondary_bus() {
         // start bus 0, hop 1e.0 (bridge to bus 1), hop 01.0: names 01:01.0 only.
-        let units = vec![unit(false, vec![scope(ScopeKind::PciEndpoint, 0, &[(0x1e, 0), (1, 0)])])];
+        let units = vec![unit(
+            false,
+            vec![scope(ScopeKind::PciEndpoint, 0, &[(0x1e, 0), (1, 0)])],
+        )];
         let topology = topology();
         assert_eq!(covering_unit(bdf("01:01.0"), &topology, &units), Some(0));
         assert_eq!(covering_unit(bdf("01:00.0"), &topology, &units), None);
@@ -675,8 +678,10 @@ mod tests {
         let plan = plan(&guests, &topology(), &two_units(), false);
         assert_eq!(
             messages(&plan),
-            ["guest eli: PCI device 00:05.0 does not exist on this machine (present: 00:00.0, \
-              00:03.0, 00:08.0, 00:1e.0, 00:1f.0, 01:00.0, 01:01.0): fix `pci =` in [guest eli]"]
+            [
+                "guest eli: PCI device 00:05.0 does not exist on this machine (present: 00:00.0, \
+              00:03.0, 00:08.0, 00:1e.0, 00:1f.0, 01:00.0, 01:01.0): fix `pci =` in [guest eli]"
+            ]
         );
         assert!(plan.is_refused("eli"));
         assert!(!plan.is_refused("ok"));
@@ -710,8 +715,10 @@ mod tests {
         let plan = plan(&guests, &topology(), &two_units(), false);
         assert_eq!(
             messages(&plan),
-            ["guest a: 01:00.0 and guest b: 01:01.0 are behind the same PCIe-to-PCI bridge and \
-              share requester ID 01:00.0; VT-d cannot tell them apart: assign both to one guest"]
+            [
+                "guest a: 01:00.0 and guest b: 01:01.0 are behind the same PCIe-to-PCI bridge and \
+              share requester ID 01:00.0; VT-d cannot tell them apart: assign both to one guest"
+            ]
         );
         assert!(plan.is_refused("a") && plan.is_refused("b") && !plan.is_refused("c"));
     }
@@ -729,6 +736,12 @@ mod tests {
                 requester: bdf("01:00.0"),
                 other: bdf("01:00.0"),
             }]
+        );
+        assert_eq!(
+            plan.warnings[0].to_string(),
+            "guest a: 01:01.0 shares requester ID 01:00.0 with 01:00.0, which no guest is given; \
+             VT-d cannot tell them apart, so 01:00.0 can DMA into guest a's memory: add it to \
+             `pci =` in [guest a] if that is intended"
         );
     }
 
@@ -750,9 +763,8 @@ mod tests {
 
     #[test]
     fn no_iommu_refuses_unless_unsafe_no_iommu_then_warns() {
-        let guests = guests(
-            "[guest a]\nimage = a.elf\npci = 00:03.0\n[guest plain]\nimage = b.elf\n",
-        );
+        let guests =
+            guests("[guest a]\nimage = a.elf\npci = 00:03.0\n[guest plain]\nimage = b.elf\n");
         let refused = plan(&guests, &topology(), &[], false);
         assert_eq!(
             messages(&refused),
@@ -782,7 +794,10 @@ mod tests {
     #[test]
     fn a_device_in_no_unit_scope_is_refused_even_with_unsafe_no_iommu() {
         let guests = guests("[guest a]\nimage = a.elf\npci = 00:03.0, 00:08.0\n");
-        let only_edu = vec![unit(false, vec![scope(ScopeKind::PciEndpoint, 0, &[(3, 0)])])];
+        let only_edu = vec![unit(
+            false,
+            vec![scope(ScopeKind::PciEndpoint, 0, &[(3, 0)])],
+        )];
         let plan = plan(&guests, &topology(), &only_edu, true);
         assert_eq!(
             messages(&plan),
@@ -808,7 +823,10 @@ mod tests {
             .collect();
         let guests = guests("[guest a]\nimage = a.elf\npci = 00:03.0\n");
         let message = plan(&guests, &topology, &two_units(), false).refusals[0].to_string();
-        assert!(message.contains("02:17.0 and 8 more, see the `summary: pci_function` lines): fix"), "{message}");
+        assert!(
+            message.contains("02:17.0 and 8 more, see the `summary: pci_function` lines): fix"),
+            "{message}"
+        );
         assert!(!message.contains("02:18.0"));
     }
 }

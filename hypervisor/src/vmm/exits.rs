@@ -8,7 +8,9 @@ use super::cpuid::guest_cpuid;
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::irq_exits::{self, EliState};
+use super::virtual_pci::{VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::arch::vmx::GuestRegisters;
+use crate::pci::ConfigAccess;
 use crate::vmx::exit::{
     CrAccess, CrAccessKind, DescriptorTableInfo, DtInstruction, EventType, ExitReason,
     ExitReasonField, Gpr, InterruptionInfo, IoDirection, IoQualification, SegmentReg,
@@ -32,6 +34,8 @@ pub trait HostServices: InterruptHardware {
     fn set_guest_page_writable(&mut self, gpa: u64, writable: bool);
     /// ELI: stores the shadow IDT where the guest's IDTR points.
     fn write_shadow_idt(&mut self, shadow: &[u8; 4096]);
+    /// The host's PCI configuration access, for guests with assigned functions.
+    fn pci_config(&self) -> Option<&dyn ConfigAccess>;
 }
 
 /// How a guest ended.
@@ -101,6 +105,8 @@ pub struct Vcpu {
     pub window_exiting: bool,
     /// Basic reason of the last VM exit.
     pub last_exit: u16,
+    /// The PCI bus the guest sees (its assigned functions).
+    pub pci: VirtualPci,
     /// VMX-preemption timer: (its usual value, the TSC-to-timer shift), when it is in use.
     pub preemption: Option<(u32, u8)>,
     /// The preemption-timer value last written to the VMCS.
@@ -368,6 +374,14 @@ fn wrmsr(
     Ok(Handled::Skip)
 }
 
+fn size_mask(size: u8) -> u32 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => u32::MAX,
+    }
+}
+
 fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Handled {
     let Some(access) = IoQualification::decode(qualification) else {
         return Handled::End(GuestEnd::Stopped(format!(
@@ -380,7 +394,19 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             access.port
         )));
     }
+    let pci_port = (CONFIG_ADDRESS..CONFIG_DATA + 4).contains(&access.port) && !vcpu.pci.is_empty();
     let value = match access.direction {
+        IoDirection::Out if pci_port => {
+            if let Some(config) = host.pci_config() {
+                let data = (vcpu.regs.rax as u32) & size_mask(access.size);
+                vcpu.pci.write(access.port, access.size, data, config);
+            }
+            return Handled::Skip;
+        }
+        IoDirection::In if pci_port => host
+            .pci_config()
+            .and_then(|config| vcpu.pci.read(access.port, access.size, config))
+            .unwrap_or(u32::MAX),
         IoDirection::Out => {
             if (COM1..COM1 + 8).contains(&access.port) {
                 vcpu.console

@@ -10,4 +10,5 @@ pub mod interrupts;
 pub mod irq_exits;
 pub mod mmio_decode;
 pub mod runner;
+pub mod virtual_pci;
 pub mod vmcs_setup;

@@ -8,6 +8,7 @@ use super::guest_layout;
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
 use super::irq_exits::{self, EliState, SHADOW_IDT_GPA};
+use super::virtual_pci::{AssignedFunction, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::gdt::Selectors;
@@ -17,6 +18,9 @@ use crate::caps::vmx::{PinBasedControls, VmxCaps};
 use crate::config::GuestConfig;
 use crate::config::InterruptMode;
 use crate::memory::{frames::FrameAllocator, FrameAlloc, PAGE_SIZE};
+use crate::pci::mediation::MediationTable;
+use crate::pci::reset::{self, ResetMethod};
+use crate::pci::{BarKind, ConfigAccess, PciFunction, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::ept::{Ept, EptPerms, Leaf, PageSizes};
 use crate::vmx::exit::ExitReason;
@@ -24,8 +28,10 @@ use crate::vmx::io_bitmap::IoBitmaps;
 use crate::vmx::msr_bitmap::MsrBitmap;
 use crate::vmx::vmcs::{self, CurrentVmcs, VmcsAccess};
 use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use exitless_abi::boot_info::Module;
 use exitless_abi::elf_image::{AddressWindow, ElfImage};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
@@ -43,8 +49,16 @@ pub struct GuestReport {
 pub struct VmxCpu {
     caps: VmxCaps,
     host: HostState,
+    /// The machine's PCI functions and configuration access, for guests with `pci =` devices.
+    pci: Option<PciHost>,
     /// The host's interrupt hardware, when the CPU has an x2APIC (guests with devices need it).
     irq: Option<HostIrq>,
+}
+
+/// The host's view of PCI, lent to guests' virtual buses.
+pub struct PciHost {
+    pub topology: PciTopology,
+    pub access: Box<dyn ConfigAccess>,
 }
 
 /// What the host learned bringing its interrupt hardware up.
@@ -117,7 +131,13 @@ impl VmxCpu {
             caps: *caps,
             host,
             irq,
+            pci: None,
         })
+    }
+
+    /// Lets guests be given PCI functions (their assignment plan was checked at boot).
+    pub fn attach_pci(&mut self, topology: PciTopology, access: Box<dyn ConfigAccess>) {
+        self.pci = Some(PciHost { topology, access });
     }
 
     /// Builds and runs one guest to its end. Errors before the guest starts are returned as its end.
@@ -140,8 +160,9 @@ impl VmxCpu {
         };
         match self.build(config, modules, frames, controls, vpid) {
             Ok(mut guest) => {
-                let end = guest.run_loop(&config.name, frames);
+                let end = guest.run_loop(&config.name, frames, self.pci.as_ref());
                 guest.release_pins();
+                self.reset_functions(config);
                 GuestReport {
                     name: config.name.clone(),
                     end,
@@ -243,6 +264,7 @@ impl VmxCpu {
         for &(first, last) in &config.ports {
             io.pass(first, u32::from(last - first) + 1);
         }
+        let assigned = self.assign_functions(config, frames, &mut ept, &mut io)?;
         let io_a = copy_to_frames(frames, io.a())?;
         let io_b = copy_to_frames(frames, io.b())?;
         let vmcs_frame = frames.alloc_zeroed().ok_or("no memory for the VMCS")?;
@@ -296,6 +318,7 @@ impl VmxCpu {
             eli: eli.then(|| alloc::boxed::Box::new(EliState::default())),
             preemption,
             preemption_written: preemption.map_or(0, |(value, _)| value),
+            pci: VirtualPci::new(assigned),
             ..Default::default()
         };
         log::info!(
@@ -331,6 +354,116 @@ impl VmxCpu {
     }
 }
 
+impl VmxCpu {
+    /// Gives `config`'s PCI functions to the guest: each is reset, its MMIO BARs are mapped 1:1 and
+    /// uncached in EPT (except the pages holding an MSI-X table or PBA, which must never be the guest's
+    /// to write: they stay unmapped), its I/O BARs are passed through, and its configuration space is
+    /// reached only through the mediation table.
+    fn assign_functions(
+        &self,
+        config: &GuestConfig,
+        frames: &mut FrameAllocator,
+        ept: &mut Ept,
+        io: &mut IoBitmaps,
+    ) -> Result<Vec<AssignedFunction>, String> {
+        let mut assigned = Vec::new();
+        if config.pci.is_empty() {
+            return Ok(assigned);
+        }
+        let host = self
+            .pci
+            .as_ref()
+            .ok_or("PCI devices are assigned but PCI was not set up")?;
+        for &bdf in &config.pci {
+            let function = host
+                .topology
+                .find(bdf)
+                .ok_or_else(|| format!("PCI device {bdf} does not exist"))?;
+            let table = MediationTable::endpoint(function).map_err(|e| format!("{bdf}: {e:?}"))?;
+            self.reset_one(host, function);
+            let msix_pages: Vec<(u8, u64)> = function
+                .capabilities
+                .msix
+                .iter()
+                .flat_map(|m| [(m.table.bir, m.table.offset), (m.pba.bir, m.pba.offset)])
+                .map(|(bir, offset)| (bir, u64::from(offset) & !(PAGE_SIZE - 1)))
+                .collect();
+            for bar in &function.bars {
+                match bar.kind {
+                    BarKind::Io => io.pass(bar.base as u16, bar.size as u32),
+                    BarKind::Memory32 { .. } | BarKind::Memory64 { .. } => {
+                        let mut page = 0;
+                        while page < bar.size.max(PAGE_SIZE) {
+                            if !msix_pages.contains(&(bar.index, page)) {
+                                let at = (bar.base & !(PAGE_SIZE - 1)) + page;
+                                ept.map(
+                                    frames,
+                                    at,
+                                    at,
+                                    PAGE_SIZE,
+                                    Leaf::mmio(EptPerms::RW),
+                                    PageSizes::ONLY_4K,
+                                )
+                                .map_err(|e| format!("EPT for {bdf} BAR{}: {e:?}", bar.index))?;
+                            }
+                            page += PAGE_SIZE;
+                        }
+                    }
+                }
+            }
+            log::info!(
+                "guest {}: PCI {bdf} {:04x}:{:04x} assigned",
+                config.name,
+                function.vendor_id,
+                function.device_id
+            );
+            assigned.push(AssignedFunction::new(bdf, table, function.bars.clone()));
+        }
+        Ok(assigned)
+    }
+
+    /// Resets every function the guest had, when it ends: nothing it left behind reaches the next owner.
+    fn reset_functions(&self, config: &GuestConfig) {
+        let Some(host) = self.pci.as_ref() else {
+            return;
+        };
+        for function in config.pci.iter().filter_map(|&bdf| host.topology.find(bdf)) {
+            self.reset_one(host, function);
+        }
+    }
+
+    fn reset_one(&self, host: &PciHost, function: &PciFunction) {
+        match reset::reset(host.access.as_ref(), function, &mut wait_ms) {
+            ResetMethod::None => log::warn!(
+                "PCI {}: no function-level or power-state reset: it keeps the state it had",
+                function.bdf
+            ),
+            method => log::info!("PCI {}: reset ({method:?})", function.bdf),
+        }
+    }
+}
+
+/// Busy-waits about `ms` milliseconds, with the TSC rate CPUID reports (leaf 0x15, else 0x16, else an
+/// assumed 3 GHz; an emulator's TSC may run slower, which only makes the wait longer in real time).
+fn wait_ms(ms: u32) {
+    let leaf15 = core::arch::x86_64::__cpuid(0x15);
+    let leaf16 = core::arch::x86_64::__cpuid(0x16);
+    let hz = if leaf15.eax != 0 && leaf15.ebx != 0 && leaf15.ecx != 0 {
+        u64::from(leaf15.ecx) * u64::from(leaf15.ebx) / u64::from(leaf15.eax)
+    } else if leaf16.eax != 0 {
+        u64::from(leaf16.eax) * 1_000_000
+    } else {
+        3_000_000_000
+    };
+    // SAFETY: RDTSC at CPL 0.
+    let start = unsafe { core::arch::x86_64::_rdtsc() };
+    let ticks = hz / 1000 * u64::from(ms);
+    // SAFETY: as above.
+    while unsafe { core::arch::x86_64::_rdtsc() } - start < ticks {
+        core::hint::spin_loop();
+    }
+}
+
 fn copy_to_frames(frames: &mut FrameAllocator, bytes: &[u8; 4096]) -> Result<u64, String> {
     let phys = frames.alloc_zeroed().ok_or("no memory for a VMX bitmap")?;
     // SAFETY: a fresh, identity-mapped frame owned by the caller.
@@ -359,6 +492,7 @@ struct MachineServices<'a, 'f> {
     msr_bitmap: u64,
     shadow_idt: Option<u64>,
     irq: Option<HostIrq>,
+    pci: Option<&'a dyn ConfigAccess>,
 }
 
 impl<'a, 'f> MachineServices<'a, 'f> {
@@ -379,6 +513,7 @@ impl<'a, 'f> MachineServices<'a, 'f> {
             msr_bitmap,
             shadow_idt,
             irq,
+            pci: None,
         }
     }
 }
@@ -447,6 +582,9 @@ impl HostServices for MachineServices<'_, '_> {
         // SAFETY: VMX is on; the permission change must not be shadowed by cached translations.
         unsafe { hw::invept_single(self.eptp) };
     }
+    fn pci_config(&self) -> Option<&dyn ConfigAccess> {
+        self.pci
+    }
     fn write_shadow_idt(&mut self, shadow: &[u8; 4096]) {
         if let Some(frame) = self.shadow_idt {
             // SAFETY: the guest's shadow IDT frame, identity-mapped, read-only to the guest.
@@ -456,7 +594,12 @@ impl HostServices for MachineServices<'_, '_> {
 }
 
 impl Guest {
-    fn run_loop(&mut self, name: &str, frames: &mut FrameAllocator) -> GuestEnd {
+    fn run_loop(
+        &mut self,
+        name: &str,
+        frames: &mut FrameAllocator,
+        pci: Option<&PciHost>,
+    ) -> GuestEnd {
         let mut services = MachineServices::new(
             name,
             frames,
@@ -466,6 +609,7 @@ impl Guest {
             self.shadow_idt,
             self.irq,
         );
+        services.pci = pci.map(|host| host.access.as_ref());
         let eli = self.vcpu.eli.is_some();
         let mut launched = false;
         loop {

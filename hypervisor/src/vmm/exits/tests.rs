@@ -24,6 +24,9 @@ impl HostServices for FakeHost {
     }
     fn set_guest_page_writable(&mut self, _: u64, _: bool) {}
     fn write_shadow_idt(&mut self, _: &[u8; 4096]) {}
+    fn pci_config(&self) -> Option<&dyn crate::pci::ConfigAccess> {
+        None
+    }
     fn console_line(&mut self, line: &str) {
         self.lines.push(String::from(line));
     }

@@ -1,0 +1,279 @@
+//! The PCI bus a guest sees: configuration mechanism #1 (ports 0xCF8/0xCFC, PCI Local Bus 3.0
+//! 3.2.2.3.2) showing only the functions assigned to it, at their host BDFs. Every access goes through
+//! the function's mediation table (`pci::mediation`); BARs are emulated: they stay where the firmware
+//! put them (the guest's EPT maps MMIO BARs 1:1 and its I/O bitmap passes I/O BARs), and the guest can
+//! size them as on bare metal.
+//!
+//! Not yet emulated: MSI and MSI-X (writes are dropped until they can be turned into interrupt-remapping
+//! entries), PCIe Device Control (FLR by the guest).
+
+use crate::pci::mediation::{
+    mediate_read, mediate_write, AccessSize, Hook, MediationTable, ReadDecision, WriteDecision,
+};
+use crate::pci::{Bar, BarKind, Bdf, ConfigAccess};
+use alloc::vec::Vec;
+
+pub const CONFIG_ADDRESS: u16 = 0xCF8;
+pub const CONFIG_DATA: u16 = 0xCFC;
+/// CONFIG_ADDRESS bit 31: enable; bits 23:16 bus, 15:11 device, 10:8 function, 7:2 register.
+const ENABLE: u32 = 1 << 31;
+
+/// One function assigned to the guest.
+pub struct AssignedFunction {
+    pub bdf: Bdf,
+    table: MediationTable,
+    bars: Vec<Bar>,
+    /// A BAR dword the guest set to all ones, so that it reads back the size mask (PCI 3.0 6.2.5.1).
+    sizing: [bool; 6],
+}
+
+impl AssignedFunction {
+    pub fn new(bdf: Bdf, table: MediationTable, bars: Vec<Bar>) -> Self {
+        Self {
+            bdf,
+            table,
+            bars,
+            sizing: [false; 6],
+        }
+    }
+
+    /// The BAR dword at slot `slot` as the guest reads it.
+    fn bar_dword(&self, slot: usize) -> u32 {
+        for bar in &self.bars {
+            let low = usize::from(bar.index);
+            let (type_bits, is_high) = match bar.kind {
+                BarKind::Io => (0b01, false),
+                BarKind::Memory32 { prefetchable } => (u32::from(prefetchable) << 3, false),
+                BarKind::Memory64 { prefetchable } => {
+                    (0b100 | u32::from(prefetchable) << 3, slot == low + 1)
+                }
+            };
+            if slot != low && !is_high {
+                continue;
+            }
+            let value = if self.sizing[slot] {
+                !(bar.size - 1)
+            } else {
+                bar.base
+            };
+            return if is_high {
+                (value >> 32) as u32
+            } else {
+                let address_mask = if bar.kind == BarKind::Io {
+                    !0b11u32
+                } else {
+                    !0b1111u32
+                };
+                (value as u32 & address_mask) | type_bits
+            };
+        }
+        0 // an unimplemented BAR reads as zero
+    }
+}
+
+/// The guest's PCI bus.
+#[derive(Default)]
+pub struct VirtualPci {
+    address: u32,
+    functions: Vec<AssignedFunction>,
+}
+
+impl core::fmt::Debug for VirtualPci {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list()
+            .entries(self.functions.iter().map(|a| a.bdf))
+            .finish()
+    }
+}
+
+impl VirtualPci {
+    pub fn new(functions: Vec<AssignedFunction>) -> Self {
+        Self {
+            address: 0,
+            functions,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+
+    /// The function and register CONFIG_ADDRESS selects, if it is enabled and assigned.
+    fn selected(&mut self, port: u16) -> Option<(&mut AssignedFunction, u16)> {
+        if self.address & ENABLE == 0 {
+            return None;
+        }
+        let bus = (self.address >> 16) as u8;
+        let device = ((self.address >> 11) & 0x1F) as u8;
+        let function = ((self.address >> 8) & 0x7) as u8;
+        let offset = (self.address & 0xFC) as u16 + (port - CONFIG_DATA);
+        self.functions
+            .iter_mut()
+            .find(|f| Bdf::new(0, bus, device, function) == Some(f.bdf))
+            .map(|f| (f, offset))
+    }
+
+    /// A guest IN from 0xCF8..0xCFF; `None` if the port is not the configuration mechanism.
+    pub fn read(&mut self, port: u16, size: u8, hw: &dyn ConfigAccess) -> Option<u32> {
+        let size_mask = AccessSize::from_bytes(size)?.value_mask();
+        match port {
+            CONFIG_ADDRESS if size == 4 => Some(self.address),
+            CONFIG_DATA..=0xCFF => {
+                let Some(access) = AccessSize::from_bytes(size) else {
+                    return Some(size_mask);
+                };
+                let Some((f, offset)) = self.selected(port) else {
+                    return Some(size_mask); // no such function: all ones, as on a real bus
+                };
+                let dword = hw.read32(f.bdf, offset & !3);
+                let shift = 8 * u32::from(offset & 3);
+                let hardware = (dword >> shift) & size_mask;
+                Some(match mediate_read(&f.table, offset, access, hardware) {
+                    ReadDecision::Value(v) => v,
+                    ReadDecision::Emulate {
+                        hook: Hook::Bar, ..
+                    } => (f.bar_dword(usize::from((offset & !3) - 0x10) / 4) >> shift) & size_mask,
+                    // MSI/MSI-X/Device Control: the guest sees the hardware's values.
+                    ReadDecision::Emulate { .. } => hardware,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// A guest OUT to 0xCF8..0xCFF; `false` if the port is not the configuration mechanism.
+    pub fn write(&mut self, port: u16, size: u8, value: u32, hw: &dyn ConfigAccess) -> bool {
+        match port {
+            CONFIG_ADDRESS if size == 4 => self.address = value & !0b11,
+            CONFIG_DATA..=0xCFF => {
+                let Some(access) = AccessSize::from_bytes(size) else {
+                    return true;
+                };
+                let Some((f, offset)) = self.selected(port) else {
+                    return true;
+                };
+                let aligned = offset & !3;
+                let shift = 8 * u32::from(offset & 3);
+                let old_dword = hw.read32(f.bdf, aligned);
+                let old = (old_dword >> shift) & access.value_mask();
+                match mediate_write(&f.table, offset, access, old, value & access.value_mask()) {
+                    WriteDecision::Write(v) => {
+                        let merged = (old_dword & !(access.value_mask() << shift)) | (v << shift);
+                        hw.write32(f.bdf, aligned, merged);
+                    }
+                    WriteDecision::Drop => {}
+                    WriteDecision::Emulate {
+                        hook: Hook::Bar, ..
+                    } => {
+                        // Only sizing is honoured; a BAR keeps its host address (guest-physical = host).
+                        let slot = usize::from(aligned - 0x10) / 4;
+                        f.sizing[slot] = access == AccessSize::Dword && value == u32::MAX;
+                    }
+                    WriteDecision::Emulate { .. } => {}
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::fake::{FakeConfigSpace, FakeFunction};
+    use crate::pci::Mechanism;
+
+    /// Bochs' PIIX3 UHCI controller at 00:01.2 (I/O BAR4 0xc000, 32 ports) and the host bridge.
+    fn machine() -> FakeConfigSpace {
+        let space = FakeConfigSpace::new(Mechanism::Legacy);
+        space.add(0, 0, 0, FakeFunction::new(0x8086, 0x1237, 0x060000, 0));
+        space.add(0, 1, 0, FakeFunction::new(0x8086, 0x7000, 0x060100, 0x80));
+        let mut uhci = FakeFunction::new(0x8086, 0x7020, 0x0c0300, 0);
+        uhci.bar(4, BarKind::Io, 0xc000, 0x20);
+        space.add(0, 1, 2, uhci);
+        space
+    }
+
+    fn bus_with_uhci(space: &FakeConfigSpace) -> VirtualPci {
+        let topology = crate::pci::enumerate(space);
+        let f = topology
+            .find(Bdf::new(0, 0, 1, 2).unwrap())
+            .unwrap()
+            .clone();
+        let table = MediationTable::endpoint(&f).unwrap();
+        VirtualPci::new(alloc::vec![AssignedFunction::new(
+            f.bdf,
+            table,
+            f.bars.clone()
+        )])
+    }
+
+    fn read(bus: &mut VirtualPci, space: &FakeConfigSpace, bdf: (u8, u8, u8), offset: u8) -> u32 {
+        let address = ENABLE
+            | u32::from(bdf.0) << 16
+            | u32::from(bdf.1) << 11
+            | u32::from(bdf.2) << 8
+            | u32::from(offset);
+        bus.write(CONFIG_ADDRESS, 4, address, space);
+        bus.read(CONFIG_DATA, 4, space).unwrap()
+    }
+
+    #[test]
+    fn only_assigned_functions_are_visible() {
+        let space = machine();
+        let mut bus = bus_with_uhci(&space);
+        assert_eq!(read(&mut bus, &space, (0, 1, 2), 0), 0x7020_8086);
+        assert_eq!(
+            read(&mut bus, &space, (0, 0, 0), 0),
+            u32::MAX,
+            "host bridge hidden"
+        );
+        assert_eq!(read(&mut bus, &space, (0, 5, 0), 0), u32::MAX);
+    }
+
+    #[test]
+    fn bars_read_their_host_address_and_size_like_hardware() {
+        let space = machine();
+        let mut bus = bus_with_uhci(&space);
+        assert_eq!(
+            read(&mut bus, &space, (0, 1, 2), 0x20),
+            0xc001,
+            "I/O BAR4 at 0xc000"
+        );
+        bus.write(CONFIG_DATA, 4, u32::MAX, &space);
+        assert_eq!(
+            bus.read(CONFIG_DATA, 4, &space),
+            Some(0xFFFF_FFE1),
+            "32 ports, I/O type"
+        );
+        bus.write(CONFIG_DATA, 4, 0x1234_0000, &space);
+        assert_eq!(
+            bus.read(CONFIG_DATA, 4, &space),
+            Some(0xc001),
+            "the BAR does not move"
+        );
+        let bdf = Bdf::new(0, 0, 1, 2).unwrap();
+        assert_eq!(
+            space.get(bdf).get32(0x20) & !0b11,
+            0xc000,
+            "hardware untouched"
+        );
+    }
+
+    #[test]
+    fn command_writes_are_masked_and_the_rom_is_hidden() {
+        let space = machine();
+        let mut bus = bus_with_uhci(&space);
+        read(&mut bus, &space, (0, 1, 2), 0x04);
+        // The guest tries to set every Command bit: only I/O, memory, bus master, INTx disable pass.
+        bus.write(CONFIG_DATA, 2, 0xFFFF, &space);
+        let bdf = Bdf::new(0, 0, 1, 2).unwrap();
+        assert_eq!(space.get(bdf).get16(0x04) & !0x0407, 0);
+        assert_eq!(
+            read(&mut bus, &space, (0, 1, 2), 0x30),
+            0,
+            "expansion ROM denied"
+        );
+    }
+}
