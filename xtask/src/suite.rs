@@ -77,6 +77,35 @@ pub struct Boot {
     pub checks: &'static [Check],
 }
 
+const BOOT_PROTOCOL: Check = Check {
+    name: "boot-protocol",
+    check: boot_protocol,
+};
+const VMX_EPT: Check = Check {
+    name: "vmx-ept",
+    check: vmx_with_ept,
+};
+const NO_VMX: Check = Check {
+    name: "no-vmx",
+    check: no_vmx,
+};
+const DRHD: Check = Check {
+    name: "drhd",
+    check: qemu_drhd,
+};
+const EDU_MSI: Check = Check {
+    name: "edu-msi",
+    check: edu_with_msi,
+};
+const IOAPIC: Check = Check {
+    name: "ioapic",
+    check: ioapic_at_default_base,
+};
+const ACPI: Check = Check {
+    name: "acpi",
+    check: acpi_from_rsdp,
+};
+
 pub const BOOTS: &[Boot] = &[
     Boot {
         id: "bochs-boot",
@@ -126,32 +155,7 @@ pub const BOOTS: &[Boot] = &[
         config: ImageConfig::emulator,
         stop: StopWhen::PowerOff,
         kernel_results: true,
-        checks: &[
-            Check {
-                name: "boot-protocol",
-                check: boot_protocol,
-            },
-            Check {
-                name: "no-vmx",
-                check: no_vmx,
-            },
-            Check {
-                name: "drhd",
-                check: qemu_drhd,
-            },
-            Check {
-                name: "edu-msi",
-                check: edu_with_msi,
-            },
-            Check {
-                name: "ioapic",
-                check: ioapic_at_default_base,
-            },
-            Check {
-                name: "acpi",
-                check: acpi_from_rsdp,
-            },
-        ],
+        checks: &[BOOT_PROTOCOL, NO_VMX, DRHD, EDU_MSI, IOAPIC, ACPI],
     },
     Boot {
         id: "qemu-tcg-exception",
@@ -214,35 +218,25 @@ pub const BOOTS: &[Boot] = &[
     Boot {
         id: "qemu-kvm-boot",
         tier: Tier::QemuKvm,
-        config: ImageConfig::emulator,
+        // Real VT-x: the guests that need no emulator-specific device run here too.
+        config: || {
+            ImageConfig::emulator()
+                .guest(
+                    "eptfault",
+                    &[
+                        ("image", "guests/ept_violation.elf"),
+                        ("memory_mib", "8"),
+                        ("expect_stop", "EPT violation"),
+                    ],
+                )
+                .guest(
+                    "basic",
+                    &[("image", "guests/basic.elf"), ("memory_mib", "8")],
+                )
+        },
         stop: StopWhen::PowerOff,
         kernel_results: true,
-        checks: &[
-            Check {
-                name: "boot-protocol",
-                check: boot_protocol,
-            },
-            Check {
-                name: "vmx-ept",
-                check: vmx_with_ept,
-            },
-            Check {
-                name: "drhd",
-                check: qemu_drhd,
-            },
-            Check {
-                name: "edu-msi",
-                check: edu_with_msi,
-            },
-            Check {
-                name: "ioapic",
-                check: ioapic_at_default_base,
-            },
-            Check {
-                name: "acpi",
-                check: acpi_from_rsdp,
-            },
-        ],
+        checks: &[BOOT_PROTOCOL, VMX_EPT, DRHD, EDU_MSI, IOAPIC, ACPI],
     },
 ];
 
