@@ -2,7 +2,7 @@
 //! decoding the guest's instruction), ELI's #NP exits and shadow-IDT upkeep, and injection before
 //! each VM entry. Dispatched from `exits`.
 
-use super::exits::{inject_gp, stopped, Handled, HostServices, Vcpu};
+use super::exits::{stopped, Handled, HostServices, Vcpu};
 use super::guest_memory::GuestMemory;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
 use super::mmio_decode::{self, MmioAccess, MAX_INSTRUCTION_LEN};
@@ -341,7 +341,3 @@ fn set_primary(vmcs: &mut impl VmcsAccess, bit: PrimaryControls, on: bool) -> Re
     }
     Ok(())
 }
-
-// `inject_gp` is re-exported for symmetry with `exits`; interrupt paths refuse accesses through it.
-#[allow(unused_imports)]
-use inject_gp as _;
