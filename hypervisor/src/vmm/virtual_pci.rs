@@ -4,8 +4,10 @@
 //! put them (the guest's EPT maps MMIO BARs 1:1 and its I/O bitmap passes I/O BARs), and the guest can
 //! size them as on bare metal.
 //!
-//! Not yet emulated: MSI and MSI-X (writes are dropped until they can be turned into interrupt-remapping
-//! entries), PCIe Device Control (FLR by the guest).
+//! MSI is emulated: the guest programs its own view of the capability, the hardware's stays disabled,
+//! and each change is reported as an [`MsiRequest`] (guest vector and destination) for the caller to
+//! turn into an interrupt-remapping entry. Not yet emulated: MSI-X (its table is kept out of the guest's
+//! EPT), PCIe Device Control (FLR by the guest).
 
 use crate::pci::mediation::{
     mediate_read, mediate_write, AccessSize, Hook, MediationTable, ReadDecision, WriteDecision,
@@ -18,6 +20,76 @@ pub const CONFIG_DATA: u16 = 0xCFC;
 /// CONFIG_ADDRESS bit 31: enable; bits 23:16 bus, 15:11 device, 10:8 function, 7:2 register.
 const ENABLE: u32 = 1 << 31;
 
+/// What the guest asked of an assigned function's MSI (PCI 3.0 6.8.1), in its own terms: the caller
+/// maps it to the physical interrupt (an interrupt-remapping entry carrying the guest's vector).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiRequest {
+    pub bdf: Bdf,
+    pub enabled: bool,
+    /// Message Data bits 7:0.
+    pub vector: u8,
+    /// Message Address bits 19:12: the destination APIC ID (xAPIC format, SDM 11.11.1).
+    pub destination: u8,
+    /// Per-vector mask bit 0 (when the function has per-vector masking).
+    pub masked: bool,
+}
+
+/// The guest's view of an MSI capability: every register the guest may write, kept here.
+#[derive(Clone, Copy, Debug, Default)]
+struct MsiShadow {
+    /// Capability offset, and the layout facts the guest cannot change.
+    offset: u16,
+    is_64bit: bool,
+    per_vector_masking: bool,
+    /// Message Control bits 0 (enable) and 6:4 (multiple message enable).
+    control: u16,
+    address: u32,
+    upper_address: u32,
+    data: u16,
+    mask: u32,
+}
+
+impl MsiShadow {
+    /// Register offsets relative to the capability (PCI 3.0 Figure 6-9).
+    fn data_offset(&self) -> u16 {
+        if self.is_64bit {
+            0x0C
+        } else {
+            0x08
+        }
+    }
+
+    fn mask_offset(&self) -> Option<u16> {
+        self.per_vector_masking
+            .then(|| if self.is_64bit { 0x10 } else { 0x0C })
+    }
+
+    /// A capability dword as the guest sees it; `hardware` supplies the read-only parts.
+    fn read_dword(&self, relative: u16, hardware: u32) -> u32 {
+        match relative {
+            // ID and next pointer from hardware; Message Control: the guest's enable/MME, hardware's rest.
+            0x00 => (hardware & !(0x0071 << 16)) | u32::from(self.control & 0x0071) << 16,
+            0x04 => self.address,
+            0x08 if self.is_64bit => self.upper_address,
+            r if r == self.data_offset() => u32::from(self.data),
+            r if Some(r) == self.mask_offset() => self.mask,
+            _ => hardware, // pending bits: the hardware's
+        }
+    }
+
+    fn write_dword(&mut self, relative: u16, value: u32) {
+        match relative {
+            0x00 => self.control = (value >> 16) as u16 & 0x0071,
+            // Message Address bits 1:0 are reserved zero.
+            0x04 => self.address = value & !0b11,
+            0x08 if self.is_64bit => self.upper_address = value,
+            r if r == self.data_offset() => self.data = value as u16,
+            r if Some(r) == self.mask_offset() => self.mask = value,
+            _ => {}
+        }
+    }
+}
+
 /// One function assigned to the guest.
 pub struct AssignedFunction {
     pub bdf: Bdf,
@@ -25,6 +97,7 @@ pub struct AssignedFunction {
     bars: Vec<Bar>,
     /// A BAR dword the guest set to all ones, so that it reads back the size mask (PCI 3.0 6.2.5.1).
     sizing: [bool; 6],
+    msi: Option<MsiShadow>,
 }
 
 impl AssignedFunction {
@@ -34,7 +107,30 @@ impl AssignedFunction {
             table,
             bars,
             sizing: [false; 6],
+            msi: None,
         }
+    }
+
+    /// Emulates the function's MSI capability (found at `offset`) instead of exposing the hardware's.
+    pub fn with_msi(mut self, offset: u16, is_64bit: bool, per_vector_masking: bool) -> Self {
+        self.msi = Some(MsiShadow {
+            offset,
+            is_64bit,
+            per_vector_masking,
+            ..MsiShadow::default()
+        });
+        self
+    }
+
+    fn msi_request(&self) -> Option<MsiRequest> {
+        let msi = self.msi?;
+        Some(MsiRequest {
+            bdf: self.bdf,
+            enabled: msi.control & 1 != 0,
+            vector: msi.data as u8,
+            destination: (msi.address >> 12) as u8,
+            masked: msi.per_vector_masking && msi.mask & 1 != 0,
+        })
     }
 
     /// The BAR dword at slot `slot` as the guest reads it.
@@ -76,6 +172,8 @@ impl AssignedFunction {
 pub struct VirtualPci {
     address: u32,
     functions: Vec<AssignedFunction>,
+    /// The last MSI change the guest made, for the caller to apply (see [`VirtualPci::take_msi_change`]).
+    msi_change: Option<MsiRequest>,
 }
 
 impl core::fmt::Debug for VirtualPci {
@@ -91,7 +189,13 @@ impl VirtualPci {
         Self {
             address: 0,
             functions,
+            msi_change: None,
         }
+    }
+
+    /// The MSI configuration a guest write just changed, if any.
+    pub fn take_msi_change(&mut self) -> Option<MsiRequest> {
+        self.msi_change.take()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -133,7 +237,17 @@ impl VirtualPci {
                     ReadDecision::Emulate {
                         hook: Hook::Bar, ..
                     } => (f.bar_dword(usize::from((offset & !3) - 0x10) / 4) >> shift) & size_mask,
-                    // MSI/MSI-X/Device Control: the guest sees the hardware's values.
+                    ReadDecision::Emulate {
+                        hook: Hook::Msi,
+                        region,
+                    } => match f.msi {
+                        Some(msi) if msi.offset == region => {
+                            let relative = (offset & !3) - region;
+                            (msi.read_dword(relative, dword) >> shift) & size_mask
+                        }
+                        _ => hardware,
+                    },
+                    // MSI-X/Device Control: the guest sees the hardware's values.
                     ReadDecision::Emulate { .. } => hardware,
                 })
             }
@@ -168,6 +282,19 @@ impl VirtualPci {
                         // Only sizing is honoured; a BAR keeps its host address (guest-physical = host).
                         let slot = usize::from(aligned - 0x10) / 4;
                         f.sizing[slot] = access == AccessSize::Dword && value == u32::MAX;
+                    }
+                    WriteDecision::Emulate {
+                        hook: Hook::Msi,
+                        region,
+                    } => {
+                        if let Some(msi) = f.msi.as_mut().filter(|m| m.offset == region) {
+                            let relative = aligned - region;
+                            let current = msi.read_dword(relative, old_dword);
+                            let merged = (current & !(access.value_mask() << shift))
+                                | ((value & access.value_mask()) << shift);
+                            msi.write_dword(relative, merged);
+                            self.msi_change = f.msi_request();
+                        }
                     }
                     WriteDecision::Emulate { .. } => {}
                 }
@@ -259,6 +386,53 @@ mod tests {
             0xc000,
             "hardware untouched"
         );
+    }
+
+    #[test]
+    fn msi_programming_is_kept_virtual_and_reported() {
+        let space = FakeConfigSpace::new(Mechanism::Legacy);
+        space.add(0, 0, 0, FakeFunction::new(0x8086, 0x1237, 0x060000, 0));
+        // QEMU's edu: MSI capability at 0x40, 64-bit, one vector (Message Control 0x0080).
+        let mut edu = FakeFunction::new(0x1234, 0x11e8, 0x00ff00, 0);
+        edu.capability(0x40, 0x05, &[0x80, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for dword in (0x40..0x50).step_by(4) {
+            edu.set_writable(dword, 4, u32::MAX);
+        }
+        space.add(0, 3, 0, edu);
+        let topology = crate::pci::enumerate(&space);
+        let f = topology
+            .find(Bdf::new(0, 0, 3, 0).unwrap())
+            .unwrap()
+            .clone();
+        let msi = f.capabilities.msi.unwrap();
+        let table = MediationTable::endpoint(&f).unwrap();
+        let mut bus = VirtualPci::new(alloc::vec![AssignedFunction::new(
+            f.bdf,
+            table,
+            f.bars.clone()
+        )
+        .with_msi(msi.offset, msi.is_64bit, false)]);
+        // As Linux does: address (to APIC 0), upper 0, data (vector 0x41), then enable.
+        read(&mut bus, &space, (0, 3, 0), 0x44);
+        bus.write(CONFIG_DATA, 4, 0xFEE0_0000, &space);
+        read(&mut bus, &space, (0, 3, 0), 0x4C);
+        bus.write(CONFIG_DATA, 2, 0x0041, &space);
+        read(&mut bus, &space, (0, 3, 0), 0x40);
+        bus.write(CONFIG_DATA + 2, 2, 0x0081, &space);
+        let change = bus.take_msi_change().unwrap();
+        assert_eq!(
+            (change.enabled, change.vector, change.destination),
+            (true, 0x41, 0)
+        );
+        assert_eq!(
+            read(&mut bus, &space, (0, 3, 0), 0x40) >> 16,
+            0x0081,
+            "guest sees its enable"
+        );
+        assert_eq!(read(&mut bus, &space, (0, 3, 0), 0x4C) & 0xFFFF, 0x41);
+        let hw = space.get(f.bdf);
+        assert_eq!(hw.get16(0x42) & 1, 0, "hardware MSI stays disabled");
+        assert_eq!(hw.get32(0x44), 0, "hardware address untouched");
     }
 
     #[test]
