@@ -61,7 +61,7 @@ impl MsiShadow {
 
     fn mask_offset(&self) -> Option<u16> {
         self.per_vector_masking
-            .then(|| if self.is_64bit { 0x10 } else { 0x0C })
+            .then_some(if self.is_64bit { 0x10 } else { 0x0C })
     }
 
     /// A capability dword as the guest sees it; `hardware` supplies the read-only parts.
