@@ -56,6 +56,21 @@ fn device_path_has_uart(mut path: &[u8]) -> bool {
     false
 }
 
+/// LSR bit 6: transmitter empty (holding and shift registers both idle).
+const LSR_TRANSMITTER_EMPTY: u8 = 1 << 6;
+
+/// Waits (bounded) until COM1 has sent everything: the kernel reprograms the UART first thing, which
+/// would cut off the loader's last line.
+pub fn drain() {
+    let mut lsr = Port::<u8>::new(COM1 + 5);
+    for _ in 0..1_000_000 {
+        // SAFETY: reading COM1's line status register has no side effects.
+        if unsafe { lsr.read() } & LSR_TRANSMITTER_EMPTY != 0 {
+            return;
+        }
+    }
+}
+
 fn uart_write_byte(byte: u8) {
     // SAFETY: COM1's registers are plain I/O ports; an absent UART reads 0xff and ignores writes.
     let (mut lsr, mut thr) = (Port::<u8>::new(COM1 + 5), Port::<u8>::new(COM1));

@@ -277,6 +277,7 @@ fn enter(h: Handoff) -> ! {
     boot_info.memory_map = h.regions;
     boot_info.memory_map_len = count as u64;
     say!("memory map: {count} regions; jumping");
+    crate::console::drain();
 
     // SAFETY: the tables at `cr3` identity-map the loader (still executable), its stack and the
     // boot info, and map the kernel at its link address. EFER.NXE must be on before any XD bit is
