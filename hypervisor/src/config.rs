@@ -19,6 +19,9 @@ pub enum SelfTest {
     Exception,
     /// Drives QEMU's edu devices through the VT-d layer (DMA and interrupt remapping), suite `vtd`.
     Vtd,
+    /// Gives an edu device to a guest's DMA domain exactly as the runner would (without VMX) and
+    /// drives its DMA, suite `vtd-guest`.
+    VtdGuest,
 }
 
 /// How a guest's assigned-device interrupts are delivered.
@@ -147,7 +150,10 @@ impl Config {
                         "none" => config.selftest = SelfTest::None,
                         "exception" => config.selftest = SelfTest::Exception,
                         "vtd" => config.selftest = SelfTest::Vtd,
-                        _ => problem(format!("selftest = {value}: write none, exception or vtd")),
+                        "vtd-guest" => config.selftest = SelfTest::VtdGuest,
+                        _ => problem(format!(
+                            "selftest = {value}: write none, exception, vtd or vtd-guest"
+                        )),
                     },
                     "log" => match value.parse() {
                         Ok(level) => config.log_level = level,
@@ -278,6 +284,13 @@ mod tests {
         let (config, problems) = Config::parse("selftest = vtd\n");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(config.selftest, SelfTest::Vtd);
+    }
+
+    #[test]
+    fn vtd_guest_self_test_is_read() {
+        let (config, problems) = Config::parse("selftest = vtd-guest\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.selftest, SelfTest::VtdGuest);
     }
 
     #[test]

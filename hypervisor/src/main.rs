@@ -28,8 +28,10 @@ mod kernel {
     use hypervisor::pci::{self, ConfigAccess, Ecam, LegacyPorts, PciTopology};
     use hypervisor::platform::{AcpiStatus, Platform};
     use hypervisor::vmm::assignment::{self, AssignmentPlan};
+    use hypervisor::vmm::dma_domains::{BringUpOptions, DmaRemapping};
     use hypervisor::vmm::exits::GuestEnd;
-    use hypervisor::vmm::runner::VmxCpu;
+    use hypervisor::vmm::runner::{GuestDma, VmxCpu};
+    use hypervisor::vtd::regs::MmioRegisters;
     use hypervisor::{println, summary};
     use linked_list_allocator::LockedHeap;
 
@@ -153,9 +155,20 @@ mod kernel {
 
         let _ = results.write(&mut console);
         let mut exit_code = results.exit_code();
-        if !config.guests.is_empty() {
+        let plan = (!config.guests.is_empty()).then(|| plan_assignment(&config, &pci, &platform));
+        // The VT-d self-tests drive the units themselves.
+        let mut dma = if platform.iommus.is_empty()
+            || matches!(config.selftest, SelfTest::Vtd | SelfTest::VtdGuest)
+        {
+            None
+        } else {
+            bring_up_dma(&config, &platform, &pci, plan.as_ref(), &mut frames)
+        };
+        if let Some(plan) = &plan {
             exit_code |= run_guests(
                 &config,
+                plan,
+                dma.as_mut(),
                 &vmx,
                 &platform,
                 &pci,
@@ -166,6 +179,14 @@ mod kernel {
         }
         if config.selftest == SelfTest::Vtd {
             exit_code |= hypervisor::selftest::vtd::run(&platform, &pci, &mut frames, &mut console);
+        }
+        if config.selftest == SelfTest::VtdGuest {
+            exit_code |=
+                hypervisor::selftest::vtd_guest::run(&platform, &pci, &mut frames, &mut console);
+        }
+        if let Some(dma) = dma.as_mut() {
+            dma.drain_faults(&mut frames);
+            dma.shut_down();
         }
         if config.selftest == SelfTest::Exception {
             log::info!("self-test: executing ud2, expecting an #UD report and a clean stop");
@@ -195,11 +216,59 @@ mod kernel {
         plan
     }
 
+    /// Brings every VT-d unit up (translation on, no device allowed DMA except RMRR devices no guest
+    /// is given; each guest's devices are attached when it runs). Interrupt remapping, which blocks
+    /// compatibility-format interrupts, stays off while a guest routes IOAPIC pins: the physical
+    /// IOAPIC is programmed in that format. A failure is logged; guests with devices then do not run.
+    fn bring_up_dma(
+        config: &Config,
+        platform: &Platform,
+        pci: &PciTopology,
+        plan: Option<&AssignmentPlan>,
+        frames: &mut FrameAllocator,
+    ) -> Option<DmaRemapping<MmioRegisters>> {
+        let assigned: Vec<pci::Bdf> = plan
+            .map(|plan| {
+                plan.guests
+                    .iter()
+                    .filter(|g| !g.refused)
+                    .flat_map(|g| g.devices.iter().map(|d| d.requester))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pins = config
+            .guests
+            .iter()
+            .find(|g| !g.ioapic_pins.is_empty() && !plan.is_some_and(|p| p.is_refused(&g.name)));
+        if let Some(guest) = pins {
+            log::warn!(
+                "vtd: interrupt remapping left off: guest {} routes IOAPIC pins, which are programmed in \
+                 compatibility format and would be blocked; devices' interrupts are not remapped",
+                guest.name
+            );
+        }
+        let options = BringUpOptions {
+            interrupt_remapping: pins.is_none(),
+        };
+        match DmaRemapping::bring_up_machine(platform, pci, &assigned, options, frames) {
+            Ok(dma) => Some(dma),
+            Err(why) => {
+                log::error!(
+                    "vtd: DMA remapping not up: {why}; guests with PCI devices will not run"
+                );
+                None
+            }
+        }
+    }
+
     /// Runs every configured guest whose device assignment is not refused, one after the other, as the
     /// `guests` suite (a refused guest is judged as stopped with "assignment refused"); returns 1 if any
     /// failed.
+    #[allow(clippy::too_many_arguments)]
     fn run_guests(
         config: &Config,
+        plan: &AssignmentPlan,
+        mut dma: Option<&mut DmaRemapping<MmioRegisters>>,
         vmx: &VmxCaps,
         platform: &Platform,
         pci: &PciTopology,
@@ -210,7 +279,6 @@ mod kernel {
         let mut console = serial::Console;
         // Guests print their own suites while they run; this suite follows them.
         let mut results = summary::Results::default();
-        let plan = plan_assignment(config, pci, platform);
         let ioapic_base = platform.ioapics.first().map(|ioapic| ioapic.address);
         // VMX is only turned on when some guest will run.
         let runs_any = config.guests.iter().any(|g| !plan.is_refused(&g.name));
@@ -240,7 +308,11 @@ mod kernel {
                 results.record(name, Outcome::Failed("VMX unavailable (see log)"));
                 continue;
             };
-            let report = cpu.run(guest, modules, frames, index as u16 + 1);
+            let guest_dma = GuestDma {
+                remapping: dma.as_deref_mut(),
+                devices: plan.devices(&guest.name),
+            };
+            let report = cpu.run(guest, modules, frames, index as u16 + 1, guest_dma);
             match &report.end {
                 GuestEnd::PoweredOff(code) => {
                     log::info!("guest {} powered off with code {code}", guest.name)

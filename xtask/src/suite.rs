@@ -179,6 +179,18 @@ pub const BOOTS: &[Boot] = &[
             check: boot_protocol,
         }],
     },
+    // A guest's DMA domain as the runner builds it, driven by the edu devices without VT-x.
+    Boot {
+        id: "qemu-tcg-vtd-guest",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().with("selftest", "vtd-guest"),
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[Check {
+            name: "vtd-guest-protocol",
+            check: boot_protocol,
+        }],
+    },
     Boot {
         id: "qemu-tcg-assignment",
         tier: Tier::QemuTcg,

@@ -4,3 +4,4 @@
 
 pub mod edu;
 pub mod vtd;
+pub mod vtd_guest;

@@ -423,7 +423,7 @@ fn bridge_kind(function: &PciFunction) -> Option<BridgeKind> {
 /// The unit that translates for `bdf`: the one whose device scope names it (an endpoint scope, or a
 /// sub-hierarchy scope whose bridge it is or sits below), else the unit with INCLUDE_PCI_ALL for its
 /// segment (VT-d 8.3.1; such a unit covers every device no other unit of the segment claims).
-fn covering_unit(bdf: Bdf, topology: &PciTopology, units: &[IommuUnit]) -> Option<usize> {
+pub fn covering_unit(bdf: Bdf, topology: &PciTopology, units: &[IommuUnit]) -> Option<usize> {
     let same_segment = |unit: &&IommuUnit| unit.drhd.segment == bdf.segment();
     units
         .iter()
@@ -465,7 +465,7 @@ fn scope_covers(scope: &DeviceScope, bdf: Bdf, topology: &PciTopology) -> bool {
 /// The function a scope's path leads to: the first hop is on the start bus, each later hop on the
 /// secondary bus of the bridge the previous hop named (VT-d 8.3.1, device scope path). `None` when a
 /// hop's bridge is not in the topology.
-fn resolve_scope(scope: &DeviceScope, segment: u16, topology: &PciTopology) -> Option<Bdf> {
+pub fn resolve_scope(scope: &DeviceScope, segment: u16, topology: &PciTopology) -> Option<Bdf> {
     let (last, hops) = scope.path.split_last()?;
     let mut bus = scope.start_bus;
     for hop in hops {

@@ -3,6 +3,7 @@
 pub mod assignment;
 pub mod controls;
 pub mod cpuid;
+pub mod dma_domains;
 pub mod exits;
 pub mod guest_layout;
 pub mod guest_memory;

@@ -2,7 +2,9 @@
 //! it until it powers off or is stopped. This is the machine-facing half of the VMM (the exit logic it
 //! drives is host-tested in `exits`).
 
+use super::assignment::AssignedDevice;
 use super::controls::{self, Controls};
+use super::dma_domains::{self, DmaRemapping};
 use super::exits::{self, ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
@@ -28,6 +30,7 @@ use crate::vmx::io_bitmap::IoBitmaps;
 use crate::vmx::msr_bitmap::MsrBitmap;
 use crate::vmx::vmcs::{self, CurrentVmcs, VmcsAccess};
 use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro};
+use crate::vtd::regs::MmioRegisters;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -74,8 +77,28 @@ struct HostIrq {
 /// interrupts to a workload (the bench's ceiling), short enough to keep the host responsive.
 const HOST_TIMER_PERIOD_TSC: u64 = 5_000_000;
 
-/// Guest RAM is aligned so EPT can map it with 2 MiB pages.
+/// Guest RAM is aligned so EPT (and VT-d) can map it with 2 MiB pages.
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
+
+/// A guest's RAM: contiguous host memory `(base, len)` that GPA 0 starts at, as EPT and the guest's
+/// DMA domain map it. The `vtd-guest` self-test allocates through here too.
+pub fn allocate_guest_ram(
+    frames: &mut FrameAllocator,
+    memory_mib: u64,
+) -> Result<(u64, u64), String> {
+    let ram_len = memory_mib << 20;
+    let ram_base = frames
+        .alloc_contiguous(ram_len / PAGE_SIZE, GUEST_RAM_ALIGN)
+        .ok_or_else(|| format!("no {memory_mib} MiB of contiguous free memory for its RAM"))?;
+    Ok((ram_base, ram_len))
+}
+
+/// DMA remapping for the guest about to run: the machine's units, when up, and the guest's planned
+/// devices (requester IDs and covering units).
+pub struct GuestDma<'a> {
+    pub remapping: Option<&'a mut DmaRemapping<MmioRegisters>>,
+    pub devices: &'a [AssignedDevice],
+}
 
 impl VmxCpu {
     /// VMXON on this CPU.
@@ -141,12 +164,15 @@ impl VmxCpu {
     }
 
     /// Builds and runs one guest to its end. Errors before the guest starts are returned as its end.
+    /// Its devices get a DMA domain mapping exactly its RAM before it runs, and lose it (blocked)
+    /// when it ends; the units' fault records are drained then.
     pub fn run(
         &self,
         config: &GuestConfig,
         modules: &[Module],
         frames: &mut FrameAllocator,
         vpid: u16,
+        mut dma: GuestDma<'_>,
     ) -> GuestReport {
         let report = |end| GuestReport {
             name: config.name.clone(),
@@ -160,7 +186,28 @@ impl VmxCpu {
         };
         match self.build(config, modules, frames, controls, vpid) {
             Ok(mut guest) => {
-                let end = guest.run_loop(&config.name, frames, self.pci.as_ref());
+                let attached = dma_domains::prepare_guest_dma(
+                    dma.remapping.as_deref_mut(),
+                    &config.name,
+                    (guest.ram_base, guest.ram_len),
+                    dma.devices,
+                    frames,
+                );
+                let end = match attached {
+                    Ok(handle) => {
+                        let end = guest.run_loop(&config.name, frames, self.pci.as_ref());
+                        if let (Some(remapping), Some(handle)) =
+                            (dma.remapping.as_deref_mut(), handle)
+                        {
+                            remapping.detach_guest(handle, frames);
+                        }
+                        end
+                    }
+                    Err(why) => GuestEnd::Stopped(format!("DMA remapping: {why}")),
+                };
+                if let Some(remapping) = dma.remapping.as_deref_mut() {
+                    remapping.drain_faults(frames);
+                }
                 guest.release_pins();
                 self.reset_functions(config);
                 GuestReport {
@@ -197,15 +244,7 @@ impl VmxCpu {
         let image = ElfImage::parse(bytes, AddressWindow::UPPER_HALF)
             .map_err(|e| format!("{}: {e}", config.image))?;
 
-        let ram_len = config.memory_mib << 20;
-        let ram_base = frames
-            .alloc_contiguous(ram_len / PAGE_SIZE, GUEST_RAM_ALIGN)
-            .ok_or_else(|| {
-                format!(
-                    "no {} MiB of contiguous free memory for its RAM",
-                    config.memory_mib
-                )
-            })?;
+        let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
         // SAFETY: the frames were just allocated to this guest and are identity-mapped.
         let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
         let start = guest_layout::build(ram, &image).map_err(|e| format!("{e}"))?;

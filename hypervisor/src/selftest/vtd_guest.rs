@@ -1,0 +1,435 @@
+//! `selftest = vtd-guest`: a guest's DMA protection proven without VT-x (QEMU TCG). Guest RAM is
+//! allocated, the edu device planned and attached to the guest's DMA domain through exactly the
+//! code the runner uses (`assignment::plan`, `runner::allocate_guest_ram`,
+//! `dma_domains::prepare_guest_dma`), then the edu devices DMA. Prints suite `vtd-guest`:
+//!
+//! - `guest-dma-lands-in-guest-ram`: the assigned edu's DMA to guest-physical X lands at
+//!   `ram_base + X`, with no fault.
+//! - `unassigned-device-blocked`: the second edu, given to no guest, reaches no memory; its
+//!   faults name it (reason: no context entry).
+//! - `dma-beyond-guest-ram-blocked`: the assigned edu's DMA to a GPA past the guest's RAM lands
+//!   nowhere; the fault names 00:03.0 and the address; the device is quarantined.
+//! - `detached-device-blocked`: attached again its DMA lands; after the guest's domain is detached
+//!   (as when a guest ends) the same DMA is blocked.
+
+use crate::config::GuestConfig;
+use crate::memory::frames::FrameAllocator;
+use crate::memory::FrameAlloc;
+use crate::pci::regs::COMMAND;
+use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciTopology};
+use crate::platform::Platform;
+use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
+use crate::selftest::vtd::{find_dma_fault, pattern};
+use crate::summary::Results;
+use crate::vmm::assignment::{self, AssignedDevice};
+use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
+use crate::vmm::runner::allocate_guest_ram;
+use crate::vtd::fault::Fault;
+use crate::vtd::regs::MmioRegisters;
+use crate::vtd::SourceId;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{compiler_fence, Ordering};
+use exitless_abi::protocol::{self, Outcome};
+
+pub const SUITE: &str = "vtd-guest";
+pub const TESTS: [&str; 4] = [
+    "guest-dma-lands-in-guest-ram",
+    "unassigned-device-blocked",
+    "dma-beyond-guest-ram-blocked",
+    "detached-device-blocked",
+];
+
+const GUEST: &str = "vtd-guest";
+const GUEST_MIB: u64 = 8;
+/// Guest-physical addresses inside the guest's RAM: the assigned edu loads its buffer from
+/// `SOURCE_GPA` and writes it to `TARGET_GPA`.
+const SOURCE_GPA: u64 = 0x10_0000;
+const TARGET_GPA: u64 = 0x20_0000;
+/// Offsets into the guest's RAM whose *host*-physical address serves as a DMA address that must
+/// not be reached: were a device's DMA passed through untranslated, it would land in memory this
+/// test owns and checks, not somewhere in the host.
+const BEYOND_OFFSET: u64 = 0x30_0000;
+const PASS_THROUGH_OFFSET: u64 = 0x40_0000;
+/// Bytes per transfer (64 words; the rest of each frame must stay untouched).
+const LEN: u64 = 512;
+const WORDS: usize = (LEN / 8) as usize;
+const FILLER: u64 = 0xC3C3_C3C3_C3C3_C3C3;
+/// Polls of the edu command register (see selftest/vtd.rs: ~100 ms of virtual time per transfer).
+const DMA_POLLS: u64 = 5_000_000;
+
+/// Runs the suite; returns the power-off code contribution (0 all passed, 1 otherwise).
+pub fn run(
+    platform: &Platform,
+    pci: &PciTopology,
+    frames: &mut FrameAllocator,
+    out: &mut impl fmt::Write,
+) -> u32 {
+    let _ = protocol::write_begin(out, SUITE);
+    let mut results = Results::default();
+    match Bench::new(platform, pci, frames) {
+        Err(why) => {
+            log::error!("vtd-guest self-test: {why}");
+            let why: &'static str = why.leak();
+            for name in TESTS {
+                results.record(name, Outcome::Failed(why));
+            }
+        }
+        Ok(mut bench) => {
+            for (i, name) in TESTS.into_iter().enumerate() {
+                log::info!("vtd-guest self-test: {name}");
+                let result = match i {
+                    0 => bench.lands_in_guest_ram(),
+                    1 => bench.unassigned_blocked(),
+                    2 => bench.beyond_ram_blocked(),
+                    _ => bench.detached_blocked(),
+                };
+                let outcome = match result {
+                    Ok(()) => Outcome::Ok,
+                    Err(why) => {
+                        log::error!("vtd-guest self-test {name}: {why}");
+                        Outcome::Failed(why.leak())
+                    }
+                };
+                bench.dma.drain_faults(bench.frames);
+                results.record(name, outcome);
+            }
+            bench.dma.shut_down();
+        }
+    }
+    let _ = results.write(out);
+    results.exit_code()
+}
+
+struct Bench<'f> {
+    frames: &'f mut FrameAllocator,
+    dma: DmaRemapping<MmioRegisters>,
+    handle: Option<DomainHandle>,
+    /// The guest's planned device (00:03.0 on QEMU) and the edu no guest is given (00:08.0).
+    assigned: AssignedDevice,
+    assigned_edu: Edu,
+    other: Option<(Bdf, Edu)>,
+    ram_base: u64,
+    ram_len: u64,
+}
+
+impl<'f> Bench<'f> {
+    fn new(
+        platform: &Platform,
+        pci: &PciTopology,
+        frames: &'f mut FrameAllocator,
+    ) -> Result<Self, String> {
+        let edus: Vec<_> = pci
+            .functions
+            .iter()
+            .filter(|f| f.vendor_id == edu::VENDOR_ID && f.device_id == edu::DEVICE_ID)
+            .collect();
+        let first = edus
+            .first()
+            .ok_or("no edu device (1234:11e8): run QEMU with -device edu")?;
+        // The guest as a configuration would give it: the same plan the kernel makes at boot.
+        let guest = GuestConfig {
+            name: String::from(GUEST),
+            image: String::new(),
+            memory_mib: GUEST_MIB,
+            interrupts: Default::default(),
+            ports: Vec::new(),
+            ioapic_pins: Vec::new(),
+            expect_stop: None,
+            pci: vec![first.bdf],
+        };
+        let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);
+        if let Some(refusal) = plan.refusals.first() {
+            return Err(format!("assignment refused: {refusal}"));
+        }
+        let devices = plan.devices(GUEST).to_vec();
+        let assigned = *devices.first().ok_or("the plan gave the guest no device")?;
+        let requesters: Vec<Bdf> = devices.iter().map(|d| d.requester).collect();
+
+        let config = config_access(platform, first.bdf);
+        let mut enabled = Vec::new();
+        for f in edus.iter().take(2) {
+            let bar0 = f
+                .bar(0)
+                .filter(|b| !b.kind.is_io() && b.base != 0)
+                .ok_or_else(|| format!("edu {} has no memory BAR0", f.bdf))?;
+            let cmd = Command::from_bits_retain(config.read16(f.bdf, COMMAND));
+            config.write16(
+                f.bdf,
+                COMMAND,
+                (cmd | Command::MEMORY_SPACE | Command::BUS_MASTER | Command::INTX_DISABLE).bits(),
+            );
+            // SAFETY: BAR0 as firmware programmed it (identity-mapped, uncached MMIO window),
+            // memory decoding just enabled; only this bench drives the device.
+            let mut device = unsafe { Edu::new(bar0.base) };
+            if device.identification() != edu::IDENTIFICATION_VALUE {
+                return Err(format!("edu {} does not identify as edu", f.bdf));
+            }
+            enabled.push((f.bdf, device));
+        }
+        let mut enabled = enabled.into_iter();
+        let (_, assigned_edu) = enabled.next().ok_or("no edu enabled")?;
+        let other = enabled.next();
+
+        let mut dma = DmaRemapping::bring_up_machine(
+            platform,
+            pci,
+            &requesters,
+            BringUpOptions {
+                interrupt_remapping: true,
+            },
+            frames,
+        )?;
+        let (ram_base, ram_len) = allocate_guest_ram(frames, GUEST_MIB)?;
+        log::info!(
+            "vtd-guest self-test: guest RAM {GUEST_MIB} MiB at host {ram_base:#x}, device {} (requester {}, unit {:?})",
+            assigned.bdf,
+            assigned.requester,
+            assigned.unit
+        );
+        let handle = dma_domains::prepare_guest_dma(
+            Some(&mut dma),
+            GUEST,
+            (ram_base, ram_len),
+            &devices,
+            frames,
+        )?
+        .ok_or("prepare_guest_dma attached nothing")?;
+        Ok(Bench {
+            frames,
+            dma,
+            handle: Some(handle),
+            assigned,
+            assigned_edu,
+            other,
+            ram_base,
+            ram_len,
+        })
+    }
+
+    // ---- the tests -------------------------------------------------------------------------
+
+    fn lands_in_guest_ram(&mut self) -> Result<(), String> {
+        let handle = self.handle.ok_or("not attached")?;
+        let unit = self.assigned.unit.ok_or("no unit")?;
+        // The domain's tables as the unit walks them: exactly the guest's RAM.
+        let translate = |s: &mut Self, gpa| s.dma.translate(handle, unit, gpa, s.frames);
+        let checks = [
+            (0, Some(self.ram_base)),
+            (TARGET_GPA, Some(self.ram_base + TARGET_GPA)),
+            (self.ram_len - 1, Some(self.ram_base + self.ram_len - 1)),
+            (self.ram_len, None),
+        ];
+        for (gpa, want) in checks {
+            let got = translate(self, gpa);
+            if got != want {
+                return Err(format!(
+                    "domain translates GPA {gpa:#x} to {got:x?}, want {want:x?}"
+                ));
+            }
+        }
+        self.expect_no_faults("before the test")?;
+        self.load_and_write(1, TARGET_GPA)
+    }
+
+    fn unassigned_blocked(&mut self) -> Result<(), String> {
+        let Some((bdf, _)) = self.other else {
+            return Err("needs a second edu device (-device edu twice)".into());
+        };
+        let sid = SourceId(bdf.requester_id());
+        let unit = self.assigned.unit.unwrap_or_default();
+        if let Some(domain) = self.dma.context_domain(unit, sid, self.frames) {
+            return Err(format!(
+                "{bdf} is in domain {domain} though no guest has it"
+            ));
+        }
+        // First an address whose host frame is the guest's (a pass-through would land there),
+        // then a GPA of the guest (the guest's domain would send it to ram_base + X).
+        let mut addresses = Vec::new();
+        let through = self.ram_base + PASS_THROUGH_OFFSET;
+        if through + LEN <= edu::DMA_ADDRESS_LIMIT {
+            addresses.push((through, PASS_THROUGH_OFFSET));
+        }
+        addresses.push((TARGET_GPA, TARGET_GPA));
+        for (address, watched) in addresses {
+            self.fill(watched);
+            self.dma_other(address)?;
+            let faults = self.dma.drain_faults(self.frames);
+            self.check(watched, 0, |_| FILLER).map_err(|e| {
+                format!("{bdf}'s DMA to {address:#x} reached the guest's RAM at +{watched:#x}: {e}")
+            })?;
+            let fault = find_dma_fault(&faults, sid, address)?;
+            // Appendix A: 0x1 root entry not present, 0x2 context entry not present.
+            if !matches!(fault.reason.0, 0x1 | 0x2) {
+                return Err(format!(
+                    "{fault}: want reason 0x1 or 0x2 (no context entry)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn beyond_ram_blocked(&mut self) -> Result<(), String> {
+        let beyond = if self.ram_base >= self.ram_len
+            && self.ram_base + BEYOND_OFFSET + LEN <= edu::DMA_ADDRESS_LIMIT
+        {
+            self.ram_base + BEYOND_OFFSET
+        } else {
+            self.ram_len
+        };
+        self.load_buffer(2)?;
+        self.fill(TARGET_GPA);
+        self.fill(BEYOND_OFFSET);
+        self.dma_assigned(Direction::ToRam, beyond)?;
+        let faults = self.dma.drain_faults(self.frames);
+        self.check(BEYOND_OFFSET, 0, |_| FILLER)
+            .map_err(|e| format!("DMA to GPA {beyond:#x} landed in the guest's RAM: {e}"))?;
+        self.check(TARGET_GPA, 0, |_| FILLER)
+            .map_err(|e| format!("DMA to GPA {beyond:#x} changed GPA {TARGET_GPA:#x}: {e}"))?;
+        let fault = find_dma_fault(&faults, self.assigned_sid(), beyond)?;
+        let unit = self.assigned.unit.unwrap_or_default();
+        if self
+            .dma
+            .context_domain(unit, self.assigned_sid(), self.frames)
+            .is_some()
+        {
+            return Err(format!("{fault} but the device was not quarantined"));
+        }
+        Ok(())
+    }
+
+    fn detached_blocked(&mut self) -> Result<(), String> {
+        // The quarantine above ended the old attachment: detach it and attach afresh, as the
+        // runner does for the next guest.
+        if let Some(old) = self.handle.take() {
+            self.dma.detach_guest(old, self.frames);
+        }
+        let devices = [self.assigned];
+        let handle = dma_domains::prepare_guest_dma(
+            Some(&mut self.dma),
+            GUEST,
+            (self.ram_base, self.ram_len),
+            &devices,
+            self.frames,
+        )?
+        .ok_or("prepare_guest_dma attached nothing")?;
+        self.handle = Some(handle);
+        self.load_and_write(3, TARGET_GPA)
+            .map_err(|e| format!("after attaching again: {e}"))?;
+        self.dma.detach_guest(handle, self.frames);
+        self.handle = None;
+        self.fill(TARGET_GPA);
+        self.dma_assigned(Direction::ToRam, TARGET_GPA)?;
+        let faults = self.dma.drain_faults(self.frames);
+        self.check(TARGET_GPA, 0, |_| FILLER)
+            .map_err(|e| format!("DMA after detach still landed: {e}"))?;
+        find_dma_fault(&faults, self.assigned_sid(), TARGET_GPA).map(|_| ())
+    }
+
+    // ---- helpers ---------------------------------------------------------------------------
+
+    fn assigned_sid(&self) -> SourceId {
+        SourceId(self.assigned.requester.requester_id())
+    }
+
+    /// Loads pattern `seed` into the assigned edu's buffer from `SOURCE_GPA`, writes it to `gpa`
+    /// and checks it arrived at `ram_base + gpa`, with no fault on the way.
+    fn load_and_write(&mut self, seed: u64, gpa: u64) -> Result<(), String> {
+        self.load_buffer(seed)?;
+        self.fill(gpa);
+        self.dma_assigned(Direction::ToRam, gpa)?;
+        self.expect_no_faults("DMA to a GPA inside the guest's RAM")?;
+        self.check(gpa, WORDS, |i| pattern(seed, i)).map_err(|e| {
+            format!(
+                "GPA {gpa:#x} should land at host {:#x}: {e}",
+                self.ram_base + gpa
+            )
+        })
+    }
+
+    fn load_buffer(&mut self, seed: u64) -> Result<(), String> {
+        let words = self.frames.table_mut(self.ram_base + SOURCE_GPA);
+        for (i, w) in words.iter_mut().enumerate() {
+            // SAFETY: aligned write of the guest RAM this test owns; the device reads it by DMA.
+            unsafe { core::ptr::write_volatile(w, pattern(seed, i)) };
+        }
+        self.dma_assigned(Direction::FromRam, SOURCE_GPA)?;
+        self.expect_no_faults("loading the edu buffer from a GPA inside the guest's RAM")
+    }
+
+    fn expect_no_faults(&mut self, when: &str) -> Result<(), String> {
+        let faults: Vec<Fault> = self.dma.drain_faults(self.frames);
+        match faults.first() {
+            None => Ok(()),
+            Some(f) => Err(format!("{when}: unexpected {f}")),
+        }
+    }
+
+    /// Fills the guest RAM frame at `offset` with FILLER.
+    fn fill(&mut self, offset: u64) {
+        let words = self.frames.table_mut(self.ram_base + offset);
+        for w in words.iter_mut() {
+            // SAFETY: aligned write of memory we own; volatile because a device may write it by DMA.
+            unsafe { core::ptr::write_volatile(w, FILLER) };
+        }
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Checks the guest RAM frame at `offset`: `expected(i)` in the first `words` words, FILLER after.
+    fn check(
+        &mut self,
+        offset: u64,
+        words: usize,
+        expected: impl Fn(usize) -> u64,
+    ) -> Result<(), String> {
+        compiler_fence(Ordering::SeqCst);
+        let table = self.frames.table_mut(self.ram_base + offset);
+        for (i, w) in table.iter().enumerate() {
+            // SAFETY: a plain aligned read of memory we own; volatile because DMA wrote it.
+            let actual = unsafe { core::ptr::read_volatile(w) };
+            let want = if i < words { expected(i) } else { FILLER };
+            if actual != want {
+                return Err(format!("word {i} is {actual:#x}, want {want:#x}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn dma_assigned(&mut self, direction: Direction, address: u64) -> Result<(), String> {
+        let bdf = self.assigned.bdf;
+        transfer(&mut self.assigned_edu, bdf, direction, address)
+    }
+
+    fn dma_other(&mut self, address: u64) -> Result<(), String> {
+        let (bdf, edu) = self.other.as_mut().ok_or("no second edu")?;
+        transfer(edu, *bdf, Direction::ToRam, address)
+    }
+}
+
+fn transfer(edu: &mut Edu, bdf: Bdf, direction: Direction, address: u64) -> Result<(), String> {
+    let request = DmaRequest::new(direction, address, 0, LEN, false).map_err(|e| format!("{e}"))?;
+    compiler_fence(Ordering::SeqCst);
+    edu.transfer(&request, DMA_POLLS)
+        .map_err(|e| format!("edu {bdf}: {e}"))?;
+    compiler_fence(Ordering::SeqCst);
+    Ok(())
+}
+
+/// Configuration access for `bdf`'s segment and bus: its ECAM window, else ports 0xCF8/0xCFC.
+fn config_access(platform: &Platform, bdf: Bdf) -> Box<dyn ConfigAccess> {
+    match platform
+        .mcfg
+        .iter()
+        .find(|r| r.segment == bdf.segment() && (r.bus_start..=r.bus_end).contains(&bdf.bus()))
+    {
+        // SAFETY: the ECAM window comes from MCFG and is identity-mapped; during the self-test
+        // nothing else uses configuration space.
+        Some(r) => Box::new(unsafe { Ecam::new(r.base, r.segment, r.bus_start, r.bus_end) }),
+        // SAFETY: ports 0xCF8/0xCFC, used by nothing else during the self-test.
+        None => Box::new(unsafe { LegacyPorts::new() }),
+    }
+}
