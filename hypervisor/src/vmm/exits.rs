@@ -231,6 +231,11 @@ fn dispatch(
             let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
             Handled::End(GuestEnd::Stopped(format!("triple fault at rip {rip:#x}")))
         }
+        // Guests are single-CPU and cannot be reset in place: an INIT or SIPI ends the guest.
+        ExitReason::InitSignal | ExitReason::StartupIpi => Handled::End(GuestEnd::Stopped(format!(
+            "{}: the guest was reset by INIT/SIPI, which a single-CPU guest cannot survive",
+            reason.description()
+        ))),
         ExitReason::ExceptionOrNmi => irq_exits::exception(vmcs, vcpu, host)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
