@@ -243,7 +243,8 @@ mod kernel {
         if let Some(guest) = pins {
             log::warn!(
                 "vtd: interrupt remapping left off: guest {} routes IOAPIC pins, which are programmed in \
-                 compatibility format and would be blocked; devices' interrupts are not remapped",
+                 compatibility format and would be blocked; assigned devices' MSIs are then programmed in \
+                 compatibility format too, and nothing confines the vectors a device can raise",
                 guest.name
             );
         }

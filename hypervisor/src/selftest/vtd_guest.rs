@@ -11,20 +11,35 @@
 //!   nowhere; the fault names 00:03.0 and the address; the device is quarantined.
 //! - `detached-device-blocked`: attached again its DMA lands; after the guest's domain is detached
 //!   (as when a guest ends) the same DMA is blocked.
+//! - `msi-through-irte`: the guest's virtual PCI bus for the edu, built as the runner builds it
+//!   (`runner::assigned_function`); the guest programs MSI (address 0xFEE00000 | APIC ID << 12,
+//!   data = vector [`MSI_VECTOR`], enable) with configuration-port writes; each resulting request
+//!   goes through `guest_msi::route_guest_msi`, as the runner's does. The device's real MSI then
+//!   holds a remappable-format address (bit 4), not the guest's; the edu's interrupt arrives on
+//!   exactly the guest's vector.
+//! - `msi-disabled-clears-irte`: the guest disables MSI: the device's MSI is off and its IRTE
+//!   cleared; even with the device's MSI forced back on with the old remappable message (a device
+//!   that ignores the disable) nothing arrives; the guest enabling again brings the vector back
+//!   (the control that shows the wait was long enough).
 
-use crate::config::GuestConfig;
+use crate::arch::irq_probe::IrqProbe;
+use crate::config::{GuestConfig, InterruptMode};
 use crate::memory::frames::FrameAllocator;
 use crate::memory::FrameAlloc;
 use crate::pci::regs::COMMAND;
-use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciTopology};
+use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciFunction, PciTopology};
 use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
 use crate::selftest::vtd::{find_dma_fault, pattern};
 use crate::summary::Results;
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
-use crate::vmm::runner::allocate_guest_ram;
+use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
+use crate::vmm::interrupts::GuestInterrupts;
+use crate::vmm::runner::{allocate_guest_ram, assigned_function};
+use crate::vmm::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::vtd::fault::Fault;
+use crate::vtd::irte::remappable_msi;
 use crate::vtd::regs::MmioRegisters;
 use crate::vtd::SourceId;
 use alloc::boxed::Box;
@@ -37,11 +52,13 @@ use core::sync::atomic::{compiler_fence, Ordering};
 use exitless_abi::protocol::{self, Outcome};
 
 pub const SUITE: &str = "vtd-guest";
-pub const TESTS: [&str; 4] = [
+pub const TESTS: [&str; 6] = [
     "guest-dma-lands-in-guest-ram",
     "unassigned-device-blocked",
     "dma-beyond-guest-ram-blocked",
     "detached-device-blocked",
+    "msi-through-irte",
+    "msi-disabled-clears-irte",
 ];
 
 const GUEST: &str = "vtd-guest";
@@ -61,6 +78,14 @@ const WORDS: usize = (LEN / 8) as usize;
 const FILLER: u64 = 0xC3C3_C3C3_C3C3_C3C3;
 /// Polls of the edu command register (see selftest/vtd.rs: ~100 ms of virtual time per transfer).
 const DMA_POLLS: u64 = 5_000_000;
+/// The guest's MSI vector: a guest vector (0x20..0xCF), distinct from the `vtd` suite's 0x61.
+const MSI_VECTOR: u8 = 0x52;
+/// Spins with interrupts enabled before an MSI counts as not arrived (as in selftest/vtd.rs: the
+/// edu signals synchronously with the raise-register write; the control in
+/// `msi-disabled-clears-irte` shows the wait is long enough).
+const IRQ_SPINS: u64 = 2_000_000;
+/// The edu interrupt-status bit the tests raise.
+const RAISE_BITS: u32 = 0x1;
 
 /// Runs the suite; returns the power-off code contribution (0 all passed, 1 otherwise).
 pub fn run(
@@ -86,7 +111,9 @@ pub fn run(
                     0 => bench.lands_in_guest_ram(),
                     1 => bench.unassigned_blocked(),
                     2 => bench.beyond_ram_blocked(),
-                    _ => bench.detached_blocked(),
+                    3 => bench.detached_blocked(),
+                    4 => bench.msi_through_irte(),
+                    _ => bench.msi_disabled_clears_irte(),
                 };
                 let outcome = match result {
                     Ok(()) => Outcome::Ok,
@@ -98,6 +125,7 @@ pub fn run(
                 bench.dma.drain_faults(bench.frames);
                 results.record(name, outcome);
             }
+            bench.msi_off();
             bench.dma.shut_down();
         }
     }
@@ -115,6 +143,13 @@ struct Bench<'f> {
     other: Option<(Bdf, Edu)>,
     ram_base: u64,
     ram_len: u64,
+    /// The assigned edu as enumerated, and configuration access to it.
+    function: PciFunction,
+    config: Box<dyn ConfigAccess>,
+    /// This CPU's xAPIC ID (`None` in x2APIC mode, which the interrupt probe cannot drive).
+    apic_id: Option<u8>,
+    /// The guest's interrupt state, for its device vectors.
+    interrupts: GuestInterrupts,
 }
 
 impl<'f> Bench<'f> {
@@ -199,6 +234,9 @@ impl<'f> Bench<'f> {
             frames,
         )?
         .ok_or("prepare_guest_dma attached nothing")?;
+        let apic_id = (!platform.lapic.apic_base_msr.x2apic_enabled())
+            .then_some(platform.lapic.bsp_id)
+            .and_then(|id| u8::try_from(id).ok());
         Ok(Bench {
             frames,
             dma,
@@ -208,6 +246,10 @@ impl<'f> Bench<'f> {
             other,
             ram_base,
             ram_len,
+            function: (*first).clone(),
+            config,
+            apic_id,
+            interrupts: GuestInterrupts::new(InterruptMode::Baseline, &[]),
         })
     }
 
@@ -330,7 +372,219 @@ impl<'f> Bench<'f> {
         find_dma_fault(&faults, self.assigned_sid(), TARGET_GPA).map(|_| ())
     }
 
+    fn msi_through_irte(&mut self) -> Result<(), String> {
+        let handle = self.attach()?;
+        let apic_id = self.apic_id.ok_or(
+            "the CPU is in x2APIC mode (or has an APIC ID above 255); the probe needs xAPIC",
+        )?;
+        let mut bus = VirtualPci::new(vec![assigned_function(&self.function)?]);
+        let guest_address = 0xFEE0_0000 | u32::from(apic_id) << 12;
+        self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, true)?;
+        let (address, enabled) = self.hardware_msi()?;
+        if address & (1 << 4) == 0 || address == guest_address {
+            return Err(format!(
+                "the device's MSI address is {address:#x}: want a remappable-format one (bit 4), not the guest's {guest_address:#x}"
+            ));
+        }
+        if !enabled {
+            return Err("the device's MSI is not enabled".into());
+        }
+        let (unit, index, irte) = self
+            .dma
+            .guest_irte(handle, self.function.bdf, self.frames)
+            .ok_or("no IRTE for the guest's MSI")?;
+        if crate::vtd::irte::interrupt_index(crate::vtd::irte::MsiMessage {
+            address: u64::from(address),
+            data: 0,
+        }) != Some(u32::from(index))
+        {
+            return Err(format!(
+                "the device's address {address:#x} does not select IRTE {index}"
+            ));
+        }
+        if !irte.present() || irte.vector() != MSI_VECTOR {
+            return Err(format!(
+                "IRTE {index} on unit {unit} is {irte:x?}: want present with vector {MSI_VECTOR:#x}"
+            ));
+        }
+        if !self.interrupts.device_vectors.contains(MSI_VECTOR) {
+            return Err("the guest's device vectors lack its MSI vector".into());
+        }
+        let got = self.raise_and_count(true)?;
+        if got != [(MSI_VECTOR, 1)] {
+            return Err(format!(
+                "want one interrupt on vector {MSI_VECTOR:#x} through IRTE {index}, got {got:?} (vector, count)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn msi_disabled_clears_irte(&mut self) -> Result<(), String> {
+        let handle = self.attach()?;
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let mut bus = VirtualPci::new(vec![assigned_function(&self.function)?]);
+        let guest_address = 0xFEE0_0000 | u32::from(apic_id) << 12;
+        self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, true)?;
+        let (unit, index, _) = self
+            .dma
+            .guest_irte(handle, self.function.bdf, self.frames)
+            .ok_or("no IRTE after the guest enabled MSI")?;
+        // The guest turns MSI off (Message Control, enable bit clear).
+        self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, false)?;
+        let (_, enabled) = self.hardware_msi()?;
+        if enabled {
+            return Err("the device's MSI stayed enabled after the guest disabled it".into());
+        }
+        if self
+            .dma
+            .irte_at(unit, index, self.frames)
+            .is_none_or(|e| e.present())
+        {
+            return Err(format!("IRTE {index} on unit {unit} is still present"));
+        }
+        if !self.interrupts.device_vectors.is_empty() {
+            return Err("the guest's device vectors still hold its MSI vector".into());
+        }
+        // A device that ignores the disable and signals through the old entry: nothing arrives.
+        let cap = self.function.capabilities.msi.ok_or("no MSI capability")?;
+        guest_msi::program_device_msi(
+            self.config.as_ref(),
+            self.function.bdf,
+            &cap,
+            Some(remappable_msi(index, None)),
+        );
+        let cleared = self.raise_and_count(false)?;
+        // Control: the guest enables MSI again and the same wait sees the vector.
+        self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, true)?;
+        let control = self.raise_and_count(true)?;
+        self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, false)?;
+        if !cleared.is_empty() {
+            return Err(format!(
+                "interrupts arrived through the cleared IRTE {index}: {cleared:?}"
+            ));
+        }
+        if control != [(MSI_VECTOR, 1)] {
+            return Err(format!(
+                "control after enabling again got {control:?}, want [({MSI_VECTOR:#x}, 1)]"
+            ));
+        }
+        Ok(())
+    }
+
     // ---- helpers ---------------------------------------------------------------------------
+
+    /// The guest's domain, attaching it again (as for a new guest) if an earlier test detached it.
+    fn attach(&mut self) -> Result<DomainHandle, String> {
+        if let Some(handle) = self.handle {
+            return Ok(handle);
+        }
+        let devices = [self.assigned];
+        let handle = dma_domains::prepare_guest_dma(
+            Some(&mut self.dma),
+            GUEST,
+            (self.ram_base, self.ram_len),
+            &devices,
+            self.frames,
+        )?
+        .ok_or("prepare_guest_dma attached nothing")?;
+        self.handle = Some(handle);
+        Ok(handle)
+    }
+
+    /// The guest programs its MSI capability as Linux does (address, upper address, data, then
+    /// Message Control) with configuration-port writes; every change it makes is applied as the
+    /// runner applies it after an I/O exit.
+    fn guest_programs_msi(
+        &mut self,
+        bus: &mut VirtualPci,
+        address: u32,
+        vector: u8,
+        enable: bool,
+    ) -> Result<(), String> {
+        let cap = self.function.capabilities.msi.ok_or("no MSI capability")?;
+        let mut writes = vec![(cap.offset + 4, 4u8, address)];
+        if cap.is_64bit {
+            writes.push((cap.offset + 8, 4, 0));
+        }
+        writes.push((cap.message_data_offset(), 2, u32::from(vector)));
+        writes.push((cap.offset + 2, 2, u32::from(enable)));
+        for (offset, size, value) in writes {
+            let bdf = self.function.bdf;
+            let select = 1 << 31
+                | u32::from(bdf.bus()) << 16
+                | u32::from(bdf.device()) << 11
+                | u32::from(bdf.function()) << 8
+                | u32::from(offset & 0xFC);
+            bus.write(CONFIG_ADDRESS, 4, select, self.config.as_ref());
+            bus.write(
+                CONFIG_DATA + (offset & 3),
+                size,
+                value,
+                self.config.as_ref(),
+            );
+            if let Some(req) = bus.take_msi_change() {
+                self.apply(req)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the runner's `route_guest_msi` does with a request, with this CPU as the target.
+    fn apply(&mut self, req: MsiRequest) -> Result<(), String> {
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let cpu = HostCpu {
+            apic_id: u32::from(apic_id),
+            x2apic: false,
+        };
+        let dma = self.handle.map(|h| (&mut self.dma, h));
+        let route = guest_msi::route_guest_msi(
+            &req,
+            &self.function,
+            Some(&self.assigned),
+            dma,
+            cpu,
+            self.config.as_ref(),
+            self.frames,
+        )?;
+        if matches!(route, MsiRoute::Compatibility(_)) {
+            return Err("the MSI was programmed in compatibility format, not remapped".into());
+        }
+        self.interrupts
+            .msi_vector(req.bdf, route.guest_vector(&req));
+        Ok(())
+    }
+
+    /// The device's real MSI address (low dword) and enable bit.
+    fn hardware_msi(&self) -> Result<(u32, bool), String> {
+        let cap = self.function.capabilities.msi.ok_or("no MSI capability")?;
+        let bdf = self.function.bdf;
+        let address = self.config.read32(bdf, cap.offset + 4);
+        let enabled = self.config.read16(bdf, cap.offset + 2) & 1 != 0;
+        Ok((address, enabled))
+    }
+
+    /// Raises the assigned edu's interrupt, waits (until [`MSI_VECTOR`] counts when `expect`,
+    /// the full bounded wait otherwise), acknowledges it in the device; returns every arrival.
+    fn raise_and_count(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
+        // SAFETY: all physical memory (the LAPIC page included) is identity-mapped, the kernel's
+        // IDT is full, and nothing else touches the IDT/LVT/PIC during the self-test.
+        let probe = unsafe { IrqProbe::install() }
+            .ok_or("the local APIC is off or in x2APIC mode; the probe needs xAPIC")?;
+        probe.reset();
+        self.assigned_edu.raise(RAISE_BITS);
+        probe.wait(IRQ_SPINS, || expect && probe.count(MSI_VECTOR) > 0);
+        self.assigned_edu.acknowledge(RAISE_BITS);
+        let got = probe.arrivals().collect();
+        drop(probe);
+        Ok(got)
+    }
+
+    /// Leaves the edu's MSI off (the machine powers off next).
+    fn msi_off(&mut self) {
+        if let Some(cap) = self.function.capabilities.msi {
+            guest_msi::program_device_msi(self.config.as_ref(), self.function.bdf, &cap, None);
+        }
+    }
 
     fn assigned_sid(&self) -> SourceId {
         SourceId(self.assigned.requester.requester_id())

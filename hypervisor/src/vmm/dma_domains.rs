@@ -14,10 +14,14 @@ use crate::pci::{Bdf, PciTopology};
 use crate::platform::dmar::{Rmrr, ScopeKind};
 use crate::platform::{DmarStatus, IommuUnit, Platform};
 use crate::vmm::assignment::{covering_unit, resolve_scope, AssignedDevice};
+use crate::vmm::interrupts::GUEST_VECTORS;
+use crate::vmm::virtual_pci::MsiRequest;
 use crate::vtd::context::{ContextEntry, RootTable};
 use crate::vtd::fault::{Fault, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
-use crate::vtd::irte::InterruptRemapTable;
+use crate::vtd::irte::{
+    remappable_msi, Destination, InterruptRemapTable, Irte, MsiMessage, RemappedInterrupt,
+};
 use crate::vtd::regs::{MmioRegisters, VtdMmio};
 use crate::vtd::second_level::{Access, DomainTables, MapStats};
 use crate::vtd::unit::RemappingUnit;
@@ -40,8 +44,10 @@ struct Unit<M: VtdMmio> {
     register_base: u64,
     hw: RemappingUnit<M>,
     root: RootTable,
-    /// Kept alive for as long as IR is on (the hardware reads it).
-    _interrupts: Option<InterruptRemapTable>,
+    /// The interrupt-remapping table, while IR is on (the hardware reads it).
+    interrupts: Option<InterruptRemapTable>,
+    /// Which IRTE indices are handed out (one per entry of `interrupts`).
+    irte_in_use: Vec<bool>,
 }
 
 /// A device's context entry on one unit.
@@ -60,6 +66,8 @@ struct GuestDomain {
     tables: Vec<(usize, DomainTables)>,
     /// The context entries pointing at the domain.
     slots: Vec<ContextSlot>,
+    /// IRTEs carrying the guest's MSIs: (device, unit, index).
+    msis: Vec<(Bdf, usize, u16)>,
 }
 
 /// A guest attached by [`DmaRemapping::attach_guest`].
@@ -140,7 +148,8 @@ impl<M: VtdMmio> DmaRemapping<M> {
                 register_base: iommu.drhd.register_base,
                 hw,
                 root,
-                _interrupts: None,
+                interrupts: None,
+                irte_in_use: Vec::new(),
             });
         }
         // Identity maps go in before translation is turned on: firmware's DMA to them never stops.
@@ -169,7 +178,8 @@ impl<M: VtdMmio> DmaRemapping<M> {
                         iommu.drhd.register_base
                     )
                 })?;
-            unit._interrupts = interrupts;
+            unit.irte_in_use = alloc::vec![false; interrupts.as_ref().map_or(0, |t| t.len())];
+            unit.interrupts = interrupts;
             let mut summary = String::new();
             let _ = unit.hw.write_summary(&mut summary);
             log::info!(
@@ -341,6 +351,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
             id,
             tables: Vec::new(),
             slots: Vec::new(),
+            msis: Vec::new(),
         }));
         match self.fill_domain(handle, (ram_base, ram_len), devices, &units, frames) {
             Ok(()) => Ok(handle),
@@ -440,6 +451,10 @@ impl<M: VtdMmio> DmaRemapping<M> {
         let Some(guest) = self.guests.get_mut(handle.0).and_then(Option::take) else {
             return;
         };
+        // Interrupts first: the device must not raise the guest's vectors once it is gone.
+        for &(bdf, unit, index) in &guest.msis {
+            self.release_irte(unit, index, frames, bdf);
+        }
         for slot in &guest.slots {
             self.remove_entry(*slot, frames);
         }
@@ -448,6 +463,184 @@ impl<M: VtdMmio> DmaRemapping<M> {
             guest.name,
             guest.id
         );
+    }
+
+    /// The unit translating `requester` for the guest, if the guest's domain has it.
+    fn guest_unit(&self, handle: DomainHandle, requester: Bdf) -> Option<usize> {
+        let sid = SourceId(requester.requester_id());
+        let guest = self.guests.get(handle.0)?.as_ref()?;
+        guest
+            .slots
+            .iter()
+            .find(|s| s.requester == sid)
+            .map(|s| s.unit)
+    }
+
+    /// Whether the unit translating the guest's `requester` remaps interrupts (IR on, so
+    /// compatibility-format interrupts are blocked there); `None` if the guest's domain does not
+    /// hold the device.
+    pub fn remaps_interrupts(&self, handle: DomainHandle, requester: Bdf) -> Option<bool> {
+        let unit = self.guest_unit(handle, requester)?;
+        Some(self.units[unit].interrupts.is_some())
+    }
+
+    /// Turns the guest's MSI programming of `req.bdf` (requester ID `requester`) into an IRTE on
+    /// the unit translating the device (VT-d 5.1.4, 9.10): fixed delivery, physical destination
+    /// `host_apic_id` (x2APIC format where the table is extended (ECAP.EIM) and the host in
+    /// x2APIC mode, else xAPIC), the guest's own vector, accepted only from `requester`. The
+    /// device's one IRTE is reused on every change. Returns the remappable-format message to
+    /// program into the device (VT-d 5.1.5.2); `None` when the guest disabled or masked its MSI,
+    /// which clears the IRTE. Either way the interrupt-entry cache is invalidated. On error the
+    /// device's IRTE is cleared too.
+    pub fn route_guest_msi(
+        &mut self,
+        handle: DomainHandle,
+        req: &MsiRequest,
+        requester: Bdf,
+        (host_apic_id, x2apic): (u32, bool),
+        frames: &mut impl FrameAlloc,
+    ) -> Result<Option<MsiMessage>, String> {
+        let unit = self
+            .guest_unit(handle, requester)
+            .ok_or_else(|| format!("{} is not in the guest's DMA domain", req.bdf))?;
+        let built = self.irte_for(unit, req, requester, (host_apic_id, x2apic));
+        let existing = self.guests[handle.0].as_ref().and_then(|g| {
+            let at = g.msis.iter().position(|m| m.0 == req.bdf)?;
+            Some((at, g.msis[at].2))
+        });
+        let entry = match built {
+            Ok(Some(entry)) => entry,
+            disabled_or_error => {
+                if let Some((at, _)) = existing {
+                    if let Some(guest) = self.guests[handle.0].as_mut() {
+                        let (bdf, u, index) = guest.msis.swap_remove(at);
+                        self.release_irte(u, index, frames, bdf);
+                    }
+                }
+                return disabled_or_error.map(|_| None);
+            }
+        };
+        let index = match existing {
+            Some((_, index)) => {
+                // A present entry is cleared and invalidated before it is rewritten (irte.rs).
+                self.write_irte(unit, index, None, frames)?;
+                index
+            }
+            None => {
+                let used = &mut self.units[unit].irte_in_use;
+                let free = used
+                    .iter()
+                    .position(|u| !u)
+                    .ok_or_else(|| format!("unit {unit}'s interrupt-remapping table is full"))?;
+                used[free] = true;
+                let index = free as u16;
+                if let Some(guest) = self.guests[handle.0].as_mut() {
+                    guest.msis.push((req.bdf, unit, index));
+                }
+                index
+            }
+        };
+        if let Err(why) = self.write_irte(unit, index, Some(entry), frames) {
+            if let Some(guest) = self.guests[handle.0].as_mut() {
+                guest.msis.retain(|m| m.0 != req.bdf);
+            }
+            self.release_irte(unit, index, frames, req.bdf);
+            return Err(why);
+        }
+        Ok(Some(remappable_msi(index, None)))
+    }
+
+    /// The IRTE that delivers `req` on `unit`; `Ok(None)` when the guest disabled or masked it.
+    fn irte_for(
+        &self,
+        unit: usize,
+        req: &MsiRequest,
+        requester: Bdf,
+        (host_apic_id, x2apic): (u32, bool),
+    ) -> Result<Option<Irte>, String> {
+        if !req.enabled || req.masked {
+            return Ok(None);
+        }
+        if !GUEST_VECTORS.contains(&req.vector) {
+            return Err(format!(
+                "vector {:#x} is not one a guest may use ({:#x}..{:#x})",
+                req.vector, GUEST_VECTORS.start, GUEST_VECTORS.end
+            ));
+        }
+        let table = self.units[unit]
+            .interrupts
+            .as_ref()
+            .ok_or_else(|| format!("interrupt remapping is off on VT-d unit {unit}"))?;
+        // IRTA.EIME decides how DST is read (VT-d 9.10): 32-bit x2APIC IDs, or an 8-bit xAPIC
+        // ID in bits 15:8.
+        let destination = match (table.extended(), x2apic) {
+            (true, true) => Destination::X2Apic(host_apic_id),
+            (true, false) => {
+                return Err(format!(
+                    "VT-d unit {unit} uses x2APIC-format IRTEs (EIM) but the host APIC is in xAPIC mode"
+                ))
+            }
+            (false, _) => Destination::XApic(u8::try_from(host_apic_id).map_err(|_| {
+                format!(
+                    "APIC ID {host_apic_id} needs x2APIC-format IRTEs, which VT-d unit {unit} lacks (ECAP.EIM)"
+                )
+            })?),
+        };
+        let irq =
+            RemappedInterrupt::fixed(req.vector, destination, SourceId(requester.requester_id()));
+        table.entry_for(&irq).map(Some).map_err(|e| format!("{e}"))
+    }
+
+    /// Writes (or clears) IRTE `index` on `unit` and invalidates the unit's cached copy.
+    fn write_irte(
+        &mut self,
+        unit: usize,
+        index: u16,
+        entry: Option<Irte>,
+        frames: &mut impl FrameAlloc,
+    ) -> Result<(), String> {
+        let u = &mut self.units[unit];
+        let table = u
+            .interrupts
+            .as_mut()
+            .ok_or_else(|| format!("interrupt remapping is off on VT-d unit {unit}"))?;
+        table
+            .set(frames, index, entry.unwrap_or(Irte::NOT_PRESENT))
+            .map_err(|e| format!("IRTE {index}: {e}"))?;
+        u.hw.interrupt_entry_changed(frames, index)
+            .map_err(|e| format!("VT-d unit {unit}: invalidating IRTE {index}: {e}"))
+    }
+
+    /// Clears IRTE `index` of `bdf` on `unit` and hands the index back.
+    fn release_irte(&mut self, unit: usize, index: u16, frames: &mut impl FrameAlloc, bdf: Bdf) {
+        if let Err(e) = self.write_irte(unit, index, None, frames) {
+            log::error!("vtd: clearing {bdf}'s IRTE: {e}");
+        }
+        if let Some(used) = self.units[unit].irte_in_use.get_mut(usize::from(index)) {
+            *used = false;
+        }
+    }
+
+    /// The IRTE the guest's device `bdf` uses, as the unit reads it: (unit, index, entry).
+    pub fn guest_irte(
+        &self,
+        handle: DomainHandle,
+        bdf: Bdf,
+        frames: &mut impl FrameAlloc,
+    ) -> Option<(usize, u16, Irte)> {
+        let guest = self.guests.get(handle.0)?.as_ref()?;
+        let &(_, unit, index) = guest.msis.iter().find(|m| m.0 == bdf)?;
+        let entry = self.units[unit].interrupts.as_ref()?.get(frames, index)?;
+        Some((unit, index, entry))
+    }
+
+    /// IRTE `index` of `unit` as it stands (tests and the self-test look behind a cleared entry).
+    pub fn irte_at(&self, unit: usize, index: u16, frames: &mut impl FrameAlloc) -> Option<Irte> {
+        self.units
+            .get(unit)?
+            .interrupts
+            .as_ref()?
+            .get(frames, index)
     }
 
     /// Clears a context entry and invalidates what the unit cached of it.
@@ -981,6 +1174,172 @@ mod tests {
             .unwrap();
         assert_eq!(dma.context_domain(0, USB, &mut f), dma.domain_id(h));
         assert_eq!(dma.translate(h, 0, 0x7f00_0000, &mut f), None);
+    }
+
+    fn msi(enabled: bool, vector: u8) -> MsiRequest {
+        MsiRequest {
+            bdf: bdf("00:03.0"),
+            enabled,
+            vector,
+            destination: 0,
+            masked: false,
+        }
+    }
+
+    /// Interrupt-entry-cache invalidations (selective, VT-d 6.5.2.7: type 0x4, G = 1 at bit 4,
+    /// IIDX at 47:32) written into the queue since `from`.
+    fn iec_indices(dma: &mut DmaRemapping<FakeVtd>, f: &mut TestFrames, from: u64) -> Vec<u64> {
+        let hw = dma.units[0].hw.mmio();
+        let tail = hw.get(Reg64::InvalidationQueueTail.offset());
+        let iqa = hw.get(Reg64::InvalidationQueueAddress.offset()) & !0xFFF;
+        (from / 16..tail / 16)
+            .map(|i| f.table(iqa)[2 * i as usize])
+            .filter(|d| d & 0xF == 0x4)
+            .map(|d| {
+                assert_eq!(d & 0x10, 0x10, "index-selective");
+                (d >> 32) & 0xFFFF
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guest_msi_gets_an_irte_with_its_vector_and_loses_it_when_disabled() {
+        let mut f = TestFrames::default();
+        let mut dma = up(QEMU_CAP, &[], &[], &mut f);
+        let h = dma
+            .attach_guest("g", (RAM_BASE, 8 << 20), &[edu_a()], &mut f)
+            .unwrap();
+        let edu = bdf("00:03.0");
+        assert_eq!(dma.remaps_interrupts(h, edu), Some(true));
+        let tail = dma.units[0]
+            .hw
+            .mmio()
+            .get(Reg64::InvalidationQueueTail.offset());
+        // Vector 0x41 to host xAPIC 2: the first free index, 0.
+        let m = dma
+            .route_guest_msi(h, &msi(true, 0x41), edu, (2, false), &mut f)
+            .unwrap()
+            .unwrap();
+        // VT-d 5.1.5.2: handle 0 -> 0xFEE00000 | format bit 4; data 0 (no subhandle).
+        assert_eq!((m.address, m.data), (0xFEE0_0010, 0));
+        // VT-d 9.10: lo = P | V 0x41 << 16 | DST (2 << 8) << 32; hi = SVT 01 << 18 | SID 0x18.
+        let (unit, index, e) = dma.guest_irte(h, edu, &mut f).unwrap();
+        assert_eq!((unit, index), (0, 0));
+        assert_eq!((e.lo, e.hi), (0x0000_0200_0041_0001, 0x4_0018));
+        assert_eq!(iec_indices(&mut dma, &mut f, tail), [0]);
+        // A new vector reuses the index: cleared and invalidated, then written and invalidated.
+        let tail = dma.units[0]
+            .hw
+            .mmio()
+            .get(Reg64::InvalidationQueueTail.offset());
+        let again = dma
+            .route_guest_msi(h, &msi(true, 0x42), edu, (2, false), &mut f)
+            .unwrap();
+        assert_eq!(again, Some(m));
+        assert_eq!(dma.irte_at(0, 0, &mut f).unwrap().vector(), 0x42);
+        assert_eq!(iec_indices(&mut dma, &mut f, tail), [0, 0]);
+        // Disabled: the entry is cleared (and invalidated); the index is free again.
+        assert_eq!(
+            dma.route_guest_msi(h, &msi(false, 0x42), edu, (2, false), &mut f),
+            Ok(None)
+        );
+        assert!(!dma.irte_at(0, 0, &mut f).unwrap().present());
+        assert_eq!(dma.guest_irte(h, edu, &mut f), None);
+        assert!(!dma.units[0].irte_in_use[0]);
+        // Masked counts as disabled; a host vector is refused and leaves no entry.
+        let mut masked = msi(true, 0x41);
+        masked.masked = true;
+        assert_eq!(
+            dma.route_guest_msi(h, &masked, edu, (2, false), &mut f),
+            Ok(None)
+        );
+        assert!(dma
+            .route_guest_msi(h, &msi(true, 0xEF), edu, (2, false), &mut f)
+            .is_err());
+        assert_eq!(dma.guest_irte(h, edu, &mut f), None);
+        // No EIM on QEMU's unit: an APIC ID above 255 cannot be expressed.
+        assert!(dma
+            .route_guest_msi(h, &msi(true, 0x41), edu, (0x100, true), &mut f)
+            .unwrap_err()
+            .contains("EIM"));
+        // A device outside the guest's domain gets nothing.
+        assert!(dma
+            .route_guest_msi(h, &msi(true, 0x41), bdf("00:08.0"), (2, false), &mut f)
+            .is_err());
+    }
+
+    #[test]
+    fn detaching_the_guest_clears_its_irtes() {
+        let mut f = TestFrames::default();
+        let mut dma = up(QEMU_CAP, &[], &[], &mut f);
+        let h = dma
+            .attach_guest("g", (RAM_BASE, 8 << 20), &[edu_a()], &mut f)
+            .unwrap();
+        let edu = bdf("00:03.0");
+        dma.route_guest_msi(h, &msi(true, 0x41), edu, (0, true), &mut f)
+            .unwrap();
+        assert!(dma.irte_at(0, 0, &mut f).unwrap().present());
+        dma.detach_guest(h, &mut f);
+        assert!(!dma.irte_at(0, 0, &mut f).unwrap().present());
+        assert!(!dma.units[0].irte_in_use[0]);
+    }
+
+    #[test]
+    fn eim_units_get_x2apic_destinations() {
+        // ECAP.EIM is bit 4 (VT-d 11.4.3): the table is extended, DST holds the 32-bit ID.
+        let mut f = TestFrames::default();
+        let mut unit = iommu(QEMU_CAP);
+        unit.ecap = VtdEcap(QEMU_ECAP | 1 << 4);
+        let mut dma = DmaRemapping::bring_up(
+            &[unit],
+            &[],
+            &topology(),
+            &[],
+            BringUpOptions {
+                interrupt_remapping: true,
+            },
+            &mut f,
+            |u| FakeVtd::new(u.cap.0, u.ecap.0),
+        )
+        .unwrap();
+        let h = dma
+            .attach_guest("g", (RAM_BASE, 8 << 20), &[edu_a()], &mut f)
+            .unwrap();
+        let edu = bdf("00:03.0");
+        dma.route_guest_msi(h, &msi(true, 0x41), edu, (0x1234, true), &mut f)
+            .unwrap();
+        let (_, _, e) = dma.guest_irte(h, edu, &mut f).unwrap();
+        assert_eq!(e.lo, 0x0000_1234_0041_0001);
+        assert!(dma
+            .route_guest_msi(h, &msi(true, 0x41), edu, (1, false), &mut f)
+            .unwrap_err()
+            .contains("xAPIC mode"));
+    }
+
+    #[test]
+    fn without_interrupt_remapping_no_irte_is_made() {
+        let mut f = TestFrames::default();
+        let mut dma = DmaRemapping::bring_up(
+            &[iommu(QEMU_CAP)],
+            &[],
+            &topology(),
+            &[],
+            BringUpOptions {
+                interrupt_remapping: false,
+            },
+            &mut f,
+            |u| FakeVtd::new(u.cap.0, u.ecap.0),
+        )
+        .unwrap();
+        let h = dma
+            .attach_guest("g", (RAM_BASE, 8 << 20), &[edu_a()], &mut f)
+            .unwrap();
+        let edu = bdf("00:03.0");
+        assert_eq!(dma.remaps_interrupts(h, edu), Some(false));
+        assert!(dma
+            .route_guest_msi(h, &msi(true, 0x41), edu, (0, true), &mut f)
+            .unwrap_err()
+            .contains("interrupt remapping is off"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::cpuid::guest_cpuid;
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::irq_exits::{self, EliState};
-use super::virtual_pci::{VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
+use super::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
 use crate::vmx::exit::{
@@ -36,6 +36,10 @@ pub trait HostServices: InterruptHardware {
     fn write_shadow_idt(&mut self, shadow: &[u8; 4096]);
     /// The host's PCI configuration access, for guests with assigned functions.
     fn pci_config(&self) -> Option<&dyn ConfigAccess>;
+    /// Applies the guest's MSI programming of an assigned function to the hardware (an IRTE with
+    /// the guest's vector, and the device's MSI capability); returns the guest vector the device
+    /// now raises, `None` if its MSI is off (disabled by the guest, or refused).
+    fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8>;
 }
 
 /// How a guest ended.
@@ -232,10 +236,12 @@ fn dispatch(
             Handled::End(GuestEnd::Stopped(format!("triple fault at rip {rip:#x}")))
         }
         // Guests are single-CPU and cannot be reset in place: an INIT or SIPI ends the guest.
-        ExitReason::InitSignal | ExitReason::StartupIpi => Handled::End(GuestEnd::Stopped(format!(
-            "{}: the guest was reset by INIT/SIPI, which a single-CPU guest cannot survive",
-            reason.description()
-        ))),
+        ExitReason::InitSignal | ExitReason::StartupIpi => {
+            Handled::End(GuestEnd::Stopped(format!(
+                "{}: the guest was reset by INIT/SIPI, which a single-CPU guest cannot survive",
+                reason.description()
+            )))
+        }
         ExitReason::ExceptionOrNmi => irq_exits::exception(vmcs, vcpu, host)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
@@ -405,6 +411,10 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             if let Some(config) = host.pci_config() {
                 let data = (vcpu.regs.rax as u32) & size_mask(access.size);
                 vcpu.pci.write(access.port, access.size, data, config);
+            }
+            if let Some(req) = vcpu.pci.take_msi_change() {
+                let vector = host.route_guest_msi(req);
+                vcpu.interrupts.msi_vector(req.bdf, vector);
             }
             return Handled::Skip;
         }

@@ -9,15 +9,20 @@
 
 use crate::arch::apic::{HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR};
 use crate::config::InterruptMode;
+use crate::pci::Bdf;
 use crate::virq::ioapic::{IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic};
 use crate::virq::x2apic::{IpiReach, WriteEffect, X2apic, X2apicFault};
 use crate::vmx::shadow_idt::VectorSet;
+use alloc::vec::Vec;
 
 /// Guest-physical base of the mediated IOAPIC (the architectural default).
 pub const IOAPIC_GPA: u64 = 0xFEC0_0000;
 pub const IOAPIC_WINDOW: u64 = 0x1000;
 /// Lowest vector a guest may route a device to (0..31 are exceptions).
 const FIRST_DEVICE_VECTOR: u8 = 0x20;
+/// The vectors a guest's devices may use: its pins and its MSIs keep the guest's vector on the
+/// physical interrupt, so they must not collide with the host's.
+pub const GUEST_VECTORS: core::ops::Range<u8> = FIRST_DEVICE_VECTOR..HOST_PRIORITY_FLOOR;
 /// Pins the mediated IOAPIC shows (the Bochs/QEMU IOAPIC has 24).
 const IOAPIC_PINS: u8 = 24;
 
@@ -50,8 +55,11 @@ pub struct GuestInterrupts {
     pub mode: InterruptMode,
     pub apic: X2apic,
     pub ioapic: VirtualIoapic,
-    /// Vectors the guest's unmasked pins are routed to: ELI's shadow IDT keeps their gates present.
+    /// Vectors the guest's unmasked pins and enabled MSIs are routed to: ELI's shadow IDT keeps
+    /// their gates present.
     pub device_vectors: VectorSet,
+    /// The vector each assigned function's enabled MSI carries.
+    msi_vectors: Vec<(Bdf, u8)>,
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
@@ -92,6 +100,7 @@ impl GuestInterrupts {
             apic: X2apic::new(0),
             ioapic: VirtualIoapic::new(0, IOAPIC_PINS, PinSet::from_pins(pins)),
             device_vectors: VectorSet::new(),
+            msi_vectors: Vec::new(),
             stats: InterruptStats::default(),
             eoi_passthrough: false,
             virtual_changed: false,
@@ -256,16 +265,37 @@ impl GuestInterrupts {
             routing.masked = true;
         }
         hw.route_pin(routing);
+        (0, self.recompute_device_vectors())
+    }
+
+    /// Function `bdf`'s MSI now reaches the guest on `vector` (`None`: disabled, or not routed).
+    /// Returns whether the device vectors changed; ELI's shadow gates then follow at the next VM
+    /// entry (the change is flagged like a virtual interrupt's).
+    pub fn msi_vector(&mut self, bdf: Bdf, vector: Option<u8>) -> bool {
+        self.msi_vectors.retain(|&(b, _)| b != bdf);
+        if let Some(v) = vector.filter(|v| GUEST_VECTORS.contains(v)) {
+            self.msi_vectors.push((bdf, v));
+        }
+        let changed = self.recompute_device_vectors();
+        self.virtual_changed |= changed;
+        changed
+    }
+
+    /// Device vectors from the unmasked pins and the enabled MSIs; whether they changed.
+    fn recompute_device_vectors(&mut self) -> bool {
         let before = self.device_vectors;
         self.device_vectors = VectorSet::new();
         for pin in self.ioapic.assigned().iter() {
             if let Some(r) = self.ioapic.routing(pin).filter(|r| !r.masked) {
-                if (FIRST_DEVICE_VECTOR..HOST_PRIORITY_FLOOR).contains(&r.vector) {
+                if GUEST_VECTORS.contains(&r.vector) {
                     self.device_vectors.insert(r.vector);
                 }
             }
         }
-        (0, before != self.device_vectors)
+        for &(_, vector) in &self.msi_vectors {
+            self.device_vectors.insert(vector);
+        }
+        before != self.device_vectors
     }
 }
 
@@ -401,6 +431,46 @@ mod tests {
         g.advance_to(1500);
         assert_eq!(g.pending(), Some(0x50));
         assert!(g.take_virtual_change());
+    }
+
+    #[test]
+    fn msi_vectors_join_the_device_vectors_and_leave_them() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Eli, &[3]),
+            FakeHw::default(),
+        );
+        let edu = Bdf::new(0, 0, 3, 0).unwrap();
+        let nic = Bdf::new(0, 0, 4, 0).unwrap();
+        assert!(route_pin3(&mut g, &mut hw, 0x40));
+        g.take_virtual_change();
+        assert!(g.msi_vector(edu, Some(0x41)), "new vector");
+        assert!(
+            g.take_virtual_change(),
+            "ELI's shadow follows at the next entry"
+        );
+        assert!(
+            !g.msi_vector(edu, Some(0x41)),
+            "same vector again: no change"
+        );
+        // A second function on the pin's vector adds nothing; moving edu's MSI does.
+        assert!(!g.msi_vector(nic, Some(0x40)));
+        assert!(g.msi_vector(edu, Some(0x42)));
+        assert!(g.device_vectors.contains(0x42) && !g.device_vectors.contains(0x41));
+        // A pin change keeps the MSI vectors (and the other way round).
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 3), &mut hw);
+        let (_, changed) = g.ioapic_access(0x10, 4, Some(1 << 16 | 0x40), &mut hw);
+        assert!(!changed, "nic still on 0x40");
+        assert!(g.device_vectors.contains(0x42) && g.device_vectors.contains(0x40));
+        assert!(g.msi_vector(nic, None));
+        assert!(!g.device_vectors.contains(0x40));
+        // Host vectors never become device vectors.
+        assert!(g.msi_vector(edu, Some(HOST_TIMER_VECTOR)));
+        assert!(g.device_vectors.is_empty());
+        // Baseline path: an MSI on a device vector is injected, not treated as the host's.
+        g.msi_vector(edu, Some(0x45));
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        g.external_interrupt(0x45, &mut hw);
+        assert_eq!(g.pending(), Some(0x45));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod dma_domains;
 pub mod exits;
 pub mod guest_layout;
 pub mod guest_memory;
+pub mod guest_msi;
 pub mod interrupts;
 pub mod irq_exits;
 pub mod mmio_decode;

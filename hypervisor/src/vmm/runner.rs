@@ -4,13 +4,14 @@
 
 use super::assignment::AssignedDevice;
 use super::controls::{self, Controls};
-use super::dma_domains::{self, DmaRemapping};
+use super::dma_domains::{self, DmaRemapping, DomainHandle};
 use super::exits::{self, ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
+use super::guest_msi::{self, HostCpu, MsiRoute};
 use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
 use super::irq_exits::{self, EliState, SHADOW_IDT_GPA};
-use super::virtual_pci::{AssignedFunction, VirtualPci};
+use super::virtual_pci::{AssignedFunction, MsiRequest, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::gdt::Selectors;
@@ -195,7 +196,14 @@ impl VmxCpu {
                 );
                 let end = match attached {
                     Ok(handle) => {
-                        let end = guest.run_loop(&config.name, frames, self.pci.as_ref());
+                        let routing = GuestRouting {
+                            remapping: dma.remapping.as_deref_mut(),
+                            domain: handle,
+                            devices: dma.devices,
+                        };
+                        let end = guest.run_loop(&config.name, frames, self.pci.as_ref(), routing);
+                        // The device's MSI goes off before its IRTE (detach clears them).
+                        self.disable_msis(config);
                         if let (Some(remapping), Some(handle)) =
                             (dma.remapping.as_deref_mut(), handle)
                         {
@@ -418,7 +426,7 @@ impl VmxCpu {
                 .topology
                 .find(bdf)
                 .ok_or_else(|| format!("PCI device {bdf} does not exist"))?;
-            let table = MediationTable::endpoint(function).map_err(|e| format!("{bdf}: {e:?}"))?;
+            let assigned_function = assigned_function(function)?;
             self.reset_one(host, function);
             let msix_pages: Vec<(u8, u64)> = function
                 .capabilities
@@ -456,9 +464,22 @@ impl VmxCpu {
                 function.vendor_id,
                 function.device_id
             );
-            assigned.push(AssignedFunction::new(bdf, table, function.bars.clone()));
+            assigned.push(assigned_function);
         }
         Ok(assigned)
+    }
+
+    /// Turns the MSI of every function the guest had off (a device without a working reset keeps
+    /// none of the guest's programming).
+    fn disable_msis(&self, config: &GuestConfig) {
+        let Some(host) = self.pci.as_ref() else {
+            return;
+        };
+        for function in config.pci.iter().filter_map(|&bdf| host.topology.find(bdf)) {
+            if let Some(cap) = function.capabilities.msi {
+                guest_msi::program_device_msi(host.access.as_ref(), function.bdf, &cap, None);
+            }
+        }
     }
 
     /// Resets every function the guest had, when it ends: nothing it left behind reaches the next owner.
@@ -480,6 +501,27 @@ impl VmxCpu {
             method => log::info!("PCI {}: reset ({method:?})", function.bdf),
         }
     }
+}
+
+/// A function as its guest's virtual PCI bus shows it: configuration space through its mediation
+/// table, BARs emulated, MSI emulated (the guest's programming comes back as an [`MsiRequest`]).
+/// The `vtd-guest` self-test builds its guest's bus through here too.
+pub fn assigned_function(function: &PciFunction) -> Result<AssignedFunction, String> {
+    let table =
+        MediationTable::endpoint(function).map_err(|e| format!("{}: {e:?}", function.bdf))?;
+    let assigned = AssignedFunction::new(function.bdf, table, function.bars.clone());
+    Ok(match function.capabilities.msi {
+        Some(msi) => assigned.with_msi(msi.offset, msi.is_64bit, msi.per_vector_masking),
+        None => assigned,
+    })
+}
+
+/// What a running guest's MSI changes are applied with: the machine's VT-d units (when up), the
+/// guest's DMA domain on them, and its planned devices.
+struct GuestRouting<'a> {
+    remapping: Option<&'a mut DmaRemapping<MmioRegisters>>,
+    domain: Option<DomainHandle>,
+    devices: &'a [AssignedDevice],
 }
 
 /// Busy-waits about `ms` milliseconds, with the TSC rate CPUID reports (leaf 0x15, else 0x16, else an
@@ -531,7 +573,10 @@ struct MachineServices<'a, 'f> {
     msr_bitmap: u64,
     shadow_idt: Option<u64>,
     irq: Option<HostIrq>,
-    pci: Option<&'a dyn ConfigAccess>,
+    pci: Option<&'a PciHost>,
+    routing: Option<GuestRouting<'a>>,
+    /// The compatibility-format warning was logged (once per guest).
+    warned_compatibility: bool,
 }
 
 impl<'a, 'f> MachineServices<'a, 'f> {
@@ -553,6 +598,8 @@ impl<'a, 'f> MachineServices<'a, 'f> {
             shadow_idt,
             irq,
             pci: None,
+            routing: None,
+            warned_compatibility: false,
         }
     }
 }
@@ -622,7 +669,64 @@ impl HostServices for MachineServices<'_, '_> {
         unsafe { hw::invept_single(self.eptp) };
     }
     fn pci_config(&self) -> Option<&dyn ConfigAccess> {
-        self.pci
+        self.pci.map(|host| host.access.as_ref())
+    }
+    fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8> {
+        let guest = self.guest;
+        let (Some(host), Some(routing)) = (self.pci, self.routing.as_mut()) else {
+            return None;
+        };
+        let function = host.topology.find(req.bdf)?;
+        let Some(irq) = self.irq else {
+            log::warn!(
+                "guest {guest}: {}'s MSI not routed: this CPU has no x2APIC",
+                req.bdf
+            );
+            return None;
+        };
+        let cpu = HostCpu {
+            apic_id: irq.apic_id,
+            x2apic: true,
+        };
+        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
+        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
+            (Some(remapping), Some(handle)) => Some((remapping, handle)),
+            _ => None,
+        };
+        let route = guest_msi::route_guest_msi(
+            &req,
+            function,
+            device,
+            dma,
+            cpu,
+            host.access.as_ref(),
+            self.frames,
+        );
+        match &route {
+            Ok(MsiRoute::Remapped(m)) => log::info!(
+                "guest {guest}: {} MSI vector {:#x} -> remapped (address {:#x})",
+                req.bdf,
+                req.vector,
+                m.address
+            ),
+            Ok(MsiRoute::Compatibility(_)) if !self.warned_compatibility => {
+                self.warned_compatibility = true;
+                log::warn!(
+                    "guest {guest}: {}'s MSI programmed in compatibility format (vector {:#x} to this CPU): \
+                     no interrupt remapping covers it (no IOMMU, or remapping left off for IOAPIC pins), \
+                     so nothing confines which vectors the device can raise",
+                    req.bdf,
+                    req.vector
+                );
+            }
+            Ok(_) => {}
+            Err(why) => log::warn!(
+                "guest {guest}: {}'s MSI (vector {:#x}) left disabled: {why}",
+                req.bdf,
+                req.vector
+            ),
+        }
+        route.ok()?.guest_vector(&req)
     }
     fn write_shadow_idt(&mut self, shadow: &[u8; 4096]) {
         if let Some(frame) = self.shadow_idt {
@@ -638,6 +742,7 @@ impl Guest {
         name: &str,
         frames: &mut FrameAllocator,
         pci: Option<&PciHost>,
+        routing: GuestRouting<'_>,
     ) -> GuestEnd {
         let mut services = MachineServices::new(
             name,
@@ -648,7 +753,8 @@ impl Guest {
             self.shadow_idt,
             self.irq,
         );
-        services.pci = pci.map(|host| host.access.as_ref());
+        services.pci = pci;
+        services.routing = Some(routing);
         let eli = self.vcpu.eli.is_some();
         let mut launched = false;
         loop {

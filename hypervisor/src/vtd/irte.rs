@@ -148,6 +148,10 @@ impl InterruptRemapTable {
     pub fn phys(&self) -> u64 {
         self.phys
     }
+    /// IRTA.EIME: entries hold x2APIC (32-bit) destinations.
+    pub fn extended(&self) -> bool {
+        self.extended
+    }
     pub fn len(&self) -> usize {
         ENTRIES_PER_FRAME
     }

@@ -9,6 +9,9 @@ use alloc::vec::Vec;
 #[derive(Default)]
 struct FakeHost {
     lines: Vec<String>,
+    pci: Option<crate::pci::fake::FakeConfigSpace>,
+    /// MSI requests handed to the host, and the vector it reports routed for each.
+    msi_requests: Vec<MsiRequest>,
 }
 
 impl crate::vmm::interrupts::InterruptHardware for FakeHost {
@@ -25,7 +28,13 @@ impl HostServices for FakeHost {
     fn set_guest_page_writable(&mut self, _: u64, _: bool) {}
     fn write_shadow_idt(&mut self, _: &[u8; 4096]) {}
     fn pci_config(&self) -> Option<&dyn crate::pci::ConfigAccess> {
-        None
+        self.pci
+            .as_ref()
+            .map(|p| p as &dyn crate::pci::ConfigAccess)
+    }
+    fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8> {
+        self.msi_requests.push(req);
+        req.enabled.then_some(req.vector)
     }
     fn console_line(&mut self, line: &str) {
         self.lines.push(String::from(line));
@@ -165,6 +174,52 @@ fn unassigned_ports_float_high_and_com1_lines_are_forwarded() {
     run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
     assert_eq!(vcpu.regs.rax & 0xFF, 0x60);
     assert_eq!(vcpu.counters.0[30], 6);
+}
+
+#[test]
+fn guest_msi_programming_reaches_the_host_and_the_device_vectors() {
+    use crate::pci::fake::{FakeConfigSpace, FakeFunction};
+    use crate::pci::mediation::MediationTable;
+    use crate::vmm::virtual_pci::AssignedFunction;
+    let space = FakeConfigSpace::new(crate::pci::Mechanism::Legacy);
+    // QEMU's edu at 00:03.0: MSI capability at 0x40, 64-bit, one vector.
+    let mut edu = FakeFunction::new(0x1234, 0x11e8, 0x00ff00, 0);
+    edu.capability(0x40, 0x05, &[0x80, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    space.add(0, 3, 0, edu);
+    let topology = crate::pci::enumerate(&space);
+    let f = topology.functions[0].clone();
+    let msi = f.capabilities.msi.unwrap();
+    let function = AssignedFunction::new(f.bdf, MediationTable::endpoint(&f).unwrap(), f.bars)
+        .with_msi(msi.offset, msi.is_64bit, false);
+    let mut vcpu = Vcpu {
+        pci: VirtualPci::new(vec![function]),
+        ..Vcpu::default()
+    };
+    let (mut ram, mut host) = (
+        ram(),
+        FakeHost {
+            pci: Some(space),
+            ..FakeHost::default()
+        },
+    );
+    // OUT DX, EAX (size 4 = encoding 3) and OUT DX, AX (1) as the guest's driver issues them.
+    let mut out = |vcpu: &mut Vcpu, host: &mut FakeHost, port: u16, size: u64, value: u32| {
+        let mut vmcs = exited(30, u64::from(port) << 16 | (size - 1), 1);
+        vcpu.regs.rax = u64::from(value);
+        run(&mut vmcs, vcpu, &mut ram, host);
+        assert_eq!(rip(&vmcs), RIP + 1);
+    };
+    let select = |offset: u32| 0x8000_0000 | 3 << 11 | offset;
+    out(&mut vcpu, &mut host, CONFIG_ADDRESS, 4, select(0x4C));
+    out(&mut vcpu, &mut host, CONFIG_DATA, 2, 0x41);
+    out(&mut vcpu, &mut host, CONFIG_ADDRESS, 4, select(0x40));
+    out(&mut vcpu, &mut host, CONFIG_DATA + 2, 2, 0x0081);
+    let last = *host.msi_requests.last().unwrap();
+    assert_eq!((last.enabled, last.vector), (true, 0x41));
+    assert!(vcpu.interrupts.device_vectors.contains(0x41));
+    out(&mut vcpu, &mut host, CONFIG_DATA + 2, 2, 0x0080);
+    assert!(!host.msi_requests.last().unwrap().enabled);
+    assert!(vcpu.interrupts.device_vectors.is_empty());
 }
 
 #[test]
