@@ -5,3 +5,53 @@
 pub mod edu;
 pub mod vtd;
 pub mod vtd_guest;
+
+use crate::summary::Results;
+use alloc::string::String;
+use core::fmt;
+use exitless_abi::protocol::{self, Outcome};
+
+/// A self-test: its protocol name and what runs it against the suite's bench.
+pub type Test<B> = (&'static str, fn(&mut B) -> Result<(), String>);
+
+/// Runs one suite: BEGIN, one RESULT per test (every test fails with the reason when the bench could
+/// not be set up), END. `after_each` runs after every test (e.g. draining VT-d faults, so leftovers are
+/// blamed on the test that caused them). Returns 0 if all passed, 1 otherwise.
+pub fn run_suite<B>(
+    suite: &str,
+    bench: Result<B, String>,
+    tests: &[Test<B>],
+    after_each: fn(&mut B),
+    out: &mut impl fmt::Write,
+) -> (u32, Option<B>) {
+    let _ = protocol::write_begin(out, suite);
+    let mut results = Results::default();
+    let bench = match bench {
+        Err(why) => {
+            log::error!("{suite} self-test: {why}");
+            // The protocol's outcomes borrow their text for the whole run: the kernel keeps it.
+            let why: &'static str = why.leak();
+            for (name, _) in tests {
+                results.record(*name, Outcome::Failed(why));
+            }
+            None
+        }
+        Ok(mut bench) => {
+            for (name, test) in tests {
+                log::info!("{suite} self-test: {name}");
+                let outcome = match test(&mut bench) {
+                    Ok(()) => Outcome::Ok,
+                    Err(why) => {
+                        log::error!("{suite} self-test {name}: {why}");
+                        Outcome::Failed(why.leak())
+                    }
+                };
+                after_each(&mut bench);
+                results.record(*name, outcome);
+            }
+            Some(bench)
+        }
+    };
+    let _ = results.write(out);
+    (results.exit_code(), bench)
+}

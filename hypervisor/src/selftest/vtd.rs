@@ -22,7 +22,6 @@ use crate::pci::regs::COMMAND;
 use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, MsiCapability, PciTopology};
 use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
-use crate::summary::Results;
 use crate::vtd::context::{ContextEntry, RootTable};
 use crate::vtd::fault::{Fault, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
@@ -39,7 +38,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::sync::atomic::{compiler_fence, Ordering};
-use exitless_abi::protocol::{self, Outcome};
 
 pub const SUITE: &str = "vtd";
 pub const TESTS: [&str; 7] = [
@@ -125,44 +123,29 @@ pub fn run(
     frames: &mut impl FrameAlloc,
     out: &mut impl fmt::Write,
 ) -> u32 {
-    let _ = protocol::write_begin(out, SUITE);
-    let mut results = Results::default();
-    match Bench::new(platform, pci, frames) {
-        Err(why) => {
-            log::error!("vtd self-test: {why}");
-            let why: &'static str = why.leak();
-            for name in TESTS {
-                results.record(name, Outcome::Failed(why));
-            }
-        }
-        Ok(mut bench) => {
-            for (i, name) in TESTS.into_iter().enumerate() {
-                log::info!("vtd self-test: {name}");
-                let result = match i {
-                    0 => bench.dma_mapped(),
-                    1 => bench.dma_unmapped_blocked(),
-                    2 => bench.no_domain_blocked(),
-                    3 => bench.unmap_invalidated(),
-                    4 => bench.msi_remapped(),
-                    5 => bench.msi_cleared_irte_blocked(),
-                    _ => bench.two_domains_isolated(),
-                };
-                let outcome = match result {
-                    Ok(()) => Outcome::Ok,
-                    Err(why) => {
-                        log::error!("vtd self-test {name}: {why}");
-                        Outcome::Failed(why.leak())
-                    }
-                };
-                // Leftovers belong to the test that caused them, not to the next one.
-                bench.drain_faults();
-                results.record(name, outcome);
-            }
-            bench.finish();
-        }
+    let tests: [super::Test<Bench<'_, _>>; 7] = [
+        (TESTS[0], |b| b.dma_mapped()),
+        (TESTS[1], |b| b.dma_unmapped_blocked()),
+        (TESTS[2], |b| b.no_domain_blocked()),
+        (TESTS[3], |b| b.unmap_invalidated()),
+        (TESTS[4], |b| b.msi_remapped()),
+        (TESTS[5], |b| b.msi_cleared_irte_blocked()),
+        (TESTS[6], |b| b.two_domains_isolated()),
+    ];
+    let bench = Bench::new(platform, pci, frames);
+    let (code, bench) = super::run_suite(
+        SUITE,
+        bench,
+        &tests,
+        |b| {
+            b.drain_faults();
+        },
+        out,
+    );
+    if let Some(mut bench) = bench {
+        bench.finish();
     }
-    let _ = results.write(out);
-    results.exit_code()
+    code
 }
 
 /// One edu function under test.

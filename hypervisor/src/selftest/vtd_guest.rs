@@ -31,7 +31,6 @@ use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciFunction, Pci
 use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
 use crate::selftest::vtd::{find_dma_fault, pattern};
-use crate::summary::Results;
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
@@ -49,7 +48,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{compiler_fence, Ordering};
-use exitless_abi::protocol::{self, Outcome};
 
 pub const SUITE: &str = "vtd-guest";
 pub const TESTS: [&str; 6] = [
@@ -94,43 +92,24 @@ pub fn run(
     frames: &mut FrameAllocator,
     out: &mut impl fmt::Write,
 ) -> u32 {
-    let _ = protocol::write_begin(out, SUITE);
-    let mut results = Results::default();
-    match Bench::new(platform, pci, frames) {
-        Err(why) => {
-            log::error!("vtd-guest self-test: {why}");
-            let why: &'static str = why.leak();
-            for name in TESTS {
-                results.record(name, Outcome::Failed(why));
-            }
-        }
-        Ok(mut bench) => {
-            for (i, name) in TESTS.into_iter().enumerate() {
-                log::info!("vtd-guest self-test: {name}");
-                let result = match i {
-                    0 => bench.lands_in_guest_ram(),
-                    1 => bench.unassigned_blocked(),
-                    2 => bench.beyond_ram_blocked(),
-                    3 => bench.detached_blocked(),
-                    4 => bench.msi_through_irte(),
-                    _ => bench.msi_disabled_clears_irte(),
-                };
-                let outcome = match result {
-                    Ok(()) => Outcome::Ok,
-                    Err(why) => {
-                        log::error!("vtd-guest self-test {name}: {why}");
-                        Outcome::Failed(why.leak())
-                    }
-                };
-                bench.dma.drain_faults(bench.frames);
-                results.record(name, outcome);
-            }
-            bench.msi_off();
-            bench.dma.shut_down();
-        }
+    let tests: [super::Test<Bench<'_>>; 6] = [
+        (TESTS[0], |b| b.lands_in_guest_ram()),
+        (TESTS[1], |b| b.unassigned_blocked()),
+        (TESTS[2], |b| b.beyond_ram_blocked()),
+        (TESTS[3], |b| b.detached_blocked()),
+        (TESTS[4], |b| b.msi_through_irte()),
+        (TESTS[5], |b| b.msi_disabled_clears_irte()),
+    ];
+    let bench = Bench::new(platform, pci, frames);
+    let after_each = |b: &mut Bench<'_>| {
+        b.dma.drain_faults(b.frames);
+    };
+    let (code, bench) = super::run_suite(SUITE, bench, &tests, after_each, out);
+    if let Some(mut bench) = bench {
+        bench.msi_off();
+        bench.dma.shut_down();
     }
-    let _ = results.write(out);
-    results.exit_code()
+    code
 }
 
 struct Bench<'f> {
