@@ -21,6 +21,15 @@
 //!   cleared; even with the device's MSI forced back on with the old remappable message (a device
 //!   that ignores the disable) nothing arrives; the guest enabling again brings the vector back
 //!   (the control that shows the wait was long enough).
+//! - `msix-through-irte`: a second pretend guest is given QEMU's e1000e (MSI-X, 5 entries, table
+//!   in BAR3): its virtual PCI bus built by `runner::assigned_function`; the guest programs table
+//!   entry 0 (address 0xFEE00000 | APIC ID << 12, data [`MSIX_VECTOR`], unmasked) through the
+//!   MSI-X model's access path (what its EPT violations reach), then sets MSI-X Enable with a
+//!   configuration-port write; the request goes through `guest_msi::route_guest_msix`, as the
+//!   runner's does. The real entry then holds a remappable-format address, the IRTE the guest's
+//!   vector; the e1000e's "other" cause, mapped to entry 0 (IVAR), arrives on exactly that vector.
+//!   The guest masking the entry masks the real one and clears the IRTE: the same cause then
+//!   delivers nothing; unmasking it again brings the vector back (the control for the wait).
 
 use crate::arch::irq_probe::IrqProbe;
 use crate::config::{GuestConfig, InterruptMode};
@@ -35,6 +44,7 @@ use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
 use crate::vmm::interrupts::GuestInterrupts;
+use crate::vmm::msix::{self as msix_model, MsixOutcome, MsixRequest, PhysicalMsixTable};
 use crate::vmm::runner::{allocate_guest_ram, assigned_function};
 use crate::vmm::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::vtd::fault::Fault;
@@ -50,13 +60,14 @@ use core::fmt;
 use core::sync::atomic::{compiler_fence, Ordering};
 
 pub const SUITE: &str = "vtd-guest";
-pub const TESTS: [&str; 6] = [
+pub const TESTS: [&str; 7] = [
     "guest-dma-lands-in-guest-ram",
     "unassigned-device-blocked",
     "dma-beyond-guest-ram-blocked",
     "detached-device-blocked",
     "msi-through-irte",
     "msi-disabled-clears-irte",
+    "msix-through-irte",
 ];
 
 const GUEST: &str = "vtd-guest";
@@ -84,6 +95,27 @@ const MSI_VECTOR: u8 = 0x52;
 const IRQ_SPINS: u64 = 2_000_000;
 /// The edu interrupt-status bit the tests raise.
 const RAISE_BITS: u32 = 0x1;
+/// The second pretend guest's MSI-X vector, distinct from [`MSI_VECTOR`].
+const MSIX_VECTOR: u8 = 0x53;
+const NIC_GUEST: &str = "vtd-guest-nic";
+/// QEMU's e1000e (82574L) and the registers that raise its "other" interrupt (82574L datasheet
+/// 10.2.4; QEMU hw/net/e1000e_core.c: ICS sets ICR, ICR & IMS with Other set goes to the MSI-X
+/// vector IVAR names for Other).
+const E1000E: (u16, u16) = (0x8086, 0x10d3);
+const E1000E_ICR: u64 = 0xC0;
+const E1000E_ICS: u64 = 0xC8;
+const E1000E_IMS: u64 = 0xD0;
+const E1000E_IMC: u64 = 0xD8;
+const E1000E_IVAR: u64 = 0xE4;
+/// Interrupt throttling: ITR (legacy/MSI) and EITR0-4 (one per MSI-X vector, 0xE8 + 4n). Zero turns
+/// throttling off: QEMU 7.2's e1000e asserts if an MSI-X throttling timer fires after MSI-X was
+/// disabled (a bug fixed upstream by dropping the assert), so no such timer may be left armed.
+const E1000E_ITR: u64 = 0xC4;
+const E1000E_EITR: [u64; 5] = [0xE8, 0xEC, 0xF0, 0xF4, 0xF8];
+/// ICR bit 24: Other (MSI-X mode); bit 2: link status change, one of the "other" causes.
+const E1000E_OTHER: u32 = 1 << 24 | 1 << 2;
+/// IVAR bits 19:16: Other's vector (2:0) and valid bit (3): MSI-X entry 0, valid.
+const E1000E_IVAR_OTHER_TO_0: u32 = 0x8 << 16;
 
 /// Runs the suite; returns the power-off code contribution (0 all passed, 1 otherwise).
 pub fn run(
@@ -92,13 +124,14 @@ pub fn run(
     frames: &mut FrameAllocator,
     out: &mut impl fmt::Write,
 ) -> u32 {
-    let tests: [super::Test<Bench<'_>>; 6] = [
+    let tests: [super::Test<Bench<'_>>; 7] = [
         (TESTS[0], |b| b.lands_in_guest_ram()),
         (TESTS[1], |b| b.unassigned_blocked()),
         (TESTS[2], |b| b.beyond_ram_blocked()),
         (TESTS[3], |b| b.detached_blocked()),
         (TESTS[4], |b| b.msi_through_irte()),
         (TESTS[5], |b| b.msi_disabled_clears_irte()),
+        (TESTS[6], |b| b.msix_through_irte()),
     ];
     let bench = Bench::new(platform, pci, frames);
     let after_each = |b: &mut Bench<'_>| {
@@ -107,6 +140,7 @@ pub fn run(
     let (code, bench) = super::run_suite(SUITE, bench, &tests, after_each, out);
     if let Some(mut bench) = bench {
         bench.msi_off();
+        // The e1000e's MSI-X is left enabled with its entries masked (QEMU 7.2 bug, see above).
         bench.dma.shut_down();
     }
     code
@@ -129,6 +163,24 @@ struct Bench<'f> {
     apic_id: Option<u8>,
     /// The guest's interrupt state, for its device vectors.
     interrupts: GuestInterrupts,
+    /// The e1000e and the second pretend guest it is planned for, when QEMU has one.
+    nic: Option<Nic>,
+}
+
+/// The e1000e as the second pretend guest's device.
+struct Nic {
+    function: PciFunction,
+    plan: AssignedDevice,
+    handle: Option<DomainHandle>,
+    /// BAR0 (registers), identity-mapped.
+    bar0: u64,
+}
+
+impl Nic {
+    fn write(&self, reg: u64, value: u32) {
+        // SAFETY: a register of the e1000e's BAR0 (identity-mapped MMIO, memory decoding on).
+        unsafe { core::ptr::write_volatile((self.bar0 + reg) as *mut u32, value) }
+    }
 }
 
 impl<'f> Bench<'f> {
@@ -162,7 +214,11 @@ impl<'f> Bench<'f> {
         }
         let devices = plan.devices(GUEST).to_vec();
         let assigned = *devices.first().ok_or("the plan gave the guest no device")?;
-        let requesters: Vec<Bdf> = devices.iter().map(|d| d.requester).collect();
+        let mut requesters: Vec<Bdf> = devices.iter().map(|d| d.requester).collect();
+        let nic = Self::plan_nic(platform, pci)?;
+        if let Some(n) = &nic {
+            requesters.push(n.plan.requester);
+        }
 
         let config = config_access(platform, first.bdf);
         let mut enabled = Vec::new();
@@ -229,7 +285,51 @@ impl<'f> Bench<'f> {
             config,
             apic_id,
             interrupts: GuestInterrupts::new(InterruptMode::Baseline, &[]),
+            nic,
         })
+    }
+
+    /// The e1000e planned for a second guest, as a configuration would give it; `None` if QEMU
+    /// has none.
+    fn plan_nic(platform: &Platform, pci: &PciTopology) -> Result<Option<Nic>, String> {
+        let Some(f) = pci
+            .functions
+            .iter()
+            .find(|f| (f.vendor_id, f.device_id) == E1000E)
+        else {
+            return Ok(None);
+        };
+        let guest = GuestConfig {
+            name: String::from(NIC_GUEST),
+            image: String::new(),
+            memory_mib: GUEST_MIB,
+            interrupts: Default::default(),
+            ports: Vec::new(),
+            ioapic_pins: Vec::new(),
+            expect_stop: None,
+            pci: vec![f.bdf],
+        };
+        let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);
+        if let Some(refusal) = plan.refusals.first() {
+            // Only `msix-through-irte` needs it: that test then fails, the others run.
+            log::warn!("vtd-guest self-test: e1000e assignment refused: {refusal}");
+            return Ok(None);
+        }
+        let device = *plan
+            .devices(NIC_GUEST)
+            .first()
+            .ok_or("the plan gave the NIC guest no device")?;
+        let bar0 = f
+            .bar(0)
+            .filter(|b| !b.kind.is_io() && b.base != 0)
+            .ok_or_else(|| format!("e1000e {} has no memory BAR0", f.bdf))?
+            .base;
+        Ok(Some(Nic {
+            function: f.clone(),
+            plan: device,
+            handle: None,
+            bar0,
+        }))
     }
 
     // ---- the tests -------------------------------------------------------------------------
@@ -450,7 +550,216 @@ impl<'f> Bench<'f> {
         Ok(())
     }
 
+    fn msix_through_irte(&mut self) -> Result<(), String> {
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let nic = self
+            .nic
+            .as_ref()
+            .ok_or("no e1000e (8086:10d3): QEMU q35's default NIC")?;
+        let (function, plan) = (nic.function.clone(), nic.plan);
+        let cap = function
+            .capabilities
+            .msix
+            .ok_or("the e1000e has no MSI-X capability")?;
+        let bdf = function.bdf;
+        // The second guest's domain (sharing the first guest's RAM: the NIC does no DMA here).
+        let handle = match nic.handle {
+            Some(h) => h,
+            None => {
+                let h = dma_domains::prepare_guest_dma(
+                    Some(&mut self.dma),
+                    NIC_GUEST,
+                    (self.ram_base, self.ram_len),
+                    &[plan],
+                    self.frames,
+                )?
+                .ok_or("prepare_guest_dma attached nothing for the NIC")?;
+                if let Some(n) = self.nic.as_mut() {
+                    n.handle = Some(h);
+                }
+                h
+            }
+        };
+        let cmd = Command::from_bits_retain(self.config.read16(bdf, COMMAND));
+        self.config.write16(
+            bdf,
+            COMMAND,
+            (cmd | Command::MEMORY_SPACE | Command::BUS_MASTER | Command::INTX_DISABLE).bits(),
+        );
+        let mut bus = VirtualPci::new(vec![assigned_function(&function)?]);
+        let table = bus_table_address(&function)?;
+        let guest_address = 0xFEE0_0000 | u32::from(apic_id) << 12;
+        // The guest writes entry 0 (address, upper address, data, vector control = unmasked), as
+        // its EPT violations on the table page would reach the model.
+        for (offset, value) in [
+            (0, guest_address),
+            (4, 0),
+            (8, u32::from(MSIX_VECTOR)),
+            (12, 0),
+        ] {
+            match bus.msix_access(table + offset, 4, Some(u64::from(value))) {
+                Some(MsixOutcome::Emulated(_)) => {}
+                other => {
+                    return Err(format!(
+                        "table write at +{offset:#x} before MSI-X Enable gave {other:?}"
+                    ))
+                }
+            }
+        }
+        if bus.msix_access(table + 8, 4, None)
+            != Some(MsixOutcome::Emulated(u64::from(MSIX_VECTOR)))
+        {
+            return Err("the guest does not read back its own table entry".into());
+        }
+        self.guest_msix_control(&mut bus, &function, handle, 0x8000)?;
+        let mut hw = unsafe_table(table);
+        let address = msix_model::MsixTable::read32(&hw, 0);
+        let vector_control = msix_model::MsixTable::read32(&hw, 12);
+        if address & (1 << 4) == 0 || address == guest_address || vector_control & 1 != 0 {
+            return Err(format!(
+                "the e1000e's real entry 0 is address {address:#x}, vector control {vector_control:#x}: want a remappable-format address (bit 4), unmasked"
+            ));
+        }
+        if self.config.read16(bdf, cap.offset + 2) & 0xC000 != 0x8000 {
+            return Err("the e1000e's MSI-X is not enabled (function unmasked) in hardware".into());
+        }
+        let (unit, index, irte) = self
+            .dma
+            .guest_msix_irte(handle, bdf, 0, self.frames)
+            .ok_or("no IRTE for the guest's MSI-X entry 0")?;
+        if !irte.present() || irte.vector() != MSIX_VECTOR {
+            return Err(format!(
+                "IRTE {index} on unit {unit} is {irte:x?}: want present with vector {MSIX_VECTOR:#x}"
+            ));
+        }
+        if !self.interrupts.device_vectors.contains(MSIX_VECTOR) {
+            return Err("the guest's device vectors lack its MSI-X vector".into());
+        }
+        let got = self.raise_nic(true)?;
+        // The guest masks entry 0: real entry masked, IRTE cleared, nothing arrives.
+        let masked = match bus.msix_access(table + 12, 4, Some(1)) {
+            Some(MsixOutcome::Request(req)) => {
+                self.apply_msix(req, &function, handle)?;
+                self.raise_nic(false)?
+            }
+            other => return Err(format!("masking entry 0 gave {other:?}")),
+        };
+        let still = self.dma.irte_at(unit, index, self.frames);
+        // Control: the guest unmasks entry 0 again and the same wait sees the vector.
+        let control = match bus.msix_access(table + 12, 4, Some(0)) {
+            Some(MsixOutcome::Request(req)) => {
+                self.apply_msix(req, &function, handle)?;
+                self.raise_nic(true)?
+            }
+            other => return Err(format!("unmasking entry 0 again gave {other:?}")),
+        };
+        self.guest_msix_control(&mut bus, &function, handle, 0)?;
+        // The hardware's MSI-X stays enabled with every entry masked: QEMU 7.2's e1000e asserts when
+        // an MSI-X throttling timer fires after MSI-X was turned off (fixed upstream).
+        msix_model::mask_all(&mut hw, cap.table_size);
+        if got != [(MSIX_VECTOR, 1)] {
+            return Err(format!(
+                "want one interrupt on vector {MSIX_VECTOR:#x} through IRTE {index}, got {got:?} (vector, count)"
+            ));
+        }
+        if still.is_none_or(|e| e.present()) {
+            return Err(format!(
+                "IRTE {index} still present after the guest masked entry 0"
+            ));
+        }
+        if !masked.is_empty() {
+            return Err(format!(
+                "interrupts arrived after the guest masked entry 0: {masked:?}"
+            ));
+        }
+        if control != [(MSIX_VECTOR, 1)] {
+            return Err(format!(
+                "control after unmasking again got {control:?}, want [({MSIX_VECTOR:#x}, 1)]"
+            ));
+        }
+        Ok(())
+    }
+
     // ---- helpers ---------------------------------------------------------------------------
+
+    /// The guest writes the e1000e's MSI-X Message Control with a configuration-port write; each
+    /// entry it turns on or off is applied as the runner applies it.
+    fn guest_msix_control(
+        &mut self,
+        bus: &mut VirtualPci,
+        function: &PciFunction,
+        handle: DomainHandle,
+        control: u16,
+    ) -> Result<(), String> {
+        let cap = function.capabilities.msix.ok_or("no MSI-X capability")?;
+        let bdf = function.bdf;
+        let select = 1 << 31
+            | u32::from(bdf.bus()) << 16
+            | u32::from(bdf.device()) << 11
+            | u32::from(bdf.function()) << 8
+            | u32::from(cap.offset & 0xFC);
+        bus.write(CONFIG_ADDRESS, 4, select, self.config.as_ref());
+        bus.write(CONFIG_DATA + 2, 2, u32::from(control), self.config.as_ref());
+        for req in bus.take_msix_changes() {
+            self.apply_msix(req, function, handle)?;
+        }
+        Ok(())
+    }
+
+    /// What the runner's `route_guest_msix` does with a request, with this CPU as the target.
+    fn apply_msix(
+        &mut self,
+        req: MsixRequest,
+        function: &PciFunction,
+        handle: DomainHandle,
+    ) -> Result<(), String> {
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let plan = self.nic.as_ref().ok_or("no e1000e")?.plan;
+        let cpu = HostCpu {
+            apic_id: u32::from(apic_id),
+            x2apic: false,
+        };
+        let mut table = unsafe_table(bus_table_address(function)?);
+        let route = guest_msi::route_guest_msix(
+            &req,
+            function,
+            Some(&plan),
+            Some((&mut self.dma, handle)),
+            cpu,
+            self.config.as_ref(),
+            &mut table,
+            self.frames,
+        )?;
+        if matches!(route, MsiRoute::Compatibility(_)) {
+            return Err("the MSI-X entry was programmed in compatibility format".into());
+        }
+        self.interrupts
+            .msix_vector(req.bdf, req.entry, route.guest_vector(&req.as_msi()));
+        Ok(())
+    }
+
+    /// Raises the e1000e's "other" cause on MSI-X entry 0 and waits (until [`MSIX_VECTOR`] counts
+    /// when `expect`, the full bounded wait otherwise); returns every arrival.
+    fn raise_nic(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
+        let nic = self.nic.as_ref().ok_or("no e1000e")?;
+        // SAFETY: as in `raise_and_count`.
+        let probe = unsafe { IrqProbe::install() }
+            .ok_or("the local APIC is off or in x2APIC mode; the probe needs xAPIC")?;
+        probe.reset();
+        nic.write(E1000E_ITR, 0);
+        for eitr in E1000E_EITR {
+            nic.write(eitr, 0);
+        }
+        nic.write(E1000E_IVAR, E1000E_IVAR_OTHER_TO_0);
+        nic.write(E1000E_IMS, E1000E_OTHER);
+        nic.write(E1000E_ICS, E1000E_OTHER);
+        probe.wait(IRQ_SPINS, || expect && probe.count(MSIX_VECTOR) > 0);
+        nic.write(E1000E_IMC, u32::MAX);
+        nic.write(E1000E_ICR, u32::MAX);
+        let got = probe.arrivals().collect();
+        drop(probe);
+        Ok(got)
+    }
 
     /// The guest's domain, attaching it again (as for a new guest) if an earlier test detached it.
     fn attach(&mut self) -> Result<DomainHandle, String> {
@@ -650,6 +959,22 @@ fn transfer(edu: &mut Edu, bdf: Bdf, direction: Direction, address: u64) -> Resu
         .map_err(|e| format!("edu {bdf}: {e}"))?;
     compiler_fence(Ordering::SeqCst);
     Ok(())
+}
+
+/// Host-physical address of `function`'s MSI-X table.
+fn bus_table_address(function: &PciFunction) -> Result<u64, String> {
+    let cap = function.capabilities.msix.ok_or("no MSI-X capability")?;
+    let bar = function
+        .bar(cap.table.bir)
+        .filter(|b| !b.kind.is_io() && b.base != 0)
+        .ok_or("the MSI-X table's BAR is not a memory BAR")?;
+    Ok(bar.base + u64::from(cap.table.offset))
+}
+
+fn unsafe_table(address: u64) -> PhysicalMsixTable {
+    // SAFETY: the e1000e's MSI-X table in its memory BAR (identity-mapped, memory decoding on);
+    // only this bench drives the device.
+    unsafe { PhysicalMsixTable::new(address) }
 }
 
 /// Configuration access for `bdf`'s segment and bus: its ECAM window, else ports 0xCF8/0xCFC.

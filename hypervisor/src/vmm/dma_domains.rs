@@ -15,6 +15,7 @@ use crate::platform::dmar::{Rmrr, ScopeKind};
 use crate::platform::{DmarStatus, IommuUnit, Platform};
 use crate::vmm::assignment::{covering_unit, resolve_scope, AssignedDevice};
 use crate::vmm::interrupts::GUEST_VECTORS;
+use crate::vmm::msix::MsixRequest;
 use crate::vmm::virtual_pci::MsiRequest;
 use crate::vtd::context::{ContextEntry, RootTable};
 use crate::vtd::fault::{Fault, FaultKind};
@@ -66,9 +67,12 @@ struct GuestDomain {
     tables: Vec<(usize, DomainTables)>,
     /// The context entries pointing at the domain.
     slots: Vec<ContextSlot>,
-    /// IRTEs carrying the guest's MSIs: (device, unit, index).
-    msis: Vec<(Bdf, usize, u16)>,
+    /// IRTEs carrying the guest's MSIs and MSI-X entries: (source, unit, index).
+    msis: Vec<(InterruptSource, usize, u16)>,
 }
+
+/// What one IRTE serves: a device's MSI (`None`) or one of its MSI-X table entries.
+type InterruptSource = (Bdf, Option<u16>);
 
 /// A guest attached by [`DmaRemapping::attach_guest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -452,7 +456,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
             return;
         };
         // Interrupts first: the device must not raise the guest's vectors once it is gone.
-        for &(bdf, unit, index) in &guest.msis {
+        for &((bdf, _), unit, index) in &guest.msis {
             self.release_irte(unit, index, frames, bdf);
         }
         for slot in &guest.slots {
@@ -497,6 +501,38 @@ impl<M: VtdMmio> DmaRemapping<M> {
         handle: DomainHandle,
         req: &MsiRequest,
         requester: Bdf,
+        cpu: (u32, bool),
+        frames: &mut impl FrameAlloc,
+    ) -> Result<Option<MsiMessage>, String> {
+        self.route_source(handle, (req.bdf, None), req, requester, cpu, frames)
+    }
+
+    /// [`Self::route_guest_msi`] for MSI-X table entry `req.entry`: each entry has its own IRTE.
+    pub fn route_guest_msix(
+        &mut self,
+        handle: DomainHandle,
+        req: &MsixRequest,
+        requester: Bdf,
+        cpu: (u32, bool),
+        frames: &mut impl FrameAlloc,
+    ) -> Result<Option<MsiMessage>, String> {
+        let msi = req.as_msi();
+        self.route_source(
+            handle,
+            (req.bdf, Some(req.entry)),
+            &msi,
+            requester,
+            cpu,
+            frames,
+        )
+    }
+
+    fn route_source(
+        &mut self,
+        handle: DomainHandle,
+        source: InterruptSource,
+        req: &MsiRequest,
+        requester: Bdf,
         (host_apic_id, x2apic): (u32, bool),
         frames: &mut impl FrameAlloc,
     ) -> Result<Option<MsiMessage>, String> {
@@ -505,7 +541,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
             .ok_or_else(|| format!("{} is not in the guest's DMA domain", req.bdf))?;
         let built = self.irte_for(unit, req, requester, (host_apic_id, x2apic));
         let existing = self.guests[handle.0].as_ref().and_then(|g| {
-            let at = g.msis.iter().position(|m| m.0 == req.bdf)?;
+            let at = g.msis.iter().position(|m| m.0 == source)?;
             Some((at, g.msis[at].2))
         });
         let entry = match built {
@@ -513,7 +549,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
             disabled_or_error => {
                 if let Some((at, _)) = existing {
                     if let Some(guest) = self.guests[handle.0].as_mut() {
-                        let (bdf, u, index) = guest.msis.swap_remove(at);
+                        let ((bdf, _), u, index) = guest.msis.swap_remove(at);
                         self.release_irte(u, index, frames, bdf);
                     }
                 }
@@ -535,14 +571,14 @@ impl<M: VtdMmio> DmaRemapping<M> {
                 used[free] = true;
                 let index = free as u16;
                 if let Some(guest) = self.guests[handle.0].as_mut() {
-                    guest.msis.push((req.bdf, unit, index));
+                    guest.msis.push((source, unit, index));
                 }
                 index
             }
         };
         if let Err(why) = self.write_irte(unit, index, Some(entry), frames) {
             if let Some(guest) = self.guests[handle.0].as_mut() {
-                guest.msis.retain(|m| m.0 != req.bdf);
+                guest.msis.retain(|m| m.0 != source);
             }
             self.release_irte(unit, index, frames, req.bdf);
             return Err(why);
@@ -629,9 +665,23 @@ impl<M: VtdMmio> DmaRemapping<M> {
         frames: &mut impl FrameAlloc,
     ) -> Option<(usize, u16, Irte)> {
         let guest = self.guests.get(handle.0)?.as_ref()?;
-        let &(_, unit, index) = guest.msis.iter().find(|m| m.0 == bdf)?;
+        let &(_, unit, index) = guest.msis.iter().find(|m| m.0 == (bdf, None))?;
         let entry = self.units[unit].interrupts.as_ref()?.get(frames, index)?;
         Some((unit, index, entry))
+    }
+
+    /// The IRTE MSI-X entry `entry` of the guest's device `bdf` uses: (unit, index, entry).
+    pub fn guest_msix_irte(
+        &self,
+        handle: DomainHandle,
+        bdf: Bdf,
+        entry: u16,
+        frames: &mut impl FrameAlloc,
+    ) -> Option<(usize, u16, Irte)> {
+        let guest = self.guests.get(handle.0)?.as_ref()?;
+        let &(_, unit, index) = guest.msis.iter().find(|m| m.0 == (bdf, Some(entry)))?;
+        let irte = self.units[unit].interrupts.as_ref()?.get(frames, index)?;
+        Some((unit, index, irte))
     }
 
     /// IRTE `index` of `unit` as it stands (tests and the self-test look behind a cleared entry).

@@ -8,6 +8,7 @@ use super::cpuid::guest_cpuid;
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::irq_exits::{self, EliState};
+use super::msix::MsixRequest;
 use super::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
@@ -40,6 +41,19 @@ pub trait HostServices: InterruptHardware {
     /// the guest's vector, and the device's MSI capability); returns the guest vector the device
     /// now raises, `None` if its MSI is off (disabled by the guest, or refused).
     fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8>;
+    /// [`Self::route_guest_msi`] for one MSI-X table entry (an IRTE with the guest's vector in the
+    /// device's real entry, unmasked; masked when the guest masked or disabled it).
+    fn route_guest_msix(&mut self, req: MsixRequest) -> Option<u8> {
+        let _ = req;
+        None
+    }
+    /// A guest access to an assigned device's register at host-physical `hpa` that shares a page
+    /// with its MSI-X table or PBA, performed for the guest (`size` bytes; `write` holds the value
+    /// to store). Returns what a read gives.
+    fn device_mmio(&mut self, hpa: u64, size: u8, write: Option<u64>) -> u64 {
+        let _ = (hpa, size, write);
+        u64::MAX
+    }
 }
 
 /// How a guest ended.
@@ -415,6 +429,10 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             if let Some(req) = vcpu.pci.take_msi_change() {
                 let vector = host.route_guest_msi(req);
                 vcpu.interrupts.msi_vector(req.bdf, vector);
+            }
+            for req in vcpu.pci.take_msix_changes() {
+                let vector = host.route_guest_msix(req);
+                vcpu.interrupts.msix_vector(req.bdf, req.entry, vector);
             }
             return Handled::Skip;
         }

@@ -5,14 +5,17 @@
 //! remapping for the device (`unsafe_no_iommu`, or IR left off while a guest routes IOAPIC pins)
 //! the only way left is a compatibility-format message with the guest's vector to this CPU.
 //!
-//! Only MSI: MSI-X tables are kept out of the guest and not emulated yet. One vector per function
-//! (Multiple Message Enable stays 0).
+//! MSI: one vector per function (Multiple Message Enable stays 0). MSI-X: each table entry the
+//! guest unmasks gets its own IRTE and the device's real entry the remappable message; the
+//! hardware's MSI-X Enable is set (function mask clear) by the host, the guest's enable and masks
+//! only decide which real entries are unmasked.
 
 use crate::memory::FrameAlloc;
 use crate::pci::{Bdf, ConfigAccess, MsiCapability, PciFunction};
 use crate::vmm::assignment::AssignedDevice;
 use crate::vmm::dma_domains::{DmaRemapping, DomainHandle};
 use crate::vmm::interrupts::GUEST_VECTORS;
+use crate::vmm::msix::{self, MsixRequest, MsixTable};
 use crate::vmm::virtual_pci::MsiRequest;
 use crate::vtd::irte::MsiMessage;
 use crate::vtd::regs::VtdMmio;
@@ -124,6 +127,75 @@ pub fn route_guest_msi<M: VtdMmio>(
         Ok(MsiRoute::Disabled) | Err(_) => program_device_msi(config, req.bdf, &cap, None),
         Ok(MsiRoute::Remapped(m) | MsiRoute::Compatibility(m)) => {
             program_device_msi(config, req.bdf, &cap, Some(m))
+        }
+    }
+    result
+}
+
+/// Host-controlled MSI-X Message Control: enabled, function mask clear; the real entries (masked
+/// from reset, or by [`msix::mask_all`]) decide what signals.
+pub fn enable_device_msix(config: &dyn ConfigAccess, bdf: Bdf, cap_offset: u16, on: bool) {
+    let at = cap_offset + 2;
+    let control = config.read16(bdf, at);
+    let want = if on {
+        (control | msix::CONTROL_ENABLE) & !msix::CONTROL_FUNCTION_MASK
+    } else {
+        control & !msix::CONTROL_ENABLE
+    };
+    if want != control {
+        config.write16(bdf, at, want);
+    }
+}
+
+/// Applies the guest's request for MSI-X entry `req.entry` of `function` to the hardware: an IRTE
+/// with the guest's vector (or a compatibility-format message where no unit covers the device) in
+/// the device's real table entry `table`, unmasked; a disabled or masked request masks the real
+/// entry, then clears the IRTE. On error the real entry is left masked.
+#[allow(clippy::too_many_arguments)]
+pub fn route_guest_msix<M: VtdMmio>(
+    req: &MsixRequest,
+    function: &PciFunction,
+    device: Option<&AssignedDevice>,
+    dma: Option<(&mut DmaRemapping<M>, DomainHandle)>,
+    cpu: HostCpu,
+    config: &dyn ConfigAccess,
+    table: &mut impl MsixTable,
+    frames: &mut impl FrameAlloc,
+) -> Result<MsiRoute, String> {
+    let cap = function
+        .capabilities
+        .msix
+        .ok_or_else(|| format!("{} has no MSI-X capability", req.bdf))?;
+    if req.entry >= cap.table_size {
+        return Err(format!("{} has no MSI-X entry {}", req.bdf, req.entry));
+    }
+    let msi = req.as_msi();
+    let requester = device.map_or(req.bdf, |d| d.requester);
+    let remapping = device.and_then(|d| d.unit).map(|_| dma);
+    let result = match remapping {
+        Some(Some((dma, handle))) => match dma.remaps_interrupts(handle, requester) {
+            Some(true) => {
+                if !req.live() {
+                    msix::program_table_entry(table, req.entry, None);
+                }
+                dma.route_guest_msix(handle, req, requester, (cpu.apic_id, cpu.x2apic), frames)
+                    .map(|m| m.map_or(MsiRoute::Disabled, MsiRoute::Remapped))
+            }
+            Some(false) => compatibility(&msi, cpu),
+            None => Err(format!("{} is not in the guest's DMA domain", req.bdf)),
+        },
+        Some(None) => Err(String::from("DMA remapping is not up")),
+        None => compatibility(&msi, cpu),
+    };
+    match result {
+        Ok(MsiRoute::Disabled) | Err(_) => msix::program_table_entry(table, req.entry, None),
+        Ok(MsiRoute::Remapped(m) | MsiRoute::Compatibility(m)) => {
+            // Enabling with every other entry masked: nothing but this entry can signal.
+            if config.read16(req.bdf, cap.offset + 2) & msix::CONTROL_ENABLE == 0 {
+                msix::mask_all(table, cap.table_size);
+            }
+            msix::program_table_entry(table, req.entry, Some(m));
+            enable_device_msix(config, req.bdf, cap.offset, true);
         }
     }
     result
@@ -362,5 +434,134 @@ mod tests {
         )
         .is_err());
         assert_eq!(space.get(bdf()).get16(0x42) & 1, 0);
+    }
+
+    #[derive(Default)]
+    struct FakeTable([u32; 20]);
+
+    impl MsixTable for FakeTable {
+        fn read32(&self, offset: u64) -> u32 {
+            self.0[(offset / 4) as usize]
+        }
+        fn write32(&mut self, offset: u64, value: u32) {
+            self.0[(offset / 4) as usize] = value;
+        }
+    }
+
+    #[test]
+    fn msix_entries_get_their_own_irtes_and_the_real_entry_the_message() {
+        use crate::caps::vtd::{VtdCap, VtdEcap, VtdVersion};
+        use crate::pci::BarKind;
+        use crate::platform::dmar::{Drhd, DrhdFlags};
+        use crate::platform::IommuUnit;
+        use crate::vmm::dma_domains::BringUpOptions;
+        // QEMU's e1000e at 00:02.0: MSI-X at 0xA0, 5 entries, table BAR3 + 0, PBA BAR3 + 0x2000.
+        let space = FakeConfigSpace::new(Mechanism::Legacy);
+        let mut nic = FakeFunction::new(0x8086, 0x10d3, 0x020000, 0);
+        nic.bar(
+            3,
+            BarKind::Memory32 {
+                prefetchable: false,
+            },
+            0xfebd_0000,
+            0x4000,
+        );
+        nic.capability(0xA0, 0x11, &[0x04, 0x00, 0x03, 0, 0, 0, 0x03, 0x20, 0, 0]);
+        nic.set_writable(0xA0, 4, 0xC000 << 16);
+        space.add(0, 2, 0, nic);
+        let topology = crate::pci::enumerate(&space);
+        let f = topology.functions[0].clone();
+        let nic = f.bdf;
+        let mut frames = crate::memory::test_frames::TestFrames::default();
+        let unit = IommuUnit {
+            drhd: Drhd {
+                flags: DrhdFlags::INCLUDE_PCI_ALL,
+                size: 0,
+                segment: 0,
+                register_base: 0xfed9_0000,
+                scopes: alloc::vec::Vec::new(),
+            },
+            version: VtdVersion(0x10),
+            cap: VtdCap(0x00d2_008c_2226_0206),
+            ecap: VtdEcap(0xf0_0f4a),
+        };
+        let mut dma = DmaRemapping::bring_up(
+            &[unit],
+            &[],
+            &topology,
+            &[nic],
+            BringUpOptions {
+                interrupt_remapping: true,
+            },
+            &mut frames,
+            |u| FakeVtd::new(u.cap.0, u.ecap.0),
+        )
+        .unwrap();
+        let plan = AssignedDevice {
+            bdf: nic,
+            requester: nic,
+            unit: Some(0),
+        };
+        let h = dma
+            .attach_guest("g", (0x4000_0000, 2 << 20), &[plan], &mut frames)
+            .unwrap();
+        let cpu = HostCpu {
+            apic_id: 0,
+            x2apic: false,
+        };
+        let mut table = FakeTable::default();
+        let req = |entry: u16, vector: u8, masked: bool| MsixRequest {
+            bdf: nic,
+            entry,
+            enabled: true,
+            masked,
+            vector,
+            destination: 0,
+        };
+        let route = |r: MsixRequest,
+                     dma: &mut DmaRemapping<FakeVtd>,
+                     t: &mut FakeTable,
+                     frames: &mut crate::memory::test_frames::TestFrames| {
+            route_guest_msix(&r, &f, Some(&plan), Some((dma, h)), cpu, &space, t, frames)
+        };
+        // Entry 0 -> IRTE 0, entry 3 -> IRTE 1: remappable addresses 0xFEE00010 and 0xFEE00030
+        // (handle 1 in bits 19:5, format bit 4: VT-d 5.1.5.2).
+        assert_eq!(
+            route(req(0, 0x51, false), &mut dma, &mut table, &mut frames),
+            Ok(MsiRoute::Remapped(MsiMessage {
+                address: 0xFEE0_0010,
+                data: 0
+            }))
+        );
+        route(req(3, 0x52, false), &mut dma, &mut table, &mut frames).unwrap();
+        assert_eq!(table.0[..4], [0xFEE0_0010, 0, 0, 0], "entry 0 unmasked");
+        assert_eq!(table.0[12..16], [0xFEE0_0030, 0, 0, 0], "entry 3 unmasked");
+        assert_eq!(table.0[7] & 1, 1, "entry 1 masked when MSI-X was enabled");
+        assert_eq!(
+            space.get(nic).get16(0xA2),
+            0x8004,
+            "hardware enabled, unmasked"
+        );
+        let irte = |dma: &DmaRemapping<FakeVtd>, e, frames: &mut _| {
+            dma.guest_msix_irte(h, nic, e, frames)
+                .map(|i| (i.1, i.2.vector()))
+        };
+        assert_eq!(irte(&dma, 0, &mut frames), Some((0, 0x51)));
+        assert_eq!(irte(&dma, 3, &mut frames), Some((1, 0x52)));
+        // The guest masks entry 0: real entry masked, its IRTE gone; entry 3 untouched.
+        assert_eq!(
+            route(req(0, 0x51, true), &mut dma, &mut table, &mut frames),
+            Ok(MsiRoute::Disabled)
+        );
+        assert_eq!(table.0[3] & 1, 1);
+        assert_eq!(table.0[15] & 1, 0);
+        assert_eq!(irte(&dma, 0, &mut frames), None);
+        assert!(!dma.irte_at(0, 0, &mut frames).unwrap().present());
+        assert_eq!(irte(&dma, 3, &mut frames), Some((1, 0x52)));
+        assert!(
+            route(req(5, 0x51, false), &mut dma, &mut table, &mut frames)
+                .unwrap_err()
+                .contains("no MSI-X entry 5")
+        );
     }
 }

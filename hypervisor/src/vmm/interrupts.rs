@@ -59,7 +59,7 @@ pub struct GuestInterrupts {
     /// their gates present.
     pub device_vectors: VectorSet,
     /// The vector each assigned function's enabled MSI carries.
-    msi_vectors: Vec<(Bdf, u8)>,
+    msi_vectors: Vec<(Bdf, Option<u16>, u8)>,
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
@@ -272,9 +272,18 @@ impl GuestInterrupts {
     /// Returns whether the device vectors changed; ELI's shadow gates then follow at the next VM
     /// entry (the change is flagged like a virtual interrupt's).
     pub fn msi_vector(&mut self, bdf: Bdf, vector: Option<u8>) -> bool {
-        self.msi_vectors.retain(|&(b, _)| b != bdf);
+        self.source_vector((bdf, None), vector)
+    }
+
+    /// [`Self::msi_vector`] for MSI-X table entry `entry` of `bdf`.
+    pub fn msix_vector(&mut self, bdf: Bdf, entry: u16, vector: Option<u8>) -> bool {
+        self.source_vector((bdf, Some(entry)), vector)
+    }
+
+    fn source_vector(&mut self, (bdf, entry): (Bdf, Option<u16>), vector: Option<u8>) -> bool {
+        self.msi_vectors.retain(|&(b, e, _)| (b, e) != (bdf, entry));
         if let Some(v) = vector.filter(|v| GUEST_VECTORS.contains(v)) {
-            self.msi_vectors.push((bdf, v));
+            self.msi_vectors.push((bdf, entry, v));
         }
         let changed = self.recompute_device_vectors();
         self.virtual_changed |= changed;
@@ -292,7 +301,7 @@ impl GuestInterrupts {
                 }
             }
         }
-        for &(_, vector) in &self.msi_vectors {
+        for &(_, _, vector) in &self.msi_vectors {
             self.device_vectors.insert(vector);
         }
         before != self.device_vectors

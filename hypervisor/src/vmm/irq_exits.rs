@@ -6,6 +6,7 @@ use super::exits::{stopped, Handled, HostServices, Vcpu};
 use super::guest_memory::GuestMemory;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
 use super::mmio_decode::{self, MmioAccess, MAX_INSTRUCTION_LEN};
+use super::msix::MsixOutcome;
 use crate::caps::vmx::PrimaryControls;
 use crate::config::InterruptMode;
 use crate::vmx::exit::{EventType, Gpr, InterruptionInfo};
@@ -91,6 +92,9 @@ pub(super) fn ept_violation(
         && !vcpu.interrupts.ioapic.assigned().is_empty()
     {
         return ioapic_access(vmcs, vcpu, mem, host, gpa - IOAPIC_GPA).map(Some);
+    }
+    if vcpu.pci.msix_traps(gpa) {
+        return msix_access(vmcs, vcpu, mem, host, gpa).map(Some);
     }
     let page = gpa & !(PAGE - 1);
     let protected = vcpu
@@ -260,6 +264,57 @@ fn ioapic_access(
         }
     }
     // EPT violations report no instruction length: the decoder's length moves RIP on.
+    vmcs.write_natural(VmcsNatural::GuestRip, rip + u64::from(decoded.length))?;
+    Ok(Handled::Stay)
+}
+
+/// Emulates one guest instruction that touched a page holding an assigned function's MSI-X table
+/// or PBA (left out of EPT): table accesses go to the guest's model, the rest to the device.
+fn msix_access(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    mem: &mut GuestMemory<'_>,
+    host: &mut impl HostServices,
+    gpa: u64,
+) -> Result<Handled, VmFail> {
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+    let decoded = match fetch_and_decode(vmcs, mem, rip)? {
+        Ok(d) => d,
+        Err(why) => return Ok(stopped(format!("MSI-X page access at rip {rip:#x}: {why}"))),
+    };
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let size = decoded.access.size().bytes();
+    match decoded.access {
+        MmioAccess::Read(load) => {
+            let value = match vcpu.pci.msix_access(gpa, size, None) {
+                Some(MsixOutcome::Forward { hpa }) => host.device_mmio(hpa, size, None),
+                Some(MsixOutcome::Emulated(v)) => v,
+                Some(MsixOutcome::Request(_)) | None => u64::MAX,
+            };
+            let dest = load.dest.gpr;
+            if dest == Gpr::Rsp {
+                return Ok(stopped(format!("MSI-X read into RSP at rip {rip:#x}")));
+            }
+            let old = super::exits::gpr_value(&vcpu.regs, rsp, dest);
+            let new = mmio_decode::apply_read(old, &load, value);
+            super::exits::set_gpr(&mut vcpu.regs, dest, new);
+        }
+        MmioAccess::Write(store) => {
+            let data =
+                mmio_decode::write_data(&store, |r| super::exits::gpr_value(&vcpu.regs, rsp, r));
+            match vcpu.pci.msix_access(gpa, size, Some(data)) {
+                Some(MsixOutcome::Forward { hpa }) => {
+                    host.device_mmio(hpa, size, Some(data));
+                }
+                Some(MsixOutcome::Request(req)) => {
+                    let vector = host.route_guest_msix(req);
+                    // A change of device vectors reaches ELI's shadow at the next VM entry.
+                    vcpu.interrupts.msix_vector(req.bdf, req.entry, vector);
+                }
+                Some(MsixOutcome::Emulated(_)) | None => {}
+            }
+        }
+    }
     vmcs.write_natural(VmcsNatural::GuestRip, rip + u64::from(decoded.length))?;
     Ok(Handled::Stay)
 }

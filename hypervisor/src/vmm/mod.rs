@@ -11,6 +11,7 @@ pub mod guest_msi;
 pub mod interrupts;
 pub mod irq_exits;
 pub mod mmio_decode;
+pub mod msix;
 pub mod runner;
 pub mod virtual_pci;
 pub mod vmcs_setup;

@@ -11,6 +11,7 @@ use super::guest_memory::GuestMemory;
 use super::guest_msi::{self, HostCpu, MsiRoute};
 use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
 use super::irq_exits::{self, EliState, SHADOW_IDT_GPA};
+use super::msix::{self, GuestMsix, MsixRequest};
 use super::virtual_pci::{AssignedFunction, MsiRequest, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
 use crate::arch::apic::{self, PhysicalIoapic};
@@ -431,10 +432,9 @@ impl VmxCpu {
             let msix_pages: Vec<(u8, u64)> = function
                 .capabilities
                 .msix
-                .iter()
-                .flat_map(|m| [(m.table.bir, m.table.offset), (m.pba.bir, m.pba.offset)])
-                .map(|(bir, offset)| (bir, u64::from(offset) & !(PAGE_SIZE - 1)))
-                .collect();
+                .as_ref()
+                .map(msix::trapped_pages)
+                .unwrap_or_default();
             for bar in &function.bars {
                 match bar.kind {
                     BarKind::Io => io.pass(bar.base as u16, bar.size as u32),
@@ -479,6 +479,14 @@ impl VmxCpu {
             if let Some(cap) = function.capabilities.msi {
                 guest_msi::program_device_msi(host.access.as_ref(), function.bdf, &cap, None);
             }
+            if let Some(cap) = function.capabilities.msix {
+                guest_msi::enable_device_msix(
+                    host.access.as_ref(),
+                    function.bdf,
+                    cap.offset,
+                    false,
+                );
+            }
         }
     }
 
@@ -509,11 +517,20 @@ impl VmxCpu {
 pub fn assigned_function(function: &PciFunction) -> Result<AssignedFunction, String> {
     let table =
         MediationTable::endpoint(function).map_err(|e| format!("{}: {e:?}", function.bdf))?;
-    let assigned = AssignedFunction::new(function.bdf, table, function.bars.clone());
-    Ok(match function.capabilities.msi {
-        Some(msi) => assigned.with_msi(msi.offset, msi.is_64bit, msi.per_vector_masking),
-        None => assigned,
-    })
+    let mut assigned = AssignedFunction::new(function.bdf, table, function.bars.clone());
+    if let Some(msi) = function.capabilities.msi {
+        assigned = assigned.with_msi(msi.offset, msi.is_64bit, msi.per_vector_masking);
+    }
+    if let Some(cap) = function.capabilities.msix {
+        let guest = GuestMsix::new(function.bdf, cap, &function.bars).ok_or_else(|| {
+            format!(
+                "{}: MSI-X table or PBA is not in a memory BAR",
+                function.bdf
+            )
+        })?;
+        assigned = assigned.with_msix(guest);
+    }
+    Ok(assigned)
 }
 
 /// What a running guest's MSI changes are applied with: the machine's VT-d units (when up), the
@@ -727,6 +744,88 @@ impl HostServices for MachineServices<'_, '_> {
             ),
         }
         route.ok()?.guest_vector(&req)
+    }
+    fn route_guest_msix(&mut self, req: MsixRequest) -> Option<u8> {
+        let guest = self.guest;
+        let (Some(host), Some(routing)) = (self.pci, self.routing.as_mut()) else {
+            return None;
+        };
+        let function = host.topology.find(req.bdf)?;
+        let cap = function.capabilities.msix?;
+        let Some(irq) = self.irq else {
+            log::warn!(
+                "guest {guest}: {}'s MSI-X not routed: this CPU has no x2APIC",
+                req.bdf
+            );
+            return None;
+        };
+        let table_at = function
+            .bars
+            .iter()
+            .find(|b| b.index == cap.table.bir)?
+            .base
+            + u64::from(cap.table.offset);
+        // SAFETY: the table lies in the function's memory BAR, identity-mapped like all MMIO.
+        let mut table = unsafe { msix::PhysicalMsixTable::new(table_at) };
+        let cpu = HostCpu {
+            apic_id: irq.apic_id,
+            x2apic: true,
+        };
+        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
+        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
+            (Some(remapping), Some(handle)) => Some((remapping, handle)),
+            _ => None,
+        };
+        let route = guest_msi::route_guest_msix(
+            &req,
+            function,
+            device,
+            dma,
+            cpu,
+            host.access.as_ref(),
+            &mut table,
+            self.frames,
+        );
+        match &route {
+            Ok(MsiRoute::Remapped(m)) => log::info!(
+                "guest {guest}: {} MSI-X entry {} vector {:#x} -> remapped (address {:#x})",
+                req.bdf,
+                req.entry,
+                req.vector,
+                m.address
+            ),
+            Ok(_) => {}
+            Err(why) => log::warn!(
+                "guest {guest}: {}'s MSI-X entry {} (vector {:#x}) left masked: {why}",
+                req.bdf,
+                req.entry,
+                req.vector
+            ),
+        }
+        route.ok()?.guest_vector(&req.as_msi())
+    }
+    fn device_mmio(&mut self, hpa: u64, size: u8, write: Option<u64>) -> u64 {
+        // SAFETY: `hpa` comes from the guest's MSI-X model, which forwards only accesses inside an
+        // assigned function's memory BAR (identity-mapped); the size is the instruction's.
+        unsafe {
+            if let Some(v) = write {
+                match size {
+                    1 => core::ptr::write_volatile(hpa as *mut u8, v as u8),
+                    2 => core::ptr::write_volatile(hpa as *mut u16, v as u16),
+                    4 => core::ptr::write_volatile(hpa as *mut u32, v as u32),
+                    8 => core::ptr::write_volatile(hpa as *mut u64, v),
+                    _ => {}
+                }
+                return 0;
+            }
+            match size {
+                1 => u64::from(core::ptr::read_volatile(hpa as *const u8)),
+                2 => u64::from(core::ptr::read_volatile(hpa as *const u16)),
+                4 => u64::from(core::ptr::read_volatile(hpa as *const u32)),
+                8 => core::ptr::read_volatile(hpa as *const u64),
+                _ => u64::MAX,
+            }
+        }
     }
     fn write_shadow_idt(&mut self, shadow: &[u8; 4096]) {
         if let Some(frame) = self.shadow_idt {

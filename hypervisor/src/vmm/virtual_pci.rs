@@ -6,13 +6,15 @@
 //!
 //! MSI is emulated: the guest programs its own view of the capability, the hardware's stays disabled,
 //! and each change is reported as an [`MsiRequest`] (guest vector and destination) for the caller to
-//! turn into an interrupt-remapping entry. Not yet emulated: MSI-X (its table is kept out of the guest's
-//! EPT), PCIe Device Control (FLR by the guest).
+//! turn into an interrupt-remapping entry. MSI-X likewise (`msix`): the guest's enable and function
+//! mask live in a shadow, its table in the model, changes come back as [`MsixRequest`]s. Not yet
+//! emulated: PCIe Device Control (FLR by the guest).
 
 use crate::pci::mediation::{
     mediate_read, mediate_write, AccessSize, Hook, MediationTable, ReadDecision, WriteDecision,
 };
 use crate::pci::{Bar, BarKind, Bdf, ConfigAccess};
+use crate::vmm::msix::{GuestMsix, MsixOutcome, MsixRequest};
 use alloc::vec::Vec;
 
 pub const CONFIG_ADDRESS: u16 = 0xCF8;
@@ -98,6 +100,7 @@ pub struct AssignedFunction {
     /// A BAR dword the guest set to all ones, so that it reads back the size mask (PCI 3.0 6.2.5.1).
     sizing: [bool; 6],
     msi: Option<MsiShadow>,
+    msix: Option<GuestMsix>,
 }
 
 impl AssignedFunction {
@@ -108,6 +111,7 @@ impl AssignedFunction {
             bars,
             sizing: [false; 6],
             msi: None,
+            msix: None,
         }
     }
 
@@ -119,6 +123,12 @@ impl AssignedFunction {
             per_vector_masking,
             ..MsiShadow::default()
         });
+        self
+    }
+
+    /// Emulates the function's MSI-X capability and table (see `msix`).
+    pub fn with_msix(mut self, msix: GuestMsix) -> Self {
+        self.msix = Some(msix);
         self
     }
 
@@ -174,6 +184,10 @@ pub struct VirtualPci {
     functions: Vec<AssignedFunction>,
     /// The last MSI change the guest made, for the caller to apply (see [`VirtualPci::take_msi_change`]).
     msi_change: Option<MsiRequest>,
+    /// MSI-X entries whose delivery a Message Control write changed.
+    msix_changes: Vec<MsixRequest>,
+    /// Whether any function has MSI-X (keeps EPT-violation handling cheap for guests without).
+    has_msix: bool,
 }
 
 impl core::fmt::Debug for VirtualPci {
@@ -188,9 +202,40 @@ impl VirtualPci {
     pub fn new(functions: Vec<AssignedFunction>) -> Self {
         Self {
             address: 0,
+            has_msix: functions.iter().any(|f| f.msix.is_some()),
             functions,
             msi_change: None,
+            msix_changes: Vec::new(),
         }
+    }
+
+    /// The MSI-X entries a guest Message Control write just turned on or off.
+    pub fn take_msix_changes(&mut self) -> Vec<MsixRequest> {
+        core::mem::take(&mut self.msix_changes)
+    }
+
+    /// Whether `gpa` lies in a page holding an assigned function's MSI-X table or PBA.
+    pub fn msix_traps(&self, gpa: u64) -> bool {
+        self.has_msix
+            && self
+                .functions
+                .iter()
+                .filter_map(|f| f.msix.as_ref())
+                .any(|m| m.traps(gpa))
+    }
+
+    /// A guest access to guest-physical `gpa` (an EPT violation), if it lies in a page holding an
+    /// assigned function's MSI-X table or PBA; `None` otherwise.
+    pub fn msix_access(&mut self, gpa: u64, size: u8, write: Option<u64>) -> Option<MsixOutcome> {
+        if !self.has_msix {
+            return None;
+        }
+        let msix = self
+            .functions
+            .iter_mut()
+            .filter_map(|f| f.msix.as_mut())
+            .find(|m| m.traps(gpa))?;
+        Some(msix.access(gpa, size, write))
     }
 
     /// The MSI configuration a guest write just changed, if any.
@@ -247,7 +292,19 @@ impl VirtualPci {
                         }
                         _ => hardware,
                     },
-                    // MSI-X/Device Control: the guest sees the hardware's values.
+                    ReadDecision::Emulate {
+                        hook: Hook::MsiX,
+                        region,
+                    } => match &f.msix {
+                        // Message Control (bits 31:16 of the first dword): the guest's 15:14.
+                        Some(m) if m.capability().offset == region && offset & !3 == region => {
+                            let control = m.read_control((dword >> 16) as u16);
+                            let merged = (dword & 0xFFFF) | u32::from(control) << 16;
+                            (merged >> shift) & size_mask
+                        }
+                        _ => hardware,
+                    },
+                    // Device Control: the guest sees the hardware's values.
                     ReadDecision::Emulate { .. } => hardware,
                 })
             }
@@ -294,6 +351,20 @@ impl VirtualPci {
                                 | ((value & access.value_mask()) << shift);
                             msi.write_dword(relative, merged);
                             self.msi_change = f.msi_request();
+                        }
+                    }
+                    WriteDecision::Emulate {
+                        hook: Hook::MsiX,
+                        region,
+                    } if aligned == region => {
+                        if let Some(m) = f.msix.as_mut().filter(|m| m.capability().offset == region)
+                        {
+                            let control = m.read_control((old_dword >> 16) as u16);
+                            let current = (old_dword & 0xFFFF) | u32::from(control) << 16;
+                            let merged = (current & !(access.value_mask() << shift))
+                                | ((value & access.value_mask()) << shift);
+                            let changes = m.write_control((merged >> 16) as u16);
+                            self.msix_changes.extend(changes);
                         }
                     }
                     WriteDecision::Emulate { .. } => {}

@@ -12,6 +12,9 @@ struct FakeHost {
     pci: Option<crate::pci::fake::FakeConfigSpace>,
     /// MSI requests handed to the host, and the vector it reports routed for each.
     msi_requests: Vec<MsiRequest>,
+    msix_requests: Vec<crate::vmm::msix::MsixRequest>,
+    /// Forwarded device accesses: (host-physical address, size, value written).
+    device_mmio: Vec<(u64, u8, Option<u64>)>,
 }
 
 impl crate::vmm::interrupts::InterruptHardware for FakeHost {
@@ -35,6 +38,14 @@ impl HostServices for FakeHost {
     fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8> {
         self.msi_requests.push(req);
         req.enabled.then_some(req.vector)
+    }
+    fn route_guest_msix(&mut self, req: crate::vmm::msix::MsixRequest) -> Option<u8> {
+        self.msix_requests.push(req);
+        req.live().then_some(req.vector)
+    }
+    fn device_mmio(&mut self, hpa: u64, size: u8, write: Option<u64>) -> u64 {
+        self.device_mmio.push((hpa, size, write));
+        0x1234
     }
     fn console_line(&mut self, line: &str) {
         self.lines.push(String::from(line));
@@ -219,6 +230,89 @@ fn guest_msi_programming_reaches_the_host_and_the_device_vectors() {
     assert!(vcpu.interrupts.device_vectors.contains(0x41));
     out(&mut vcpu, &mut host, CONFIG_DATA + 2, 2, 0x0080);
     assert!(!host.msi_requests.last().unwrap().enabled);
+    assert!(vcpu.interrupts.device_vectors.is_empty());
+}
+
+#[test]
+fn guest_msix_table_writes_are_trapped_emulated_and_routed() {
+    use crate::pci::fake::{FakeConfigSpace, FakeFunction};
+    use crate::pci::BarKind;
+    let space = FakeConfigSpace::new(crate::pci::Mechanism::Legacy);
+    // QEMU's e1000e at 00:02.0: MSI-X at 0xA0, 5 entries, table BAR3 + 0, PBA BAR3 + 0x2000.
+    let mut nic = FakeFunction::new(0x8086, 0x10d3, 0x020000, 0);
+    nic.bar(
+        3,
+        BarKind::Memory32 {
+            prefetchable: false,
+        },
+        0xfebd_0000,
+        0x4000,
+    );
+    nic.capability(0xA0, 0x11, &[0x04, 0x00, 0x03, 0, 0, 0, 0x03, 0x20, 0, 0]);
+    nic.set_writable(0xA0, 4, 0xC000 << 16);
+    space.add(0, 2, 0, nic);
+    let topology = crate::pci::enumerate(&space);
+    let function = crate::vmm::runner::assigned_function(&topology.functions[0]).unwrap();
+    let mut vcpu = Vcpu {
+        pci: VirtualPci::new(vec![function]),
+        ..Vcpu::default()
+    };
+    let (mut ram, mut host) = (
+        ram(),
+        FakeHost {
+            pci: Some(space),
+            ..FakeHost::default()
+        },
+    );
+    // The guest enables MSI-X: OUT to CONFIG_DATA + 2 (Message Control), all entries still masked.
+    for (port, size, value) in [
+        (CONFIG_ADDRESS, 4, 0x8000_0000u32 | 2 << 11 | 0xA0),
+        (CONFIG_DATA + 2, 2, 0x8000),
+    ] {
+        let mut vmcs = exited(30, u64::from(port) << 16 | (size - 1), 1);
+        vcpu.regs.rax = u64::from(value);
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    }
+    assert!(host.msix_requests.is_empty());
+    let hw = host.pci.as_ref().unwrap().get(topology.functions[0].bdf);
+    assert_eq!(
+        hw.get16(0xA2),
+        0x0004,
+        "the hardware's enable is the host's"
+    );
+    // MOV [RAX], ECX (89 08) and MOV EDX, [RAX] (8B 10) at guest 0x3000, as EPT violations.
+    ram[0x3000..0x3004].copy_from_slice(&[0x89, 0x08, 0x8B, 0x10]);
+    let mut mmio = |vcpu: &mut Vcpu, host: &mut FakeHost, gpa: u64, write: Option<u32>| {
+        let mut vmcs = exited(48, if write.is_some() { 0x2 } else { 0x1 }, 0);
+        let at = if write.is_some() { 0x3000 } else { 0x3002 };
+        vmcs.set(VmcsNatural::GuestRip as u32, at);
+        vmcs.set(Vmcs64Ro::GuestPhysicalAddress as u32, gpa);
+        vcpu.regs.rax = gpa;
+        vcpu.regs.rcx = u64::from(write.unwrap_or(0));
+        assert_eq!(run(&mut vmcs, vcpu, &mut ram, host), Next::Resume);
+        assert_eq!(rip(&vmcs), at + 2);
+        vcpu.regs.rdx
+    };
+    mmio(&mut vcpu, &mut host, 0xfebd_0000, Some(0xFEE0_0000));
+    mmio(&mut vcpu, &mut host, 0xfebd_0008, Some(0x51));
+    assert!(host.msix_requests.is_empty(), "entry 0 still masked");
+    mmio(&mut vcpu, &mut host, 0xfebd_000c, Some(0));
+    let req = *host.msix_requests.last().unwrap();
+    assert_eq!((req.entry, req.vector, req.live()), (0, 0x51, true));
+    assert!(vcpu.interrupts.device_vectors.contains(0x51));
+    assert_eq!(mmio(&mut vcpu, &mut host, 0xfebd_0008, None), 0x51);
+    // Past the table and in the PBA: the device's.
+    mmio(&mut vcpu, &mut host, 0xfebd_0050, Some(7));
+    assert_eq!(mmio(&mut vcpu, &mut host, 0xfebd_2000, None), 0x1234);
+    assert_eq!(
+        host.device_mmio,
+        [(0xfebd_0050, 4, Some(7)), (0xfebd_2000, 4, None)]
+    );
+    // Disabling MSI-X in config space turns entry 0 off.
+    let mut vmcs = exited(30, u64::from(CONFIG_DATA + 2) << 16 | 1, 1);
+    vcpu.regs.rax = 0;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert!(!host.msix_requests.last().unwrap().enabled);
     assert!(vcpu.interrupts.device_vectors.is_empty());
 }
 
