@@ -20,6 +20,12 @@ pub const BUFFER_ADDRESS: u64 = 0x40000;
 pub const BUFFER_SIZE: u64 = 4096;
 /// The device's default DMA mask (property `dma_mask`): RAM addresses above it are clamped.
 pub const DMA_ADDRESS_LIMIT: u64 = 1 << 28;
+/// Polls of the command register before a transfer counts as stuck: QEMU finishes a transfer
+/// ~100 ms of virtual time after it starts (a timer), which takes tens of thousands of MMIO reads
+/// under TCG.
+pub const DMA_POLLS: u64 = 5_000_000;
+/// The interrupt-status bit the self-tests raise (any non-zero value makes the edu signal).
+pub const RAISE_BITS: u32 = 0x1;
 
 /// BAR0 register offsets.
 pub mod reg {

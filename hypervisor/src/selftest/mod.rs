@@ -7,6 +7,14 @@ pub mod vtd;
 pub mod vtd_guest;
 
 use crate::summary::Results;
+
+/// Bytes per self-test DMA transfer (64 words; the rest of each frame must stay untouched).
+pub const LEN: u64 = 512;
+pub const WORDS: usize = (LEN / 8) as usize;
+/// Spins with interrupts enabled before an MSI counts as not arrived. The edu signals synchronously
+/// with its raise-register write, so a valid one arrives at once; each suite's positive control
+/// (`msi-cleared-irte-blocked`, `msi-disabled-clears-irte`) shows the wait is long enough.
+pub const IRQ_SPINS: u64 = 2_000_000;
 use alloc::string::String;
 use core::fmt;
 use exitless_abi::protocol::{self, Outcome};

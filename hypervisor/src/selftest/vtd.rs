@@ -21,7 +21,8 @@ use crate::memory::FrameAlloc;
 use crate::pci::regs::COMMAND;
 use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, MsiCapability, PciTopology};
 use crate::platform::Platform;
-use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
+use crate::selftest::edu::{self, Direction, DmaRequest, Edu, DMA_POLLS, RAISE_BITS};
+use crate::selftest::{IRQ_SPINS, LEN, WORDS};
 use crate::vtd::context::{ContextEntry, RootTable};
 use crate::vtd::fault::{Fault, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
@@ -58,22 +59,10 @@ const B_SOURCE: u64 = 0x30_0000;
 const B_TARGET: u64 = 0x40_0000;
 /// The unmapped IOVA used when the guard frame itself lies beyond the DMA mask.
 const FALLBACK_UNMAPPED: u64 = 0x50_0000;
-/// Bytes per transfer (64 words; the rest of each frame must stay untouched).
-const LEN: u64 = 512;
-const WORDS: usize = (LEN / 8) as usize;
 /// What frames hold before a transfer: any word of it that changes was written by DMA.
 const FILLER: u64 = 0x5A5A_5A5A_5A5A_5A5A;
-/// Polls of the edu command register: QEMU finishes a transfer ~100 ms of virtual time after
-/// it starts (a timer), which takes tens of thousands of MMIO reads under TCG.
-const DMA_POLLS: u64 = 5_000_000;
-/// Spins with interrupts enabled before an interrupt counts as not arrived. The MSI is
-/// signalled synchronously by the raise-register write, so a valid one arrives at once; the
-/// positive control in `msi-cleared-irte-blocked` shows this wait is long enough.
-const IRQ_SPINS: u64 = 2_000_000;
 const IRTE_INDEX: u16 = 5;
 const VECTOR: u8 = 0x61;
-/// The interrupt-status bit the tests raise (any non-zero value makes the edu signal).
-const RAISE_BITS: u32 = 0x1;
 
 /// Word `i` of the pattern numbered `seed`: distinct per test and per word, never FILLER.
 pub const fn pattern(seed: u64, i: usize) -> u64 {

@@ -38,8 +38,9 @@ use crate::memory::FrameAlloc;
 use crate::pci::regs::COMMAND;
 use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciFunction, PciTopology};
 use crate::platform::Platform;
-use crate::selftest::edu::{self, Direction, DmaRequest, Edu};
+use crate::selftest::edu::{self, Direction, DmaRequest, Edu, DMA_POLLS, RAISE_BITS};
 use crate::selftest::vtd::{find_dma_fault, pattern};
+use crate::selftest::{IRQ_SPINS, LEN, WORDS};
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
@@ -81,20 +82,9 @@ const TARGET_GPA: u64 = 0x20_0000;
 /// test owns and checks, not somewhere in the host.
 const BEYOND_OFFSET: u64 = 0x30_0000;
 const PASS_THROUGH_OFFSET: u64 = 0x40_0000;
-/// Bytes per transfer (64 words; the rest of each frame must stay untouched).
-const LEN: u64 = 512;
-const WORDS: usize = (LEN / 8) as usize;
 const FILLER: u64 = 0xC3C3_C3C3_C3C3_C3C3;
-/// Polls of the edu command register (see selftest/vtd.rs: ~100 ms of virtual time per transfer).
-const DMA_POLLS: u64 = 5_000_000;
 /// The guest's MSI vector: a guest vector (0x20..0xCF), distinct from the `vtd` suite's 0x61.
 const MSI_VECTOR: u8 = 0x52;
-/// Spins with interrupts enabled before an MSI counts as not arrived (as in selftest/vtd.rs: the
-/// edu signals synchronously with the raise-register write; the control in
-/// `msi-disabled-clears-irte` shows the wait is long enough).
-const IRQ_SPINS: u64 = 2_000_000;
-/// The edu interrupt-status bit the tests raise.
-const RAISE_BITS: u32 = 0x1;
 /// The second pretend guest's MSI-X vector, distinct from [`MSI_VECTOR`].
 const MSIX_VECTOR: u8 = 0x53;
 const NIC_GUEST: &str = "vtd-guest-nic";
