@@ -21,7 +21,7 @@ mod kernel {
     use exitless_abi::boot_info::BootInfo;
     use exitless_abi::boot_info::Module;
     use exitless_abi::protocol::{self, Outcome};
-    use hypervisor::arch::{exceptions, gdt, power, serial};
+    use hypervisor::arch::{apic, exceptions, gdt, power, serial};
     use hypervisor::caps::{cpu::CpuInfo, vmx::VmxCaps};
     use hypervisor::config::{Config, SelfTest};
     use hypervisor::memory::{frames::FrameAllocator, heap};
@@ -252,7 +252,21 @@ mod kernel {
             interrupt_remapping: pins.is_none(),
         };
         match DmaRemapping::bring_up_machine(platform, pci, &assigned, options, frames) {
-            Ok(dma) => Some(dma),
+            Ok(mut dma) => {
+                // Faults interrupt the boot CPU, the one that runs the guests.
+                let target = (apic::DMA_FAULT_VECTOR, platform.lapic.bsp_id);
+                match dma.route_fault_events(Some(target)) {
+                    Ok(()) => log::info!(
+                        "vtd: fault events on vector {:#x} at APIC {}",
+                        target.0,
+                        target.1
+                    ),
+                    Err(why) => log::warn!(
+                        "vtd: fault events stay masked ({why}); faults are read when a guest ends"
+                    ),
+                }
+                Some(dma)
+            }
             Err(why) => {
                 log::error!(
                     "vtd: DMA remapping not up: {why}; guests with PCI devices will not run"

@@ -25,6 +25,8 @@ const TIMER_DIVIDE_BY_16: u64 = 0b0011;
 
 /// Vectors the host keeps for itself; guests' device vectors must lie below [`HOST_PRIORITY_FLOOR`].
 pub const HOST_TIMER_VECTOR: u8 = 0xEF;
+/// The VT-d units' fault event interrupt (VT-d 7.3.1).
+pub const DMA_FAULT_VECTOR: u8 = 0xEE;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 /// Priority class (SDM 11.8.3) from which vectors are the host's: with TPR at this value only host
 /// vectors are delivered, which is how the host takes its pending interrupts without taking a guest's.

@@ -176,6 +176,8 @@ pub fn init() {
             idt.security_exception.set_handler_addr(at(30));
             idt[super::apic::HOST_TIMER_VECTOR]
                 .set_handler_addr(VirtAddr::new(super::host_irq::timer_entry()));
+            idt[super::apic::DMA_FAULT_VECTOR]
+                .set_handler_addr(VirtAddr::new(super::host_irq::dma_fault_entry()));
             idt[super::apic::SPURIOUS_VECTOR]
                 .set_handler_addr(VirtAddr::new(super::host_irq::spurious_entry()));
         }

@@ -1,4 +1,4 @@
-//! The host's own interrupt vectors: the host timer and the spurious vector.
+//! The host's own interrupt vectors: the host timer, the VT-d fault event and the spurious vector.
 //!
 //! The host keeps interrupts off except in [`service_pending`], a short window in which only host
 //! vectors can be delivered (TPR raised to the host's priority class), so interrupts that belong to a
@@ -8,6 +8,7 @@ use super::apic::{self, HOST_PRIORITY_FLOOR};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+static DMA_FAULT_EVENTS: AtomicU64 = AtomicU64::new(0);
 
 /// Host timer interrupts taken so far, however they arrived (through the host IDT, or as a VM exit).
 pub fn timer_ticks() -> u64 {
@@ -17,6 +18,17 @@ pub fn timer_ticks() -> u64 {
 /// Accounts one host timer interrupt; the caller has it in service and EOIs it.
 pub fn timer_tick() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Accounts one VT-d fault event interrupt; the caller has it in service and EOIs it. The fault
+/// records are read later, by whoever owns the units ([`take_dma_fault_events`]).
+pub fn dma_fault_event() {
+    DMA_FAULT_EVENTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// VT-d fault events since the last call: non-zero means the units' fault records need draining.
+pub fn take_dma_fault_events() -> u64 {
+    DMA_FAULT_EVENTS.swap(0, Ordering::Relaxed)
 }
 
 /// Lets pending host interrupts in: TPR at the host floor, one instruction with IF=1, then back.
@@ -51,12 +63,14 @@ pub fn measure_timer_period(limit_tsc: u64) -> Option<u64> {
     Some(second - first)
 }
 
-// Entry stubs: the timer counts and EOIs; the spurious vector returns without EOI (SDM 11.9).
+// Entry stubs: the timer and the fault event count and EOI; the spurious vector returns without
+// EOI (SDM 11.9).
 core::arch::global_asm!(
     r#"
     .section .text.host_irq, "ax"
-    .global host_timer_stub
-    host_timer_stub:
+    .macro host_irq_stub name, handler
+    .global \name
+    \name:
         push rax
         push rcx
         push rdx
@@ -67,7 +81,7 @@ core::arch::global_asm!(
         push r10
         push r11
         cld
-        call {timer}
+        call \handler
         pop r11
         pop r10
         pop r9
@@ -78,16 +92,22 @@ core::arch::global_asm!(
         pop rcx
         pop rax
         iretq
+    .endm
+
+    host_irq_stub host_timer_stub, {timer}
+    host_irq_stub host_dma_fault_stub, {dma_fault}
 
     .global host_spurious_stub
     host_spurious_stub:
         iretq
     "#,
     timer = sym timer_interrupt,
+    dma_fault = sym dma_fault_interrupt,
 );
 
 extern "C" {
     fn host_timer_stub();
+    fn host_dma_fault_stub();
     fn host_spurious_stub();
 }
 
@@ -96,9 +116,18 @@ extern "C" fn timer_interrupt() {
     apic::eoi();
 }
 
+extern "C" fn dma_fault_interrupt() {
+    dma_fault_event();
+    apic::eoi();
+}
+
 /// Entry points for the IDT.
 pub fn timer_entry() -> u64 {
     host_timer_stub as *const () as u64
+}
+
+pub fn dma_fault_entry() -> u64 {
+    host_dma_fault_stub as *const () as u64
 }
 
 pub fn spurious_entry() -> u64 {

@@ -19,6 +19,14 @@ use alloc::string::String;
 use core::fmt;
 use exitless_abi::protocol::{self, Outcome};
 
+/// Installs the interrupt probe the suites count device interrupts with.
+pub fn install_probe() -> Result<crate::arch::irq_probe::IrqProbe, String> {
+    // SAFETY: all physical memory (the LAPIC page included) is identity-mapped, the kernel's IDT is
+    // full, and nothing else touches the IDT/LVT/PIC while a self-test runs.
+    unsafe { crate::arch::irq_probe::IrqProbe::install() }
+        .ok_or_else(|| "the local APIC is off or in x2APIC mode; the probe needs xAPIC".into())
+}
+
 /// A self-test: its protocol name and what runs it against the suite's bench.
 pub type Test<B> = (&'static str, fn(&mut B) -> Result<(), String>);
 

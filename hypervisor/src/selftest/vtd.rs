@@ -12,19 +12,23 @@
 //! - `msi-cleared-irte-blocked`: an MSI through a cleared or an out-of-range IRTE does not
 //!   arrive (and one through the restored IRTE does again).
 //! - `two-domains-isolated`: two devices in two domains cannot reach each other's memory.
+//! - `fault-event-interrupt`: with the fault event unmasked, a blocked DMA raises exactly one
+//!   interrupt on the programmed vector at this CPU; after the fault is drained the next blocked
+//!   DMA raises another (the unit re-arms once its records are cleared, VT-d 7.3.1).
 //!
 //! Every fault is logged (`vtd fault: bdf=... address=... reason=...`) and the faulting
 //! device quarantined, as a hypervisor does with an assigned device that misbehaves.
 
+use crate::arch::apic::DMA_FAULT_VECTOR;
 use crate::arch::irq_probe::IrqProbe;
 use crate::memory::FrameAlloc;
 use crate::pci::regs::COMMAND;
 use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, MsiCapability, PciTopology};
 use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu, DMA_POLLS, RAISE_BITS};
-use crate::selftest::{IRQ_SPINS, LEN, WORDS};
+use crate::selftest::{install_probe, IRQ_SPINS, LEN, WORDS};
 use crate::vtd::context::{ContextEntry, RootTable};
-use crate::vtd::fault::{Fault, FaultKind};
+use crate::vtd::fault::{Fault, FaultEventMessage, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
 use crate::vtd::irte::{
     remappable_msi, Destination, InterruptRemapTable, MsiMessage, RemappedInterrupt,
@@ -41,7 +45,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{compiler_fence, Ordering};
 
 pub const SUITE: &str = "vtd";
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 8] = [
     "dma-mapped",
     "dma-unmapped-blocked",
     "no-domain-blocked",
@@ -49,6 +53,7 @@ pub const TESTS: [&str; 7] = [
     "msi-remapped",
     "msi-cleared-irte-blocked",
     "two-domains-isolated",
+    "fault-event-interrupt",
 ];
 
 /// IOVAs, all below the edu's 28-bit DMA mask. Device A reads its pattern from `A_SOURCE` and
@@ -112,7 +117,7 @@ pub fn run(
     frames: &mut impl FrameAlloc,
     out: &mut impl fmt::Write,
 ) -> u32 {
-    let tests: [super::Test<Bench<'_, _>>; 7] = [
+    let tests: [super::Test<Bench<'_, _>>; 8] = [
         (TESTS[0], |b| b.dma_mapped()),
         (TESTS[1], |b| b.dma_unmapped_blocked()),
         (TESTS[2], |b| b.no_domain_blocked()),
@@ -120,6 +125,7 @@ pub fn run(
         (TESTS[4], |b| b.msi_remapped()),
         (TESTS[5], |b| b.msi_cleared_irte_blocked()),
         (TESTS[6], |b| b.two_domains_isolated()),
+        (TESTS[7], |b| b.fault_event_interrupt()),
     ];
     let bench = Bench::new(platform, pci, frames);
     let (code, bench) = super::run_suite(
@@ -412,7 +418,7 @@ impl<'f, F: FrameAlloc> Bench<'f, F> {
     fn msi_remapped(&mut self) -> Result<(), String> {
         self.set_irte()?;
         self.program_msi(0, Some(remappable_msi(IRTE_INDEX, None)))?;
-        let probe = self.probe()?;
+        let probe = install_probe()?;
         let arrived = self.raise_and_wait(&probe, true);
         let got: Vec<(u8, u32)> = probe.arrivals().collect();
         drop(probe);
@@ -438,7 +444,7 @@ impl<'f, F: FrameAlloc> Bench<'f, F> {
             .interrupt_entry_changed(self.frames, IRTE_INDEX)
             .map_err(|e| format!("interrupt entry cache invalidation: {e}"))?;
         self.program_msi(0, Some(remappable_msi(IRTE_INDEX, None)))?;
-        let probe = self.probe()?;
+        let probe = install_probe()?;
         self.raise_and_wait(&probe, false);
         let cleared: Vec<(u8, u32)> = probe.arrivals().collect();
         drop(probe);
@@ -447,14 +453,14 @@ impl<'f, F: FrameAlloc> Bench<'f, F> {
         self.set_irte()?;
         let beyond = self.irt.as_ref().map_or(256, |t| t.len()) as u16;
         self.program_msi(0, Some(remappable_msi(beyond, None)))?;
-        let probe = self.probe()?;
+        let probe = install_probe()?;
         self.raise_and_wait(&probe, false);
         let out_of_range: Vec<(u8, u32)> = probe.arrivals().collect();
         drop(probe);
 
         // Control: the same wait does see the interrupt through the restored entry.
         self.program_msi(0, Some(remappable_msi(IRTE_INDEX, None)))?;
-        let probe = self.probe()?;
+        let probe = install_probe()?;
         self.raise_and_wait(&probe, true);
         let control: Vec<(u8, u32)> = probe.arrivals().collect();
         drop(probe);
@@ -517,6 +523,47 @@ impl<'f, F: FrameAlloc> Bench<'f, F> {
         self.expect_no_faults("B's DMA to its own IOVA")?;
         self.check(b_frame, WORDS, |i| pattern(0x7B, i))
             .map_err(|e| format!("B's DMA to its own IOVA: {e}"))
+    }
+
+    fn fault_event_interrupt(&mut self) -> Result<(), String> {
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let message = FaultEventMessage::fixed(DMA_FAULT_VECTOR, apic_id.into(), false)
+            .map_err(|e| format!("{e}"))?;
+        self.expect_no_faults("before the test")?;
+        let probe = install_probe()?;
+        self.unit.enable_fault_events(message);
+        let result = self.fault_events(&probe);
+        self.unit.mask_fault_events();
+        drop(probe);
+        result
+    }
+
+    /// Two rounds of: a blocked DMA, the wait for its fault event, the drain that re-arms it.
+    fn fault_events(&mut self, probe: &IrqProbe) -> Result<(), String> {
+        // Nothing is outstanding, so unmasking alone must not interrupt.
+        probe.wait(IRQ_SPINS / 10, || false);
+        let early: Vec<(u8, u32)> = probe.arrivals().collect();
+        if !early.is_empty() {
+            return Err(format!(
+                "interrupts before any fault: {early:?} (vector, count)"
+            ));
+        }
+        for round in 1..=2u32 {
+            self.assign(0, 0)?;
+            self.load_buffer(0, 8)?;
+            self.dma(0, Direction::ToRam, FALLBACK_UNMAPPED)?;
+            probe.wait(IRQ_SPINS, || probe.count(DMA_FAULT_VECTOR) >= round);
+            let got: Vec<(u8, u32)> = probe.arrivals().collect();
+            let faults = self.drain_faults();
+            find_dma_fault(&faults, self.devices[0].sid, FALLBACK_UNMAPPED)
+                .map_err(|e| format!("round {round}: {e}"))?;
+            if got != [(DMA_FAULT_VECTOR, round)] {
+                return Err(format!(
+                    "round {round}: want {round} interrupt(s) on vector {DMA_FAULT_VECTOR:#x}, got {got:?} (vector, count)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     // ---- helpers ---------------------------------------------------------------------------
@@ -713,13 +760,6 @@ impl<'f, F: FrameAlloc> Bench<'f, F> {
             self.config.write16(bdf, control_at, (control & !0x71) | 1);
         }
         Ok(())
-    }
-
-    fn probe(&self) -> Result<IrqProbe, String> {
-        // SAFETY: all physical memory (the LAPIC page included) is identity-mapped, the kernel's
-        // IDT is full, and nothing else touches the IDT/LVT/PIC during the self-test.
-        unsafe { IrqProbe::install() }
-            .ok_or_else(|| "the local APIC is off or in x2APIC mode; the probe needs xAPIC".into())
     }
 
     /// Raises edu A's interrupt and waits with interrupts enabled (until VECTOR counts when

@@ -8,7 +8,9 @@
 //! - `unassigned-device-blocked`: the second edu, given to no guest, reaches no memory; its
 //!   faults name it (reason: no context entry).
 //! - `dma-beyond-guest-ram-blocked`: the assigned edu's DMA to a GPA past the guest's RAM lands
-//!   nowhere; the fault names 00:03.0 and the address; the device is quarantined.
+//!   nowhere; the unit's fault event, routed as the kernel routes it at boot
+//!   (`DmaRemapping::route_fault_events`), arrives once on the host's DMA fault vector; the fault
+//!   names 00:03.0 and the address; the device is quarantined.
 //! - `detached-device-blocked`: attached again its DMA lands; after the guest's domain is detached
 //!   (as when a guest ends) the same DMA is blocked.
 //! - `msi-through-irte`: the guest's virtual PCI bus for the edu, built as the runner builds it
@@ -31,7 +33,7 @@
 //!   The guest masking the entry masks the real one and clears the IRTE: the same cause then
 //!   delivers nothing; unmasking it again brings the vector back (the control for the wait).
 
-use crate::arch::irq_probe::IrqProbe;
+use crate::arch::apic::DMA_FAULT_VECTOR;
 use crate::config::{GuestConfig, InterruptMode};
 use crate::memory::frames::FrameAllocator;
 use crate::memory::FrameAlloc;
@@ -40,7 +42,7 @@ use crate::pci::{Bdf, Command, ConfigAccess, Ecam, LegacyPorts, PciFunction, Pci
 use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu, DMA_POLLS, RAISE_BITS};
 use crate::selftest::vtd::{find_dma_fault, pattern};
-use crate::selftest::{IRQ_SPINS, LEN, WORDS};
+use crate::selftest::{install_probe, IRQ_SPINS, LEN, WORDS};
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
@@ -392,11 +394,26 @@ impl<'f> Bench<'f> {
         } else {
             self.ram_len
         };
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
         self.load_buffer(2)?;
         self.fill(TARGET_GPA);
         self.fill(BEYOND_OFFSET);
-        self.dma_assigned(Direction::ToRam, beyond)?;
+        let probe = install_probe()?;
+        self.dma
+            .route_fault_events(Some((DMA_FAULT_VECTOR, apic_id.into())))?;
+        let dma = self.dma_assigned(Direction::ToRam, beyond);
+        probe.wait(IRQ_SPINS, || probe.count(DMA_FAULT_VECTOR) > 0);
+        let events: Vec<(u8, u32)> = probe.arrivals().collect();
+        self.dma.route_fault_events(None)?;
+        drop(probe);
+        dma?;
+        // What the runner does when the event arrives.
         let faults = self.dma.drain_faults(self.frames);
+        if events != [(DMA_FAULT_VECTOR, 1)] {
+            return Err(format!(
+                "want one fault event on vector {DMA_FAULT_VECTOR:#x}, got {events:?} (vector, count)"
+            ));
+        }
         self.check(BEYOND_OFFSET, 0, |_| FILLER)
             .map_err(|e| format!("DMA to GPA {beyond:#x} landed in the guest's RAM: {e}"))?;
         self.check(TARGET_GPA, 0, |_| FILLER)
@@ -732,9 +749,7 @@ impl<'f> Bench<'f> {
     /// when `expect`, the full bounded wait otherwise); returns every arrival.
     fn raise_nic(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
         let nic = self.nic.as_ref().ok_or("no e1000e")?;
-        // SAFETY: as in `raise_and_count`.
-        let probe = unsafe { IrqProbe::install() }
-            .ok_or("the local APIC is off or in x2APIC mode; the probe needs xAPIC")?;
+        let probe = install_probe()?;
         probe.reset();
         nic.write(E1000E_ITR, 0);
         for eitr in E1000E_EITR {
@@ -844,10 +859,7 @@ impl<'f> Bench<'f> {
     /// Raises the assigned edu's interrupt, waits (until [`MSI_VECTOR`] counts when `expect`,
     /// the full bounded wait otherwise), acknowledges it in the device; returns every arrival.
     fn raise_and_count(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
-        // SAFETY: all physical memory (the LAPIC page included) is identity-mapped, the kernel's
-        // IDT is full, and nothing else touches the IDT/LVT/PIC during the self-test.
-        let probe = unsafe { IrqProbe::install() }
-            .ok_or("the local APIC is off or in x2APIC mode; the probe needs xAPIC")?;
+        let probe = install_probe()?;
         probe.reset();
         self.assigned_edu.raise(RAISE_BITS);
         probe.wait(IRQ_SPINS, || expect && probe.count(MSI_VECTOR) > 0);

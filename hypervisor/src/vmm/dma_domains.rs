@@ -18,7 +18,7 @@ use crate::vmm::interrupts::GUEST_VECTORS;
 use crate::vmm::msix::MsixRequest;
 use crate::vmm::virtual_pci::MsiRequest;
 use crate::vtd::context::{ContextEntry, RootTable};
-use crate::vtd::fault::{Fault, FaultKind};
+use crate::vtd::fault::{Fault, FaultEventMessage, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
 use crate::vtd::irte::{
     remappable_msi, Destination, InterruptRemapTable, Irte, MsiMessage, RemappedInterrupt,
@@ -785,10 +785,29 @@ impl<M: VtdMmio> DmaRemapping<M> {
         Some(self.guests.get(handle.0)?.as_ref()?.id)
     }
 
-    /// Turns translation off on every unit (before power-off: firmware runtime services may
-    /// expect the machine as they left it).
+    /// Sends every unit's fault event interrupt to `vector` at the CPU with APIC ID `apic_id`, so a
+    /// fault is drained (logged, its device quarantined) when it happens rather than when the
+    /// guest ends. `None` masks the interrupt again; faults are still recorded.
+    pub fn route_fault_events(&mut self, target: Option<(u8, u32)>) -> Result<(), String> {
+        for (u, unit) in self.units.iter_mut().enumerate() {
+            match target {
+                Some((vector, apic_id)) => {
+                    let eim = crate::caps::vtd::VtdEcap(unit.hw.ecap()).eim();
+                    let message = FaultEventMessage::fixed(vector, apic_id, eim)
+                        .map_err(|e| format!("unit {u}'s fault event: {e}"))?;
+                    unit.hw.enable_fault_events(message);
+                }
+                None => unit.hw.mask_fault_events(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns translation off and masks fault events on every unit (before power-off: firmware
+    /// runtime services may expect the machine as they left it).
     pub fn shut_down(&mut self) {
         for (u, unit) in self.units.iter_mut().enumerate() {
+            unit.hw.mask_fault_events();
             if let Err(e) = unit.hw.disable_translation() {
                 log::warn!("vtd: unit {u}: disabling translation: {e}");
             }
@@ -1409,5 +1428,22 @@ mod tests {
         assert_eq!((faults[0].source, faults[0].address), (EDU_A, 0x80_0000));
         assert_eq!(dma.context_domain(0, EDU_A, &mut f), None, "quarantined");
         assert!(dma.drain_faults(&mut f).is_empty(), "records cleared");
+    }
+
+    #[test]
+    fn fault_events_go_to_the_host_vector_and_are_masked_at_shut_down() {
+        use crate::vtd::regs::Reg32;
+        let mut f = TestFrames::default();
+        let mut dma = up(QEMU_CAP, &[], &[], &mut f);
+        dma.route_fault_events(Some((0xEE, 2))).unwrap();
+        let hw = dma.units[0].hw.mmio();
+        assert_eq!(hw.get(Reg32::FaultEventData.offset()), 0xEE);
+        assert_eq!(hw.get(Reg32::FaultEventAddress.offset()), 0xFEE0_2000);
+        assert_eq!(hw.get(Reg32::FaultEventControl.offset()), 0, "unmasked");
+        // QEMU's unit has no EIM: an x2APIC-only destination is refused, not truncated.
+        assert!(dma.route_fault_events(Some((0xEE, 0x100))).is_err());
+        dma.shut_down();
+        let hw = dma.units[0].hw.mmio();
+        assert_eq!(hw.get(Reg32::FaultEventControl.offset()), 1 << 31);
     }
 }

@@ -2,12 +2,15 @@
 //! runs, and injection (the `baseline` path, and ELI's fallback for interrupts it cannot deliver
 //! directly). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
 //!
-//! Vector ownership: the host's vectors are [`HOST_PRIORITY_FLOOR`] and above (its timer, spurious);
+//! Vector ownership: the host's vectors are [`HOST_PRIORITY_FLOOR`] and above (its timer, the VT-d
+//! fault event, spurious);
 //! a guest may route its pins only to vectors 0x20..HOST_PRIORITY_FLOOR, which keeps the physical
 //! vector equal to the guest's (ELI delivers through the guest's own gate) and lets the host raise the
 //! LAPIC's TPR to take only its own pending interrupts.
 
-use crate::arch::apic::{HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR};
+use crate::arch::apic::{
+    DMA_FAULT_VECTOR, HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR,
+};
 use crate::config::InterruptMode;
 use crate::pci::Bdf;
 use crate::virq::ioapic::{IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic};
@@ -34,6 +37,8 @@ pub trait InterruptHardware {
     fn route_pin(&mut self, routing: PhysicalRouting);
     /// Accounts a host timer interrupt.
     fn host_timer_tick(&mut self);
+    /// Accounts a VT-d fault event: the units' fault records need draining.
+    fn dma_fault_event(&mut self);
     /// Intercepts (true) or passes through (false) the guest's x2APIC EOI writes.
     fn intercept_eoi(&mut self, intercept: bool);
 }
@@ -136,6 +141,7 @@ impl GuestInterrupts {
         self.stats.host_interrupts += 1;
         match vector {
             HOST_TIMER_VECTOR => hw.host_timer_tick(),
+            DMA_FAULT_VECTOR => hw.dma_fault_event(),
             // A spurious interrupt is not in service and takes no EOI (SDM 11.9).
             SPURIOUS_VECTOR => return,
             _ => self.stats.stray += 1,
@@ -317,6 +323,7 @@ mod tests {
     struct FakeHw {
         eois: u32,
         ticks: u32,
+        dma_fault_events: u32,
         routes: Vec<PhysicalRouting>,
         eoi_intercepted: Option<bool>,
     }
@@ -330,6 +337,9 @@ mod tests {
         }
         fn host_timer_tick(&mut self) {
             self.ticks += 1;
+        }
+        fn dma_fault_event(&mut self) {
+            self.dma_fault_events += 1;
         }
         fn intercept_eoi(&mut self, intercept: bool) {
             self.eoi_intercepted = Some(intercept);
@@ -385,6 +395,11 @@ mod tests {
         assert_eq!(g.pending(), None);
         g.external_interrupt(SPURIOUS_VECTOR, &mut hw);
         assert_eq!(hw.eois, 2, "no EOI for a spurious interrupt");
+        // The VT-d fault event, in either mode, is the host's too: accounted and EOI'd.
+        g.external_interrupt(DMA_FAULT_VECTOR, &mut hw);
+        g.hidden_vector(DMA_FAULT_VECTOR, &mut hw);
+        assert_eq!((hw.dma_fault_events, hw.eois), (2, 4));
+        assert_eq!((g.pending(), g.stats.stray), (None, 0));
     }
 
     #[test]

@@ -597,6 +597,18 @@ struct MachineServices<'a, 'f> {
 }
 
 impl<'a, 'f> MachineServices<'a, 'f> {
+    /// A VT-d unit raised its fault event: log the faults and quarantine the devices behind them
+    /// now, while the guest runs, not when it ends.
+    fn drain_dma_faults(&mut self) {
+        if let Some(remapping) = self
+            .routing
+            .as_mut()
+            .and_then(|r| r.remapping.as_deref_mut())
+        {
+            remapping.drain_faults(self.frames);
+        }
+    }
+
     fn new(
         guest: &'a str,
         frames: &'f mut FrameAllocator,
@@ -643,6 +655,9 @@ impl InterruptHardware for MachineServices<'_, '_> {
     }
     fn host_timer_tick(&mut self) {
         host_irq::timer_tick();
+    }
+    fn dma_fault_event(&mut self) {
+        host_irq::dma_fault_event();
     }
     fn intercept_eoi(&mut self, intercept: bool) {
         // SAFETY: the guest's MSR bitmap frame, identity-mapped; the CPU reads it at each RDMSR/WRMSR.
@@ -880,6 +895,9 @@ impl Guest {
                 // Without external-interrupt exiting (or when the CPU did not exit for it), host
                 // interrupts wait in the LAPIC: take them now (only host vectors get through, host_irq).
                 host_irq::service_pending();
+            }
+            if host_irq::take_dma_fault_events() != 0 {
+                services.drain_dma_faults();
             }
             match next {
                 Next::Resume => {}

@@ -1,8 +1,9 @@
 //! Primary fault logging: decoding fault-recording registers (VT-d 11.4.14, record layout 9.9)
-//! and their reasons (Appendix A), and draining them through [`VtdMmio`].
+//! and their reasons (Appendix A), draining them through [`VtdMmio`], and the fault event
+//! interrupt message that tells the host a fault was recorded (VT-d 7.3.1, 11.4.10-11.4.13).
 
 use super::regs::{fault_record_index, Fsts, Reg32, Reg64, VtdMmio};
-use super::SourceId;
+use super::{SourceId, VtdError};
 use crate::caps::vtd::VtdCap;
 use alloc::vec::Vec;
 use core::fmt;
@@ -125,6 +126,37 @@ impl fmt::Display for Fault {
     }
 }
 
+/// The MSI a unit sends when it records a fault: FEDATA, FEADDR and FEUADDR (VT-d 11.4.11-11.4.13).
+/// The unit's own interrupts are never remapped (VT-d 5.1.6), so the message is in the plain MSI
+/// format (SDM Vol. 3A 11.11): fixed delivery, edge, physical destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultEventMessage {
+    pub data: u32,
+    pub address: u32,
+    pub upper_address: u32,
+}
+
+impl FaultEventMessage {
+    /// `vector` to the CPU with APIC ID `apic_id`. An ID above 255 only fits where the unit has
+    /// extended interrupt mode (`eim`): bits 31:8 of the x2APIC ID then go in FEUADDR (VT-d 11.4.13).
+    pub const fn fixed(vector: u8, apic_id: u32, eim: bool) -> Result<Self, VtdError> {
+        if apic_id > 0xFF && !eim {
+            return Err(VtdError::Unsupported(
+                "a fault event to an APIC ID above 255 without ECAP.EIM",
+            ));
+        }
+        Ok(FaultEventMessage {
+            data: vector as u32,
+            address: 0xFEE0_0000 | (apic_id & 0xFF) << 12,
+            upper_address: apic_id & 0xFFFF_FF00,
+        })
+    }
+
+    pub const fn vector(self) -> u8 {
+        self.data as u8
+    }
+}
+
 /// The faults drained from a unit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DrainedFaults {
@@ -158,8 +190,11 @@ pub fn drain_faults(mmio: &mut impl VtdMmio, cap: u64) -> DrainedFaults {
             index = (index + 1) % count;
         }
     }
-    if drained.overflowed {
-        mmio.write32(Reg32::FaultStatus, Fsts::PFO.bits());
+    // FSTS is written whenever something was serviced, even with PFO clear (writing 0 to its RW1C
+    // bits changes nothing): QEMU 7.2 re-evaluates FECTL.IP only on FSTS writes, and a stale IP
+    // would send a fault event for faults already drained as soon as the event is unmasked.
+    if fsts.intersects(Fsts::PPF | Fsts::PFO) {
+        mmio.write32(Reg32::FaultStatus, (fsts & Fsts::PFO).bits());
     }
     drained
 }
@@ -242,6 +277,7 @@ mod tests {
                     },
                     1 << 63
                 ),
+                Write::W32(Reg32::FaultStatus, 0),
             ]
         );
         assert!(!hw.fault_status().contains(Fsts::PPF));
@@ -250,6 +286,22 @@ mod tests {
         hw.writes.clear();
         assert_eq!(drain_faults(&mut hw, cap), DrainedFaults::default());
         assert!(hw.writes.is_empty());
+    }
+
+    #[test]
+    fn fault_event_messages_by_hand() {
+        // Vector 0xEE to xAPIC ID 3: data 0x00EE (fixed, edge); address 0xFEE0_3000 (ID in 19:12,
+        // RH = DM = 0: physical); no upper bits (SDM Vol. 3A 11.11.1-11.11.2).
+        let m = FaultEventMessage::fixed(0xEE, 3, false).unwrap();
+        assert_eq!((m.data, m.address, m.upper_address), (0xEE, 0xFEE0_3000, 0));
+        assert_eq!(m.vector(), 0xEE);
+        // x2APIC ID 0x1_2345 with EIM: low byte 0x45 in 19:12, bits 31:8 (0x1_2300) in FEUADDR.
+        let m = FaultEventMessage::fixed(0x40, 0x1_2345, true).unwrap();
+        assert_eq!(
+            (m.data, m.address, m.upper_address),
+            (0x40, 0xFEE4_5000, 0x1_2300)
+        );
+        assert!(FaultEventMessage::fixed(0x40, 0x100, false).is_err());
     }
 
     #[test]

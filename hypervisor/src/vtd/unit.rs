@@ -2,13 +2,13 @@
 //! table changes require, over [`VtdMmio`].
 
 use super::context::RootTable;
-use super::fault::{drain_faults, DrainedFaults};
+use super::fault::{drain_faults, DrainedFaults, FaultEventMessage};
 use super::invalidation::{
     context_command, iotlb_command, ContextInvalidation, Descriptor, InterruptEntryInvalidation,
     InvalidationQueue, IotlbInvalidation,
 };
 use super::irte::InterruptRemapTable;
-use super::regs::{rtaddr_legacy, Gcmd, Gsts, Reg32, Reg64, VtdMmio, GSTS_ONE_SHOT_MASK};
+use super::regs::{rtaddr_legacy, Fectl, Gcmd, Gsts, Reg32, Reg64, VtdMmio, GSTS_ONE_SHOT_MASK};
 use super::second_level::{PageSizes, UnmappedPage};
 use super::{DomainId, SourceId, VtdError};
 use crate::caps::vtd::{AddressWidth, VtdCap, VtdEcap};
@@ -350,6 +350,22 @@ impl<M: VtdMmio> RemappingUnit<M> {
         )
     }
 
+    /// Programs the fault event message, then unmasks it (VT-d 7.3.1: the unit sends it when it
+    /// records a fault while no earlier fault is outstanding; a fault already pending sends it now).
+    pub fn enable_fault_events(&mut self, message: FaultEventMessage) {
+        self.mmio.write32(Reg32::FaultEventData, message.data);
+        self.mmio.write32(Reg32::FaultEventAddress, message.address);
+        self.mmio
+            .write32(Reg32::FaultEventUpperAddress, message.upper_address);
+        self.mmio.write32(Reg32::FaultEventControl, 0);
+    }
+
+    /// Masks the fault event interrupt (FECTL.IM, its reset value): faults are still recorded.
+    pub fn mask_fault_events(&mut self) {
+        self.mmio
+            .write32(Reg32::FaultEventControl, Fectl::IM.bits());
+    }
+
     /// Reads and clears all recorded faults.
     pub fn drain_faults(&mut self) -> DrainedFaults {
         drain_faults(&mut self.mmio, self.cap.0)
@@ -566,6 +582,26 @@ mod tests {
                 Write::W64(IotlbInvalidate { iro }, 0xB003_0002_0000_0000),
             ]
         );
+    }
+
+    #[test]
+    fn fault_events_are_unmasked_after_their_message_is_set() {
+        let mut u = unit(QEMU_CAP, QEMU_ECAP);
+        let message = FaultEventMessage::fixed(0xEE, 0, false).unwrap();
+        u.enable_fault_events(message);
+        // Message first, unmask (IM = bit 31 clear) last: an unmask with a stale message would
+        // send a pending fault's interrupt somewhere else (VT-d 11.4.10).
+        assert_eq!(
+            u.mmio().writes,
+            [
+                Write::W32(FaultEventData, 0xEE),
+                Write::W32(FaultEventAddress, 0xFEE0_0000),
+                Write::W32(FaultEventUpperAddress, 0),
+                Write::W32(FaultEventControl, 0),
+            ]
+        );
+        u.mask_fault_events();
+        assert_eq!(u.mmio().get(FaultEventControl.offset()), 1 << 31);
     }
 
     #[test]

@@ -21,6 +21,7 @@ impl crate::vmm::interrupts::InterruptHardware for FakeHost {
     fn eoi(&mut self) {}
     fn route_pin(&mut self, _: crate::virq::ioapic::PhysicalRouting) {}
     fn host_timer_tick(&mut self) {}
+    fn dma_fault_event(&mut self) {}
     fn intercept_eoi(&mut self, _: bool) {}
 }
 
