@@ -162,7 +162,7 @@ mod kernel {
         {
             None
         } else {
-            bring_up_dma(&config, &platform, &pci, plan.as_ref(), &mut frames)
+            bring_up_dma(&platform, &pci, plan.as_ref(), &mut frames)
         };
         if let Some(plan) = &plan {
             exit_code |= run_guests(
@@ -217,11 +217,10 @@ mod kernel {
     }
 
     /// Brings every VT-d unit up (translation on, no device allowed DMA except RMRR devices no guest
-    /// is given; each guest's devices are attached when it runs). Interrupt remapping, which blocks
-    /// compatibility-format interrupts, stays off while a guest routes IOAPIC pins: the physical
-    /// IOAPIC is programmed in that format. A failure is logged; guests with devices then do not run.
+    /// is given; each guest's devices are attached when it runs) with interrupt remapping on where
+    /// offered, which blocks compatibility-format interrupts: guests' MSIs and IOAPIC pins get IRTEs.
+    /// A failure is logged; guests with devices then do not run.
     fn bring_up_dma(
-        config: &Config,
         platform: &Platform,
         pci: &PciTopology,
         plan: Option<&AssignmentPlan>,
@@ -236,20 +235,8 @@ mod kernel {
                     .collect()
             })
             .unwrap_or_default();
-        let pins = config
-            .guests
-            .iter()
-            .find(|g| !g.ioapic_pins.is_empty() && !plan.is_some_and(|p| p.is_refused(&g.name)));
-        if let Some(guest) = pins {
-            log::warn!(
-                "vtd: interrupt remapping left off: guest {} routes IOAPIC pins, which are programmed in \
-                 compatibility format and would be blocked; assigned devices' MSIs are then programmed in \
-                 compatibility format too, and nothing confines the vectors a device can raise",
-                guest.name
-            );
-        }
         let options = BringUpOptions {
-            interrupt_remapping: pins.is_none(),
+            interrupt_remapping: true,
         };
         match DmaRemapping::bring_up_machine(platform, pci, &assigned, options, frames) {
             Ok(mut dma) => {
@@ -294,10 +281,10 @@ mod kernel {
         let mut console = serial::Console;
         // Guests print their own suites while they run; this suite follows them.
         let mut results = summary::Results::default();
-        let ioapic_base = platform.ioapics.first().map(|ioapic| ioapic.address);
+        let ioapic = platform.ioapics.first().map(|i| (i.id, i.address));
         // VMX is only turned on when some guest will run.
         let runs_any = config.guests.iter().any(|g| !plan.is_refused(&g.name));
-        let cpu = match runs_any.then(|| VmxCpu::enable(vmx, frames, selectors, ioapic_base)) {
+        let cpu = match runs_any.then(|| VmxCpu::enable(vmx, frames, selectors, ioapic)) {
             Some(Err(why)) => {
                 log::error!("cannot run guests: {why}");
                 None

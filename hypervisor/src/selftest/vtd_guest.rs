@@ -32,8 +32,13 @@
 //!   vector; the e1000e's "other" cause, mapped to entry 0 (IVAR), arrives on exactly that vector.
 //!   The guest masking the entry masks the real one and clears the IRTE: the same cause then
 //!   delivers nothing; unmasking it again brings the vector back (the control for the wait).
+//! - `ioapic-pin-through-irte`: the assigned edu's INTx (MSI off) on the IOAPIC, with each PCI
+//!   pin (GSI 16-23) routed as the runner routes a guest's pin (`DmaRemapping::ioapic_pin_entry`:
+//!   an IRTE checked against the IOAPIC's requester ID, the redirection entry in remappable
+//!   format). The edu's interrupt arrives exactly once, on the vector of one pin. With that pin's
+//!   IRTE cleared (its redirection entry untouched) nothing arrives; routed again, it does.
 
-use crate::arch::apic::DMA_FAULT_VECTOR;
+use crate::arch::apic::{PhysicalIoapic, DMA_FAULT_VECTOR};
 use crate::config::{GuestConfig, InterruptMode};
 use crate::memory::frames::FrameAllocator;
 use crate::memory::FrameAlloc;
@@ -43,6 +48,7 @@ use crate::platform::Platform;
 use crate::selftest::edu::{self, Direction, DmaRequest, Edu, DMA_POLLS, RAISE_BITS};
 use crate::selftest::vtd::{find_dma_fault, pattern};
 use crate::selftest::{install_probe, IRQ_SPINS, LEN, WORDS};
+use crate::virq::ioapic::PhysicalRouting;
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
@@ -63,7 +69,7 @@ use core::fmt;
 use core::sync::atomic::{compiler_fence, Ordering};
 
 pub const SUITE: &str = "vtd-guest";
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 8] = [
     "guest-dma-lands-in-guest-ram",
     "unassigned-device-blocked",
     "dma-beyond-guest-ram-blocked",
@@ -71,6 +77,7 @@ pub const TESTS: [&str; 7] = [
     "msi-through-irte",
     "msi-disabled-clears-irte",
     "msix-through-irte",
+    "ioapic-pin-through-irte",
 ];
 
 const GUEST: &str = "vtd-guest";
@@ -89,6 +96,10 @@ const FILLER: u64 = 0xC3C3_C3C3_C3C3_C3C3;
 const MSI_VECTOR: u8 = 0x52;
 /// The second pretend guest's MSI-X vector, distinct from [`MSI_VECTOR`].
 const MSIX_VECTOR: u8 = 0x53;
+/// PCI INTx reach the q35 IOAPIC on GSIs 16-23 (ICH9 PIRQA-H); pin 16 + n gets vector
+/// `PIN_VECTORS + n`, so the vector that arrives names the pin.
+const PCI_PINS: core::ops::RangeInclusive<u8> = 16..=23;
+const PIN_VECTORS: u8 = 0x58;
 const NIC_GUEST: &str = "vtd-guest-nic";
 /// QEMU's e1000e (82574L) and the registers that raise its "other" interrupt (82574L datasheet
 /// 10.2.4; QEMU hw/net/e1000e_core.c: ICS sets ICR, ICR & IMS with Other set goes to the MSI-X
@@ -116,7 +127,7 @@ pub fn run(
     frames: &mut FrameAllocator,
     out: &mut impl fmt::Write,
 ) -> u32 {
-    let tests: [super::Test<Bench<'_>>; 7] = [
+    let tests: [super::Test<Bench<'_>>; 8] = [
         (TESTS[0], |b| b.lands_in_guest_ram()),
         (TESTS[1], |b| b.unassigned_blocked()),
         (TESTS[2], |b| b.beyond_ram_blocked()),
@@ -124,6 +135,7 @@ pub fn run(
         (TESTS[4], |b| b.msi_through_irte()),
         (TESTS[5], |b| b.msi_disabled_clears_irte()),
         (TESTS[6], |b| b.msix_through_irte()),
+        (TESTS[7], |b| b.ioapic_pin_through_irte()),
     ];
     let bench = Bench::new(platform, pci, frames);
     let after_each = |b: &mut Bench<'_>| {
@@ -157,6 +169,8 @@ struct Bench<'f> {
     interrupts: GuestInterrupts,
     /// The e1000e and the second pretend guest it is planned for, when QEMU has one.
     nic: Option<Nic>,
+    /// The IOAPIC (id, base), from MADT.
+    ioapic: Option<(u8, u64)>,
 }
 
 /// The e1000e as the second pretend guest's device.
@@ -278,6 +292,7 @@ impl<'f> Bench<'f> {
             apic_id,
             interrupts: GuestInterrupts::new(InterruptMode::Baseline, &[]),
             nic,
+            ioapic: platform.ioapics.first().map(|i| (i.id, i.address)),
         })
     }
 
@@ -761,6 +776,111 @@ impl<'f> Bench<'f> {
         probe.wait(IRQ_SPINS, || expect && probe.count(MSIX_VECTOR) > 0);
         nic.write(E1000E_IMC, u32::MAX);
         nic.write(E1000E_ICR, u32::MAX);
+        let got = probe.arrivals().collect();
+        drop(probe);
+        Ok(got)
+    }
+
+    fn ioapic_pin_through_irte(&mut self) -> Result<(), String> {
+        let apic_id = self.apic_id.ok_or("the probe needs xAPIC")?;
+        let (ioapic_id, base) = self.ioapic.ok_or("no IOAPIC in MADT")?;
+        // SAFETY: the platform's IOAPIC, identity-mapped; nothing else programs it during the test.
+        let ioapic = unsafe { PhysicalIoapic::new(base) };
+        self.msi_off();
+        let bdf = self.function.bdf;
+        let command = Command::from_bits_retain(self.config.read16(bdf, COMMAND));
+        self.config
+            .write16(bdf, COMMAND, (command - Command::INTX_DISABLE).bits());
+        let result = self.pin_rounds(&ioapic, ioapic_id, apic_id);
+        for pin in PCI_PINS {
+            ioapic.set_entry(pin, PhysicalRouting::masked_entry(pin));
+        }
+        self.dma.release_ioapic_pins(self.frames);
+        self.config.write16(bdf, COMMAND, command.bits());
+        result
+    }
+
+    /// Routes every PCI pin, finds the edu's by the vector that arrives, then clears and restores
+    /// that pin's IRTE.
+    fn pin_rounds(
+        &mut self,
+        ioapic: &PhysicalIoapic,
+        ioapic_id: u8,
+        apic_id: u8,
+    ) -> Result<(), String> {
+        for pin in PCI_PINS.clone() {
+            self.route_pin(ioapic, ioapic_id, apic_id, pin)?;
+        }
+        let routed = self.raise_intx(true)?;
+        let pin = match routed[..] {
+            [(vector, 1)] if (PIN_VECTORS..PIN_VECTORS + 8).contains(&vector) => {
+                16 + vector - PIN_VECTORS
+            }
+            _ => {
+                return Err(format!(
+                    "want one interrupt on one of vectors {PIN_VECTORS:#x}..{:#x} (GSI 16-23), got {routed:?} (vector, count)",
+                    PIN_VECTORS + 7
+                ))
+            }
+        };
+        log::info!("vtd-guest self-test: the edu's INTx is on GSI {pin}");
+        // The redirection entries stay in remappable format; only the IRTEs go.
+        self.dma.release_ioapic_pins(self.frames);
+        let cleared = self.raise_intx(false)?;
+        self.route_pin(ioapic, ioapic_id, apic_id, pin)?;
+        let control = self.raise_intx(true)?;
+        let vector = PIN_VECTORS + pin - 16;
+        if !cleared.is_empty() {
+            return Err(format!(
+                "GSI {pin} delivered through a cleared IRTE: {cleared:?}"
+            ));
+        }
+        if control != [(vector, 1)] {
+            return Err(format!(
+                "GSI {pin} routed again got {control:?}, want [({vector:#x}, 1)]"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Programs `pin` edge-triggered on its own vector, as the runner programs a guest's pin.
+    fn route_pin(
+        &mut self,
+        ioapic: &PhysicalIoapic,
+        ioapic_id: u8,
+        apic_id: u8,
+        pin: u8,
+    ) -> Result<(), String> {
+        let routing = PhysicalRouting {
+            pin,
+            vector: PIN_VECTORS + pin - 16,
+            masked: false,
+            level: false,
+            active_low: false,
+        };
+        let entry = self.dma.ioapic_pin_entry(
+            ioapic_id,
+            routing,
+            (u32::from(apic_id), false),
+            self.frames,
+        )?;
+        if entry & 1 << 48 == 0 {
+            return Err(format!(
+                "GSI {pin}'s entry {entry:#x} is in compatibility format: no IRTE"
+            ));
+        }
+        ioapic.set_entry(pin, entry);
+        Ok(())
+    }
+
+    /// Raises the edu's interrupt (INTx while MSI is off) and waits (until one arrives when
+    /// `expect`, the full bounded wait otherwise); the line drops at the acknowledgement.
+    fn raise_intx(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
+        let probe = install_probe()?;
+        probe.reset();
+        self.assigned_edu.raise(RAISE_BITS);
+        probe.wait(IRQ_SPINS, || expect && probe.arrivals().next().is_some());
+        self.assigned_edu.acknowledge(RAISE_BITS);
         let got = probe.arrivals().collect();
         drop(probe);
         Ok(got)

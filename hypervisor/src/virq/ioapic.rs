@@ -166,6 +166,30 @@ pub struct PhysicalRouting {
     pub active_low: bool,
 }
 
+impl PhysicalRouting {
+    /// The redirection entry in compatibility format (82093AA 3.2.4): fixed delivery, physical
+    /// destination mode, the guest's vector, to the CPU with xAPIC ID `apic_id` (bits 63:56).
+    pub const fn compatibility_entry(self, apic_id: u8) -> u64 {
+        self.vector as u64
+            | (self.active_low as u64) << 13
+            | (self.level as u64) << 15
+            | (self.masked as u64) << 16
+            | (apic_id as u64) << 56
+    }
+
+    /// A masked entry: nothing is delivered, whatever the format would be.
+    pub const fn masked_entry(pin: u8) -> u64 {
+        PhysicalRouting {
+            pin,
+            vector: 0,
+            masked: true,
+            level: false,
+            active_low: false,
+        }
+        .compatibility_entry(0)
+    }
+}
+
 /// Why a guest write changed nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IgnoredWrite {
@@ -422,6 +446,20 @@ impl VirtualIoapic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compatibility_entries_by_hand() {
+        // Vector 0x40, level (bit 15), active low (bit 13), unmasked, to xAPIC ID 2 (bits 63:56).
+        let r = PhysicalRouting {
+            pin: 3,
+            vector: 0x40,
+            masked: false,
+            level: true,
+            active_low: true,
+        };
+        assert_eq!(r.compatibility_entry(2), 0x0200_0000_0000_A040);
+        assert_eq!(PhysicalRouting::masked_entry(3), 1 << 16);
+    }
 
     /// 24 pins, the guest owns pins 3 and 10.
     fn ioapic() -> VirtualIoapic {

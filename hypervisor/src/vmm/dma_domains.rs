@@ -4,15 +4,20 @@
 //!
 //! A device without a context entry is blocked (VT-d 3.4.3: fault reason 0x1/0x2), so an
 //! unassigned device reaches no memory at all, and an assigned one only its guest's RAM.
-//! Faults are drained by the caller at cheap moments (after a guest, at boot milestones), logged
+//! Faults are drained when a unit's fault event interrupt arrives and when a guest ends, logged
 //! as `vtd fault: bdf=... address=... reason=...`, and the faulting device is quarantined (its
 //! context entry cleared and invalidated).
+//!
+//! Interrupt remapping: every interrupt a guest's devices raise goes through an IRTE the host
+//! wrote, its MSIs and MSI-X entries (`route_guest_msi`) and its IOAPIC pins (`ioapic_pin_entry`);
+//! compatibility-format interrupts are blocked.
 
 use crate::caps::vtd::AddressWidth;
 use crate::memory::FrameAlloc;
 use crate::pci::{Bdf, PciTopology};
 use crate::platform::dmar::{Rmrr, ScopeKind};
 use crate::platform::{DmarStatus, IommuUnit, Platform};
+use crate::virq::ioapic::PhysicalRouting;
 use crate::vmm::assignment::{covering_unit, resolve_scope, AssignedDevice};
 use crate::vmm::interrupts::GUEST_VECTORS;
 use crate::vmm::msix::MsixRequest;
@@ -21,7 +26,8 @@ use crate::vtd::context::{ContextEntry, RootTable};
 use crate::vtd::fault::{Fault, FaultEventMessage, FaultKind};
 use crate::vtd::invalidation::InvalidationQueue;
 use crate::vtd::irte::{
-    remappable_msi, Destination, InterruptRemapTable, Irte, MsiMessage, RemappedInterrupt,
+    remappable_ioapic_entry, remappable_msi, Destination, InterruptRemapTable, Irte, MsiMessage,
+    RemappedInterrupt,
 };
 use crate::vtd::regs::{MmioRegisters, VtdMmio};
 use crate::vtd::second_level::{Access, DomainTables, MapStats};
@@ -49,6 +55,8 @@ struct Unit<M: VtdMmio> {
     interrupts: Option<InterruptRemapTable>,
     /// Which IRTE indices are handed out (one per entry of `interrupts`).
     irte_in_use: Vec<bool>,
+    /// The IOAPICs in the unit's device scope: (IOAPIC id, the requester ID its interrupts carry).
+    ioapics: Vec<(u8, SourceId)>,
 }
 
 /// A device's context entry on one unit.
@@ -86,6 +94,8 @@ pub struct DmaRemapping<M: VtdMmio> {
     /// as long as the entries point at them: forever).
     rmrr_domains: Vec<(ContextSlot, DomainId, DomainTables)>,
     next_domain: DomainId,
+    /// IRTEs carrying guests' IOAPIC pins: (IOAPIC id, pin, unit, index).
+    pin_irtes: Vec<(u8, u8, usize, u16)>,
 }
 
 /// The RMRRs of the machine's DMAR (none without one).
@@ -142,18 +152,30 @@ impl<M: VtdMmio> DmaRemapping<M> {
             guests: Vec::new(),
             rmrr_domains: Vec::new(),
             next_domain: 0,
+            pin_irtes: Vec::new(),
         };
         for iommu in iommus {
             let hw = RemappingUnit::new(open(iommu));
             let root = RootTable::new(frames).map_err(|e| format!("VT-d root table: {e}"))?;
             // Under caching mode domain 0 tags cached not-present entries (VT-d 6.2.2).
             this.next_domain = this.next_domain.max(hw.first_domain_id());
+            let ioapics = iommu
+                .drhd
+                .scopes
+                .iter()
+                .filter(|scope| scope.kind == ScopeKind::IoApic)
+                .filter_map(|scope| {
+                    let bdf = resolve_scope(scope, iommu.drhd.segment, topology)?;
+                    Some((scope.enumeration_id, SourceId(bdf.requester_id())))
+                })
+                .collect();
             this.units.push(Unit {
                 register_base: iommu.drhd.register_base,
                 hw,
                 root,
                 interrupts: None,
                 irte_in_use: Vec::new(),
+                ioapics,
             });
         }
         // Identity maps go in before translation is turned on: firmware's DMA to them never stops.
@@ -563,13 +585,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
                 index
             }
             None => {
-                let used = &mut self.units[unit].irte_in_use;
-                let free = used
-                    .iter()
-                    .position(|u| !u)
-                    .ok_or_else(|| format!("unit {unit}'s interrupt-remapping table is full"))?;
-                used[free] = true;
-                let index = free as u16;
+                let index = self.claim_irte(unit)?;
                 if let Some(guest) = self.guests[handle.0].as_mut() {
                     guest.msis.push((source, unit, index));
                 }
@@ -603,28 +619,143 @@ impl<M: VtdMmio> DmaRemapping<M> {
                 req.vector, GUEST_VECTORS.start, GUEST_VECTORS.end
             ));
         }
+        let irq = RemappedInterrupt::fixed(
+            req.vector,
+            self.irte_destination(unit, (host_apic_id, x2apic))?,
+            SourceId(requester.requester_id()),
+        );
+        self.irte_entry(unit, &irq).map(Some)
+    }
+
+    /// The CPU with `host_apic_id` as an IRTE destination on `unit`: IRTA.EIME decides how DST is
+    /// read (VT-d 9.10), as a 32-bit x2APIC ID or an 8-bit xAPIC ID in bits 15:8.
+    fn irte_destination(
+        &self,
+        unit: usize,
+        (host_apic_id, x2apic): (u32, bool),
+    ) -> Result<Destination, String> {
         let table = self.units[unit]
             .interrupts
             .as_ref()
             .ok_or_else(|| format!("interrupt remapping is off on VT-d unit {unit}"))?;
-        // IRTA.EIME decides how DST is read (VT-d 9.10): 32-bit x2APIC IDs, or an 8-bit xAPIC
-        // ID in bits 15:8.
-        let destination = match (table.extended(), x2apic) {
-            (true, true) => Destination::X2Apic(host_apic_id),
-            (true, false) => {
-                return Err(format!(
-                    "VT-d unit {unit} uses x2APIC-format IRTEs (EIM) but the host APIC is in xAPIC mode"
-                ))
-            }
-            (false, _) => Destination::XApic(u8::try_from(host_apic_id).map_err(|_| {
+        match (table.extended(), x2apic) {
+            (true, true) => Ok(Destination::X2Apic(host_apic_id)),
+            (true, false) => Err(format!(
+                "VT-d unit {unit} uses x2APIC-format IRTEs (EIM) but the host APIC is in xAPIC mode"
+            )),
+            (false, _) => u8::try_from(host_apic_id).map(Destination::XApic).map_err(|_| {
                 format!(
                     "APIC ID {host_apic_id} needs x2APIC-format IRTEs, which VT-d unit {unit} lacks (ECAP.EIM)"
                 )
-            })?),
+            }),
+        }
+    }
+
+    fn irte_entry(&self, unit: usize, irq: &RemappedInterrupt) -> Result<Irte, String> {
+        let table = self.units[unit]
+            .interrupts
+            .as_ref()
+            .ok_or_else(|| format!("interrupt remapping is off on VT-d unit {unit}"))?;
+        table.entry_for(irq).map_err(|e| format!("{e}"))
+    }
+
+    /// Hands out a free IRTE index on `unit`.
+    fn claim_irte(&mut self, unit: usize) -> Result<u16, String> {
+        let used = &mut self.units[unit].irte_in_use;
+        let free = used
+            .iter()
+            .position(|u| !u)
+            .ok_or_else(|| format!("unit {unit}'s interrupt-remapping table is full"))?;
+        used[free] = true;
+        Ok(free as u16)
+    }
+
+    /// The physical redirection entry for a guest's IOAPIC pin, delivered at the CPU with
+    /// `host` = (APIC ID, x2APIC mode). Where the unit covering the IOAPIC remaps interrupts the
+    /// pin gets its own IRTE (the guest's vector and trigger mode, accepted only from the IOAPIC's
+    /// requester ID) and the entry is in remappable format (VT-d 5.1.5.1); compatibility format
+    /// would be blocked. A masked pin gives up its IRTE.
+    pub fn ioapic_pin_entry(
+        &mut self,
+        ioapic_id: u8,
+        routing: PhysicalRouting,
+        host: (u32, bool),
+        frames: &mut impl FrameAlloc,
+    ) -> Result<u64, String> {
+        let covering = self
+            .units
+            .iter()
+            .enumerate()
+            .find_map(|(u, unit)| Some((u, unit.ioapics.iter().find(|i| i.0 == ioapic_id)?.1)));
+        let remapping_units = self.units.iter().any(|u| u.interrupts.is_some());
+        let (unit, source) = match covering {
+            Some((u, source)) if self.units[u].interrupts.is_some() => (u, source),
+            Some(_) => return compatibility_pin_entry(routing, host),
+            None if remapping_units => {
+                return Err(format!(
+                    "IOAPIC {ioapic_id} is in no VT-d unit's device scope (DMAR), so its interrupts cannot be remapped"
+                ))
+            }
+            None => return compatibility_pin_entry(routing, host),
         };
-        let irq =
-            RemappedInterrupt::fixed(req.vector, destination, SourceId(requester.requester_id()));
-        table.entry_for(&irq).map(Some).map_err(|e| format!("{e}"))
+        let existing = self
+            .pin_irtes
+            .iter()
+            .position(|p| (p.0, p.1) == (ioapic_id, routing.pin));
+        if routing.masked {
+            if let Some(at) = existing {
+                let (_, pin, u, index) = self.pin_irtes.swap_remove(at);
+                self.release_pin_irte(u, index, pin, frames);
+            }
+            return Ok(PhysicalRouting::masked_entry(routing.pin));
+        }
+        let irq = RemappedInterrupt {
+            level_triggered: routing.level,
+            ..RemappedInterrupt::fixed(routing.vector, self.irte_destination(unit, host)?, source)
+        };
+        let entry = self.irte_entry(unit, &irq)?;
+        let index = match existing {
+            Some(at) => {
+                let index = self.pin_irtes[at].3;
+                // A present entry is cleared and invalidated before it is rewritten (irte.rs).
+                self.write_irte(unit, index, None, frames)?;
+                index
+            }
+            None => {
+                let index = self.claim_irte(unit)?;
+                self.pin_irtes.push((ioapic_id, routing.pin, unit, index));
+                index
+            }
+        };
+        if let Err(why) = self.write_irte(unit, index, Some(entry), frames) {
+            self.pin_irtes
+                .retain(|p| (p.0, p.1) != (ioapic_id, routing.pin));
+            self.release_pin_irte(unit, index, routing.pin, frames);
+            return Err(why);
+        }
+        Ok(remappable_ioapic_entry(
+            index,
+            routing.vector,
+            routing.level,
+            routing.active_low,
+            false,
+        ))
+    }
+
+    /// Clears every pin IRTE (the guest that routed the pins ended; its pins are masked).
+    pub fn release_ioapic_pins(&mut self, frames: &mut impl FrameAlloc) {
+        for (_, pin, unit, index) in core::mem::take(&mut self.pin_irtes) {
+            self.release_pin_irte(unit, index, pin, frames);
+        }
+    }
+
+    fn release_pin_irte(&mut self, unit: usize, index: u16, pin: u8, frames: &mut impl FrameAlloc) {
+        if let Err(e) = self.write_irte(unit, index, None, frames) {
+            log::error!("vtd: clearing IOAPIC pin {pin}'s IRTE: {e}");
+        }
+        if let Some(used) = self.units[unit].irte_in_use.get_mut(usize::from(index)) {
+            *used = false;
+        }
     }
 
     /// Writes (or clears) IRTE `index` on `unit` and invalidates the unit's cached copy.
@@ -821,6 +952,17 @@ impl<M: VtdMmio> Unit<M> {
     }
 }
 
+/// A compatibility-format entry, where no unit remaps the IOAPIC's interrupts.
+fn compatibility_pin_entry(
+    routing: PhysicalRouting,
+    (apic_id, _): (u32, bool),
+) -> Result<u64, String> {
+    let apic_id = u8::try_from(apic_id).map_err(|_| {
+        format!("APIC ID {apic_id} does not fit a compatibility-format IOAPIC entry (8 bits)")
+    })?;
+    Ok(routing.compatibility_entry(apic_id))
+}
+
 /// Attaches a guest's devices when there are any to confine. `Ok(None)`: nothing to attach (no
 /// devices, or assignment without an IOMMU under `unsafe_no_iommu`, planned with no unit). A
 /// device behind a unit while remapping is not up is an error: the guest must not run.
@@ -928,7 +1070,17 @@ mod tests {
                 size: 0,
                 segment: 0,
                 register_base: 0xfed9_0000,
-                scopes: Vec::new(),
+                // QEMU's: IOAPIC 0 at ff:00.0 (its interrupts carry requester ID 0xff00).
+                scopes: vec![DeviceScope {
+                    kind: ScopeKind::IoApic,
+                    flags: 0,
+                    enumeration_id: 0,
+                    start_bus: 0xff,
+                    path: vec![PathEntry {
+                        device: 0,
+                        function: 0,
+                    }],
+                }],
             },
             version: VtdVersion(0x10),
             cap: VtdCap(cap),
@@ -1383,6 +1535,71 @@ mod tests {
             .route_guest_msi(h, &msi(true, 0x41), edu, (1, false), &mut f)
             .unwrap_err()
             .contains("xAPIC mode"));
+    }
+
+    fn pin3(vector: u8, masked: bool, level: bool) -> PhysicalRouting {
+        PhysicalRouting {
+            pin: 3,
+            vector,
+            masked,
+            level,
+            active_low: false,
+        }
+    }
+
+    #[test]
+    fn ioapic_pins_get_irtes_checked_against_the_ioapic_and_remappable_entries() {
+        let mut f = TestFrames::default();
+        let mut dma = up(QEMU_CAP, &[], &[], &mut f);
+        let rte = dma
+            .ioapic_pin_entry(0, pin3(0x40, false, true), (2, false), &mut f)
+            .unwrap();
+        // IRTE 0 in remappable format (bit 48), level (bit 15), vector 0x40 (VT-d 5.1.5.1).
+        assert_eq!(rte, 0x0001_0000_0000_8040);
+        // IRTE 0: P | TM (bit 4) | V 0x40 << 16 | DST xAPIC 2 in bits 47:40; SVT 01 (bits 83:82)
+        // with SID 0xff00, the IOAPIC's requester ID from DMAR (VT-d 9.10).
+        let e = dma.irte_at(0, 0, &mut f).unwrap();
+        assert_eq!((e.lo, e.hi), (0x0000_0200_0040_0011, 1 << 18 | 0xff00));
+        // Re-routing reuses the entry; masking hands it back.
+        let again = dma
+            .ioapic_pin_entry(0, pin3(0x41, false, false), (2, false), &mut f)
+            .unwrap();
+        assert_eq!(again, 0x0001_0000_0000_0041);
+        let masked = dma
+            .ioapic_pin_entry(0, pin3(0x41, true, false), (2, false), &mut f)
+            .unwrap();
+        assert_eq!(masked, 1 << 16);
+        assert!(!dma.irte_at(0, 0, &mut f).unwrap().present());
+        // An IOAPIC DMAR does not list cannot be remapped: refused, not sent in compatibility format.
+        assert!(dma
+            .ioapic_pin_entry(7, pin3(0x40, false, false), (2, false), &mut f)
+            .unwrap_err()
+            .contains("IOAPIC 7 is in no VT-d unit's device scope"));
+        dma.ioapic_pin_entry(0, pin3(0x42, false, false), (2, false), &mut f)
+            .unwrap();
+        dma.release_ioapic_pins(&mut f);
+        assert!(!dma.irte_at(0, 0, &mut f).unwrap().present());
+    }
+
+    #[test]
+    fn without_interrupt_remapping_pins_use_compatibility_format() {
+        let mut f = TestFrames::default();
+        let mut dma = DmaRemapping::bring_up(
+            &[iommu(QEMU_CAP)],
+            &[],
+            &topology(),
+            &[],
+            BringUpOptions {
+                interrupt_remapping: false,
+            },
+            &mut f,
+            |u| FakeVtd::new(u.cap.0, u.ecap.0),
+        )
+        .unwrap();
+        let rte = dma
+            .ioapic_pin_entry(0, pin3(0x40, false, true), (2, false), &mut f)
+            .unwrap();
+        assert_eq!(rte, 0x0200_0000_0000_8040);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct PciHost {
 #[derive(Clone, Copy)]
 struct HostIrq {
     apic_id: u32,
+    /// The IOAPIC guests' pins are on (its id names it in DMAR); base 0 when there is none.
+    ioapic_id: u8,
     ioapic_base: u64,
     /// Host timer period in TSC ticks; the VMX-preemption timer uses the same period in ELI mode.
     timer_period_tsc: u64,
@@ -108,7 +110,7 @@ impl VmxCpu {
         caps: &VmxCaps,
         frames: &mut FrameAllocator,
         selectors: &Selectors,
-        ioapic_base: Option<u64>,
+        ioapic: Option<(u8, u64)>,
     ) -> Result<Self, String> {
         if let Err(reason) = caps.support {
             return Err(format!("VMX is not available: {}", reason.as_str()));
@@ -150,7 +152,8 @@ impl VmxCpu {
             log::info!(
                 "host interrupts: x2APIC id {apic_id}, timer every {HOST_TIMER_PERIOD_TSC} TSC ticks ({tsc_per_tick} TSC per LAPIC tick)"
             );
-            HostIrq { apic_id, ioapic_base: ioapic_base.unwrap_or(0), timer_period_tsc: HOST_TIMER_PERIOD_TSC }
+            let (ioapic_id, ioapic_base) = ioapic.unwrap_or_default();
+            HostIrq { apic_id, ioapic_id, ioapic_base, timer_period_tsc: HOST_TIMER_PERIOD_TSC }
         });
         Ok(Self {
             caps: *caps,
@@ -214,10 +217,11 @@ impl VmxCpu {
                     }
                     Err(why) => GuestEnd::Stopped(format!("DMA remapping: {why}")),
                 };
+                guest.release_pins();
                 if let Some(remapping) = dma.remapping.as_deref_mut() {
+                    remapping.release_ioapic_pins(frames);
                     remapping.drain_faults(frames);
                 }
-                guest.release_pins();
                 self.reset_functions(config);
                 GuestReport {
                     name: config.name.clone(),
@@ -644,12 +648,26 @@ impl InterruptHardware for MachineServices<'_, '_> {
     }
     fn route_pin(&mut self, routing: PhysicalRouting) {
         let Some(irq) = self.irq else { return };
-        // Physical destination mode, fixed delivery, the guest's vector, to this CPU (82093AA 3.2.4).
-        let low = u64::from(routing.vector)
-            | if routing.active_low { 1 << 13 } else { 0 }
-            | if routing.level { 1 << 15 } else { 0 }
-            | if routing.masked { 1 << 16 } else { 0 };
-        let entry = low | (u64::from(irq.apic_id) << 56);
+        // This CPU is in x2APIC mode (HostIrq exists only then).
+        let host = (irq.apic_id, true);
+        let remapping = self
+            .routing
+            .as_mut()
+            .and_then(|r| r.remapping.as_deref_mut());
+        let entry = match remapping {
+            Some(dma) => dma.ioapic_pin_entry(irq.ioapic_id, routing, host, self.frames),
+            None => u8::try_from(irq.apic_id)
+                .map(|id| routing.compatibility_entry(id))
+                .map_err(|_| format!("APIC ID {} needs interrupt remapping", irq.apic_id)),
+        };
+        let entry = entry.unwrap_or_else(|why| {
+            log::error!(
+                "guest {}: IOAPIC pin {} left masked: {why}",
+                self.guest,
+                routing.pin
+            );
+            PhysicalRouting::masked_entry(routing.pin)
+        });
         // SAFETY: the base is the platform's IOAPIC, identity-mapped; only this CPU programs it.
         unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(routing.pin, entry);
     }
@@ -915,9 +933,9 @@ impl Guest {
     fn release_pins(&mut self) {
         let Some(irq) = self.irq else { return };
         for pin in self.vcpu.interrupts.ioapic.assigned().iter() {
-            let entry = (1 << 16) | (u64::from(irq.apic_id) << 56);
             // SAFETY: as in `route_pin`.
-            unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(pin, entry);
+            unsafe { PhysicalIoapic::new(irq.ioapic_base) }
+                .set_entry(pin, PhysicalRouting::masked_entry(pin));
         }
     }
 

@@ -242,6 +242,26 @@ pub const fn remappable_msi(handle: u16, subhandle: Option<u16>) -> MsiMessage {
     MsiMessage { address, data }
 }
 
+/// An I/O APIC redirection entry in remappable format (VT-d 5.1.5.1): interrupt_index[14:0] in
+/// 63:49, interrupt format (1) in 48, mask 16, trigger mode 15, polarity 13, interrupt_index[15]
+/// in 11, delivery mode 10:8 zero. The vector (7:0) must equal the IRTE's: the IOAPIC matches the
+/// EOI broadcast of a level-triggered interrupt against it.
+pub const fn remappable_ioapic_entry(
+    index: u16,
+    vector: u8,
+    level: bool,
+    active_low: bool,
+    masked: bool,
+) -> u64 {
+    ((index as u64) & 0x7FFF) << 49
+        | 1 << 48
+        | (masked as u64) << 16
+        | (level as u64) << 15
+        | (active_low as u64) << 13
+        | ((index as u64) >> 15) << 11
+        | vector as u64
+}
+
 /// The interrupt index a remappable-format MSI selects, `None` for compatibility format
 /// (VT-d 5.1.5.2; used by tests and by MSI emulation to recognise the hypervisor's own
 /// programming).
@@ -263,6 +283,21 @@ mod tests {
     use crate::memory::test_frames::TestFrames;
 
     const EDU: SourceId = SourceId::new(0, 3, 0); // 0x0018
+
+    #[test]
+    fn remappable_ioapic_entries_by_hand() {
+        // IRTE 5, vector 0x40, edge, active high, unmasked: 5 << 49 = 0xA << 48, format bit 48.
+        assert_eq!(
+            remappable_ioapic_entry(5, 0x40, false, false, false),
+            0x000B_0000_0000_0040
+        );
+        // IRTE 0x8001 (index bit 15 goes to bit 11), vector 0x52, level, active low, masked:
+        // 1 << 49 | 1 << 48 | 1 << 16 | 1 << 15 | 1 << 13 | 1 << 11 | 0x52.
+        assert_eq!(
+            remappable_ioapic_entry(0x8001, 0x52, true, true, true),
+            0x0003_0000_0001_A852
+        );
+    }
 
     #[test]
     fn irte_encoded_by_hand() {
