@@ -1,7 +1,12 @@
 //! Interrupt hardware as a bare-metal kernel programs it: the local APIC in x2APIC mode (SDM Vol. 3A
 //! 11.12), the IOAPIC (82093AA datasheet), and COM2's 16550 as an interrupt source (IRQ 3).
 //! Under Exitless the same accesses reach the virtual x2APIC and the mediated IOAPIC.
+//!
+//! [`enable`] falls back to xAPIC mode (memory-mapped registers, SDM 11.4.1) on a CPU without x2APIC:
+//! QEMU 7.2's TCG has none, and guests that run bare metal there need their EOIs. Only [`enable`],
+//! [`eoi`] and [`enable_x2apic`] know both modes; the timer and ICR helpers are x2APIC-only.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
@@ -15,9 +20,54 @@ const X2APIC_ICR: u32 = 0x830;
 /// SVR bit 8: APIC software enable; the low byte is the spurious vector.
 const SVR_ENABLE: u64 = 1 << 8;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// CPUID.1:ECX bit 21: x2APIC supported.
+const CPUID_X2APIC: u32 = 1 << 21;
+/// IA32_APIC_BASE bits 51:12: the xAPIC's physical base (SDM 11.4.4, Figure 11-5).
+const APIC_BASE_ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+/// xAPIC register offsets (SDM 11.4.1, Table 11-1).
+const XAPIC_ID: u64 = 0x20;
+const XAPIC_TPR: u64 = 0x80;
+const XAPIC_EOI: u64 = 0xB0;
+const XAPIC_SVR: u64 = 0xF0;
+
+/// The xAPIC's base address once [`enable`] chose xAPIC mode; 0 in x2APIC mode (the default). The
+/// identity map of both the loader (4 GiB and up) and the guest layout covers 0xFEE00000.
+static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Enables the local APIC, in x2APIC mode when the CPU has it and in xAPIC mode otherwise; returns
+/// its ID.
+pub fn enable() -> u32 {
+    if core::arch::x86_64::__cpuid(1).ecx & CPUID_X2APIC != 0 {
+        return enable_x2apic();
+    }
+    // SAFETY: architectural MSR; its base field says where the xAPIC's registers are.
+    let base = unsafe {
+        let mut msr = Msr::new(IA32_APIC_BASE);
+        let value = msr.read();
+        msr.write(value | APIC_BASE_ENABLE);
+        value & APIC_BASE_ADDRESS
+    };
+    XAPIC_BASE.store(base, Ordering::Relaxed);
+    xapic_write(XAPIC_TPR, 0);
+    xapic_write(XAPIC_SVR, (SVR_ENABLE | u64::from(SPURIOUS_VECTOR)) as u32);
+    xapic_read(XAPIC_ID) >> 24
+}
+
+fn xapic_write(register: u64, value: u32) {
+    let at = XAPIC_BASE.load(Ordering::Relaxed) + register;
+    // SAFETY: an xAPIC register (32-bit access, SDM 11.4.1), identity-mapped.
+    unsafe { core::ptr::write_volatile(at as *mut u32, value) }
+}
+
+fn xapic_read(register: u64) -> u32 {
+    let at = XAPIC_BASE.load(Ordering::Relaxed) + register;
+    // SAFETY: as in `xapic_write`.
+    unsafe { core::ptr::read_volatile(at as *const u32) }
+}
 
 /// Enables the local APIC in x2APIC mode and returns its ID.
 pub fn enable_x2apic() -> u32 {
+    XAPIC_BASE.store(0, Ordering::Relaxed);
     // SAFETY: architectural MSRs; xAPIC must be enabled before (or together with) x2APIC (SDM 11.12.1).
     unsafe {
         let mut base = Msr::new(IA32_APIC_BASE);
@@ -38,9 +88,14 @@ pub fn mask_legacy_pics() {
     }
 }
 
-/// Signals end of interrupt (x2APIC EOI MSR; any write other than 0 is #GP).
+/// Signals end of interrupt: the x2APIC EOI MSR (any write other than 0 is #GP), or the xAPIC's
+/// EOI register when [`enable`] fell back to xAPIC mode.
 #[inline(always)]
 pub fn eoi() {
+    if XAPIC_BASE.load(Ordering::Relaxed) != 0 {
+        xapic_write(XAPIC_EOI, 0);
+        return;
+    }
     // SAFETY: writing 0 to the x2APIC EOI register completes the highest in-service interrupt.
     unsafe { Msr::new(X2APIC_EOI).write(0) }
 }

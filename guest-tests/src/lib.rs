@@ -11,6 +11,7 @@ pub mod apic;
 pub mod console;
 pub mod hypervisor;
 pub mod idt;
+pub mod pci;
 pub mod suite;
 pub mod workload;
 

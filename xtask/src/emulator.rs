@@ -146,8 +146,10 @@ pub fn qemu_args(emulator: Emulator, image: &Path, vars: &Path, serial: &Path) -
         .to_vec(),
     };
     args.extend([
+        // The edu at 00:03.0 (the slot q35 would give it anyway, after VGA and the default NIC):
+        // guest configurations assign it by that address.
         "-device".into(),
-        "edu".into(),
+        "edu,addr=0x3".into(),
         // A second edu, in its own slot so the other devices keep theirs: the vtd self-test puts
         // the two in two domains to show they cannot reach each other's memory.
         "-device".into(),
@@ -543,7 +545,7 @@ mod tests {
             Path::new("/r/serial.log"),
         )
         .join(" ");
-        assert!(tcg.starts_with("-machine q35 -accel tcg -cpu max -m 512 -smp 1 -device intel-iommu,intremap=on -device edu -device edu,addr=0x8 "));
+        assert!(tcg.starts_with("-machine q35 -accel tcg -cpu max -m 512 -smp 1 -device intel-iommu,intremap=on -device edu,addr=0x3 -device edu,addr=0x8 "));
         assert!(tcg.contains(
             "-drive if=none,id=esp,format=raw,file=/r/x.img -device virtio-blk-pci,drive=esp"
         ));
@@ -558,7 +560,7 @@ mod tests {
         )
         .join(" ");
         assert!(kvm.starts_with(
-            "-machine q35,kernel-irqchip=split -accel kvm -cpu host,+x2apic,+vmx -m 512 -smp 1 -device intel-iommu,intremap=on,eim=on,caching-mode=on -device edu "
+            "-machine q35,kernel-irqchip=split -accel kvm -cpu host,+x2apic,+vmx -m 512 -smp 1 -device intel-iommu,intremap=on,eim=on,caching-mode=on -device edu,addr=0x3 "
         ));
     }
 

@@ -149,6 +149,19 @@ pub const BOOTS: &[Boot] = &[
             check: boot_protocol,
         }],
     },
+    // The edu guest bare metal on QEMU's real (emulated) edu, MSI and xAPIC: the same binary the
+    // qemu-kvm tier runs with the edu assigned, so its checks are proven against the device.
+    Boot {
+        id: "qemu-tcg-bare-edu",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().kernel("guests/edu.elf"),
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: &[Check {
+            name: "bare-edu-protocol",
+            check: boot_protocol,
+        }],
+    },
     Boot {
         id: "qemu-tcg-boot",
         tier: Tier::QemuTcg,
@@ -245,11 +258,21 @@ pub const BOOTS: &[Boot] = &[
                     "basic",
                     &[("image", "guests/basic.elf"), ("memory_mib", "8")],
                 )
+                .guest("edu", &EDU_GUEST)
         },
         stop: StopWhen::PowerOff,
         kernel_results: true,
         checks: &[BOOT_PROTOCOL, VMX_EPT, DRHD, EDU_MSI, IOAPIC, ACPI],
     },
+];
+
+/// The edu guest with the edu QEMU puts at 00:03.0 assigned (`emulator::qemu_args`), its MSI
+/// delivered ELI-style.
+const EDU_GUEST: [(&str, &str); 4] = [
+    ("image", "guests/edu.elf"),
+    ("memory_mib", "8"),
+    ("interrupts", "eli"),
+    ("pci", "00:03.0"),
 ];
 
 /// The Bochs image: the boot summary, then guests run one after the other. The EPT-violation guest runs
@@ -567,6 +590,35 @@ mod tests {
         let text = refused_assignments().render();
         assert_eq!(text.matches("expect_stop = assignment refused").count(), 4);
         assert!(text.contains("pci = 00:1c.7"));
+    }
+
+    #[test]
+    fn edu_guest_runs_bare_on_tcg_and_assigned_on_kvm() {
+        let boot = |id: &str| BOOTS.iter().find(|b| b.id == id).unwrap();
+        let bare = boot("qemu-tcg-bare-edu");
+        assert_eq!(bare.tier, Tier::QemuTcg);
+        assert!(bare.kernel_results);
+        assert_eq!((bare.config)().kernel, "guests/edu.elf");
+        let kvm = (boot("qemu-kvm-boot").config)().render();
+        let section = kvm
+            .split("[guest edu]")
+            .nth(1)
+            .expect("an [guest edu] section");
+        let section = section.split("[guest ").next().unwrap();
+        for line in [
+            "image = guests/edu.elf",
+            "interrupts = eli",
+            "pci = 00:03.0",
+        ] {
+            assert!(section.contains(line), "{line} missing from {section}");
+        }
+        let args = crate::emulator::qemu_args(
+            Emulator::QemuKvm,
+            std::path::Path::new("/x.img"),
+            std::path::Path::new("/v.fd"),
+            std::path::Path::new("/s.log"),
+        );
+        assert!(args.iter().any(|a| a == "edu,addr=0x3"));
     }
 
     #[test]

@@ -4,38 +4,13 @@
 #![no_std]
 #![no_main]
 
+use guest_tests::pci;
 use guest_tests::{hypervisor, suite::Suite, Env, Mode};
 use x86_64::instructions::port::Port;
 
 guest_tests::entry!(main);
 
 const EXIT_IO_INSTRUCTION: usize = 30;
-
-fn config_read(bus: u8, device: u8, function: u8, offset: u8) -> u32 {
-    let address = 1 << 31
-        | u32::from(bus) << 16
-        | u32::from(device) << 11
-        | u32::from(function) << 8
-        | u32::from(offset & 0xFC);
-    // SAFETY: configuration mechanism #1.
-    unsafe {
-        Port::<u32>::new(0xCF8).write(address);
-        Port::<u32>::new(0xCFC).read()
-    }
-}
-
-fn config_write(bus: u8, device: u8, function: u8, offset: u8, value: u32) {
-    let address = 1 << 31
-        | u32::from(bus) << 16
-        | u32::from(device) << 11
-        | u32::from(function) << 8
-        | u32::from(offset & 0xFC);
-    // SAFETY: configuration mechanism #1.
-    unsafe {
-        Port::<u32>::new(0xCF8).write(address);
-        Port::<u32>::new(0xCFC).write(value);
-    }
-}
 
 fn main(env: &Env) -> u32 {
     let mut suite = Suite::begin("pci");
@@ -55,17 +30,12 @@ fn main(env: &Env) -> u32 {
     // of several functions of its device).
     let mut found = None;
     let mut visible = 0;
-    for device in 0..32u8 {
-        for function in 0..8u8 {
-            let id = config_read(0, device, function, 0);
-            if id != u32::MAX {
-                visible += 1;
-                found = Some((device, function, id));
-            }
-        }
+    for function in pci::bus0() {
+        visible += 1;
+        found = Some(function);
     }
     guest_tests::println!("guest: {visible} function(s) visible, last {found:x?}");
-    let Some((dev, func, _id)) = found.filter(|_| visible == 1) else {
+    let Some(f) = found.filter(|_| visible == 1) else {
         suite.check(
             "only-assigned-visible",
             Err("not exactly one function visible"),
@@ -75,18 +45,15 @@ fn main(env: &Env) -> u32 {
     suite.check("only-assigned-visible", Ok(()));
 
     // The first implemented BAR: read it, size it, restore it.
-    let Some(bar_offset) = (0x10..0x28u8)
-        .step_by(4)
-        .find(|&o| config_read(0, dev, func, o) != 0)
-    else {
+    let Some(bar_offset) = (0x10..0x28u8).step_by(4).find(|&o| f.read(o) != 0) else {
         suite.check("bar-sizing", Err("no BAR"));
         return suite.end();
     };
-    let bar = config_read(0, dev, func, bar_offset);
-    config_write(0, dev, func, bar_offset, u32::MAX);
-    let mask = config_read(0, dev, func, bar_offset);
-    config_write(0, dev, func, bar_offset, bar);
-    let restored = config_read(0, dev, func, bar_offset);
+    let bar = f.read(bar_offset);
+    f.write(bar_offset, u32::MAX);
+    let mask = f.read(bar_offset);
+    f.write(bar_offset, bar);
+    let restored = f.read(bar_offset);
     let is_io = bar & 1 == 1;
     let size = if is_io {
         (!(mask & !0b11)).wrapping_add(1) & 0xFFFF
@@ -104,10 +71,10 @@ fn main(env: &Env) -> u32 {
     );
 
     // Command: try to set SERR# enable (bit 8) and Fast back-to-back (bit 9): not the guest's to set.
-    let command = config_read(0, dev, func, 0x04);
-    config_write(0, dev, func, 0x04, (command & 0xFFFF) | 0x0300);
-    let after = config_read(0, dev, func, 0x04) & 0xFFFF;
-    config_write(0, dev, func, 0x04, command & 0xFFFF);
+    let command = f.read(0x04);
+    f.write(0x04, (command & 0xFFFF) | 0x0300);
+    let after = f.read(0x04) & 0xFFFF;
+    f.write(0x04, command & 0xFFFF);
     suite.check(
         "command-masked",
         (after & 0x0300 == 0)
@@ -116,7 +83,7 @@ fn main(env: &Env) -> u32 {
     );
     suite.check(
         "rom-hidden",
-        (config_read(0, dev, func, 0x30) == 0)
+        (f.read(0x30) == 0)
             .then_some(())
             .ok_or("the expansion ROM BAR is visible"),
     );
