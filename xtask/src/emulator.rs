@@ -108,6 +108,24 @@ port_e9_hack: enabled=1
     )
 }
 
+/// Two edus behind one PCIe-to-PCI bridge (behind a root port in slot 9, so the devices above keep
+/// their slots): both reach VT-d with the requester ID secondary-bus:00.0 (PCIe-to-PCI bridge spec
+/// 1.0 §2.3; QEMU's `pci_device_iommu_address_space` aliases them so), so the kernel must refuse to
+/// give them to two guests. Firmware numbers the buses: root port 00:09.0 leads to bus 1, the bridge
+/// 01:00.0 to bus 2, so the edus are 02:01.0 and 02:02.0 with requester ID 02:00.0 (slot 0 of a
+/// bridge with SHPC is not usable). TCG only: the refusal is proven there, and the nested-KVM boot
+/// keeps the machine its guests are written for.
+const SHARED_REQUESTER_ID_DEVICES: [&str; 8] = [
+    "-device",
+    "pcie-root-port,id=rp1,bus=pcie.0,addr=0x9,chassis=1",
+    "-device",
+    "pcie-pci-bridge,id=br1,bus=rp1",
+    "-device",
+    "edu,bus=br1,addr=0x1",
+    "-device",
+    "edu,bus=br1,addr=0x2",
+];
+
 /// The QEMU command line (after the program name) for TCG or nested KVM.
 pub fn qemu_args(emulator: Emulator, image: &Path, vars: &Path, serial: &Path) -> Vec<String> {
     let mut args: Vec<String> = match emulator {
@@ -154,6 +172,11 @@ pub fn qemu_args(emulator: Emulator, image: &Path, vars: &Path, serial: &Path) -
         // the two in two domains to show they cannot reach each other's memory.
         "-device".into(),
         "edu,addr=0x8".into(),
+    ]);
+    if emulator == Emulator::QemuTcg {
+        args.extend(SHARED_REQUESTER_ID_DEVICES.map(String::from));
+    }
+    args.extend([
         "-drive".into(),
         format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
