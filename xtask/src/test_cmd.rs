@@ -122,10 +122,16 @@ fn tier_blocker(tier: Tier) -> Option<String> {
     }
 }
 
+/// Lists what the tier would have judged: each boot's checks and each guest its image runs (the
+/// kernel's `guests/guest-NAME` verdict; the guest's own suite is only known once it runs).
 fn skip_tier(tally: &mut Tally, tier: Tier, reason: &str) {
     for boot in BOOTS.iter().filter(|b| b.tier == tier) {
         for check in boot.checks {
             tally.record(tier, check.name, &Verdict::Skipped(reason.into()), None);
+        }
+        for (guest, _) in (boot.config)().guests {
+            let name = format!("guests/guest-{guest}");
+            tally.record(tier, &name, &Verdict::Skipped(reason.into()), None);
         }
     }
 }

@@ -28,7 +28,11 @@ pub fn dma_fault_event() {
 
 /// VT-d fault events since the last call: non-zero means the units' fault records need draining.
 pub fn take_dma_fault_events() -> u64 {
-    DMA_FAULT_EVENTS.swap(0, Ordering::Relaxed)
+    // Called after every VM exit: a plain load keeps the locked swap off that path.
+    match DMA_FAULT_EVENTS.load(Ordering::Relaxed) {
+        0 => 0,
+        _ => DMA_FAULT_EVENTS.swap(0, Ordering::Relaxed),
+    }
 }
 
 /// Lets pending host interrupts in: TPR at the host floor, one instruction with IF=1, then back.

@@ -793,7 +793,7 @@ impl<'f> Bench<'f> {
             .write16(bdf, COMMAND, (command - Command::INTX_DISABLE).bits());
         let result = self.pin_rounds(&ioapic, ioapic_id, apic_id);
         for pin in PCI_PINS {
-            ioapic.set_entry(pin, PhysicalRouting::masked_entry(pin));
+            ioapic.set_entry(pin, PhysicalRouting::MASKED_ENTRY);
         }
         self.dma.release_ioapic_pins(self.frames);
         self.config.write16(bdf, COMMAND, command.bits());

@@ -177,17 +177,8 @@ impl PhysicalRouting {
             | (apic_id as u64) << 56
     }
 
-    /// A masked entry: nothing is delivered, whatever the format would be.
-    pub const fn masked_entry(pin: u8) -> u64 {
-        PhysicalRouting {
-            pin,
-            vector: 0,
-            masked: true,
-            level: false,
-            active_low: false,
-        }
-        .compatibility_entry(0)
-    }
+    /// A masked entry (bit 16): nothing is delivered, whatever the format would be.
+    pub const MASKED_ENTRY: u64 = 1 << 16;
 }
 
 /// Why a guest write changed nothing.
@@ -458,7 +449,7 @@ mod tests {
             active_low: true,
         };
         assert_eq!(r.compatibility_entry(2), 0x0200_0000_0000_A040);
-        assert_eq!(PhysicalRouting::masked_entry(3), 1 << 16);
+        assert_eq!(PhysicalRouting::MASKED_ENTRY, 0x1_0000);
     }
 
     /// 24 pins, the guest owns pins 3 and 10.

@@ -707,7 +707,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
                 let (_, pin, u, index) = self.pin_irtes.swap_remove(at);
                 self.release_pin_irte(u, index, pin, frames);
             }
-            return Ok(PhysicalRouting::masked_entry(routing.pin));
+            return Ok(PhysicalRouting::MASKED_ENTRY);
         }
         let irq = RemappedInterrupt {
             level_triggered: routing.level,

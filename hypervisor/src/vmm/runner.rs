@@ -666,7 +666,7 @@ impl InterruptHardware for MachineServices<'_, '_> {
                 self.guest,
                 routing.pin
             );
-            PhysicalRouting::masked_entry(routing.pin)
+            PhysicalRouting::MASKED_ENTRY
         });
         // SAFETY: the base is the platform's IOAPIC, identity-mapped; only this CPU programs it.
         unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(routing.pin, entry);
@@ -935,7 +935,7 @@ impl Guest {
         for pin in self.vcpu.interrupts.ioapic.assigned().iter() {
             // SAFETY: as in `route_pin`.
             unsafe { PhysicalIoapic::new(irq.ioapic_base) }
-                .set_entry(pin, PhysicalRouting::masked_entry(pin));
+                .set_entry(pin, PhysicalRouting::MASKED_ENTRY);
         }
     }
 
