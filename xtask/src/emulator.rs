@@ -112,8 +112,8 @@ port_e9_hack: enabled=1
 /// their slots): both reach VT-d with the requester ID secondary-bus:00.0 (PCIe-to-PCI bridge spec
 /// 1.0 §2.3; QEMU's `pci_device_iommu_address_space` aliases them so), so the kernel must refuse to
 /// give them to two guests. Firmware numbers the buses: root port 00:09.0 leads to bus 1, the bridge
-/// 01:00.0 to bus 2, so the edus are 02:01.0 and 02:02.0 with requester ID 02:00.0 (slot 0 of a
-/// bridge with SHPC is not usable). TCG only: the refusal is proven there, and the nested-KVM boot
+/// 01:00.0 to bus 2, so the edus are 02:01.0 and 02:02.0 with requester ID 02:00.0, a devfn
+/// no function holds. TCG only: the refusal is proven there, and the nested-KVM boot
 /// keeps the machine its guests are written for.
 const SHARED_REQUESTER_ID_DEVICES: [&str; 8] = [
     "-device",
@@ -569,6 +569,12 @@ mod tests {
         )
         .join(" ");
         assert!(tcg.starts_with("-machine q35 -accel tcg -cpu max -m 512 -smp 1 -device intel-iommu,intremap=on -device edu,addr=0x3 -device edu,addr=0x8 "));
+        // Root port, PCIe-to-PCI bridge on it, two edus on the bridge's (conventional) bus.
+        assert!(tcg.contains(
+            "-device pcie-root-port,id=rp1,bus=pcie.0,addr=0x9,chassis=1 \
+             -device pcie-pci-bridge,id=br1,bus=rp1 \
+             -device edu,bus=br1,addr=0x1 -device edu,bus=br1,addr=0x2 "
+        ));
         assert!(tcg.contains(
             "-drive if=none,id=esp,format=raw,file=/r/x.img -device virtio-blk-pci,drive=esp"
         ));
@@ -585,6 +591,7 @@ mod tests {
         assert!(kvm.starts_with(
             "-machine q35,kernel-irqchip=split -accel kvm -cpu host,+x2apic,+vmx -m 512 -smp 1 -device intel-iommu,intremap=on,eim=on,caching-mode=on -device edu,addr=0x3 "
         ));
+        assert!(!kvm.contains("pcie-pci-bridge"));
     }
 
     #[test]

@@ -227,6 +227,10 @@ pub const BOOTS: &[Boot] = &[
                 name: "assignment-host-bridge",
                 check: host_bridge_refused,
             },
+            Check {
+                name: "assignment-shared-requester-id",
+                check: shared_requester_id_refused,
+            },
         ],
     },
     Boot {
@@ -309,9 +313,9 @@ fn bochs_guests() -> ImageConfig {
 const BOCHS_UHCI: &str = "00:01.2";
 
 /// Guests whose device assignment the kernel must refuse at boot (QEMU q35: the edu at 00:03.0 exists,
-/// 00:1c.7 does not, 00:00.0 is the host bridge). Only refused guests: QEMU TCG has no VMX to run
-/// others. Each expects to be stopped with "assignment refused", so the `guests` suite passes only
-/// if all of them were refused.
+/// 00:1c.7 does not, 00:00.0 is the host bridge, the edus behind the PCIe-to-PCI bridge share one
+/// requester ID). Only refused guests: QEMU TCG has no VMX to run others. Each expects to be stopped
+/// with "assignment refused", so the `guests` suite passes only if all of them were refused.
 fn refused_assignments() -> ImageConfig {
     let refused = |pci: &'static str| {
         [
@@ -326,7 +330,17 @@ fn refused_assignments() -> ImageConfig {
         .guest("first", &refused("00:03.0"))
         .guest("second", &refused("00:03.0"))
         .guest("hostbridge", &refused("00:00.0"))
+        .guest(BRIDGED[0].0, &refused(BRIDGED[0].1))
+        .guest(BRIDGED[1].0, &refused(BRIDGED[1].1))
 }
+
+/// The two edus QEMU TCG puts behind one PCIe-to-PCI bridge (`emulator::SHARED_REQUESTER_ID_DEVICES`:
+/// root port 00:09.0, bridge 01:00.0, secondary bus 2), one per guest.
+const BRIDGED: [(&str, &str); 2] = [("bridged-a", "02:01.0"), ("bridged-b", "02:02.0")];
+
+/// The requester ID both bridged edus reach VT-d with: the bridge's secondary bus, devfn 00.0
+/// (PCIe-to-PCI bridge spec 1.0 §2.3).
+const BRIDGED_REQUESTER: &str = "02:00.0";
 
 /// A `device assignment refused: ...` log line containing every one of `parts`.
 fn refusal_logged(e: &Evidence<'_>, parts: &[&str]) -> Result<(), String> {
@@ -389,6 +403,52 @@ fn host_bridge_refused(e: &Evidence<'_>) -> Result<(), String> {
     )?;
     e.report
         .expect_fact("assignment", &[("guest", "hostbridge"), ("refused", "yes")])
+}
+
+/// Two guests given one edu each of the pair behind one PCIe-to-PCI bridge: the refusal names both
+/// guests, both functions and the shared requester ID, and neither guest is started.
+fn shared_requester_id_refused(e: &Evidence<'_>) -> Result<(), String> {
+    let [(guest_a, bdf_a), (guest_b, bdf_b)] = BRIDGED;
+    refusal_logged(
+        e,
+        &[
+            &format!("guest {guest_a}: {bdf_a} and guest {guest_b}: {bdf_b}"),
+            &format!("share requester ID {BRIDGED_REQUESTER}"),
+            "list both in `pci =` of one guest",
+        ],
+    )?;
+    for (guest, bdf) in BRIDGED {
+        let devices = format!("{bdf}:unit0");
+        e.report.expect_fact(
+            "assignment",
+            &[
+                ("guest", guest),
+                ("refused", "yes"),
+                ("devices", devices.as_str()),
+                ("requesters", BRIDGED_REQUESTER),
+            ],
+        )?;
+        guest_not_started(e, guest)?;
+    }
+    Ok(())
+}
+
+/// The kernel said it did not start `guest`, and nothing shows it running: neither the runner's
+/// `guest NAME: N MiB at host ...` line nor console output `[guest NAME] ...`.
+fn guest_not_started(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    let not_started = format!("guest {guest} not started: device assignment refused");
+    if !e.boot.serial.lines().any(|l| l.contains(&not_started)) {
+        return Err(format!("no `{not_started}` line"));
+    }
+    let (setup, console) = (format!("guest {guest}: "), format!("[guest {guest}] "));
+    if let Some(line) =
+        e.boot.serial.lines().find(|l| {
+            (l.contains(&setup) && l.contains(" MiB at host ")) || l.starts_with(&console)
+        })
+    {
+        return Err(format!("guest {guest} ran: {line}"));
+    }
+    Ok(())
 }
 
 /// The interrupt test guest with COM2 (ports and IOAPIC pin 3) assigned, in `mode`.
@@ -588,8 +648,58 @@ mod tests {
         let not_logged = serial.replace("[ERROR] device assignment refused: guest missing", "x");
         assert!(run_check(missing_bdf_refused, &not_logged).is_err());
         let text = refused_assignments().render();
-        assert_eq!(text.matches("expect_stop = assignment refused").count(), 4);
+        assert_eq!(text.matches("expect_stop = assignment refused").count(), 6);
         assert!(text.contains("pci = 00:1c.7"));
+    }
+
+    /// As QEMU TCG 7.2 printed it with the edus behind the PCIe-to-PCI bridge.
+    const SHARED_REQUESTER_SERIAL: &str = "\
+        [ERROR] device assignment refused: guest bridged-a: 02:01.0 and guest bridged-b: 02:02.0 \
+        share requester ID 02:00.0 (they sit behind the same PCIe-to-PCI or PCI bridge), so VT-d \
+        cannot keep their DMA apart: list both in `pci =` of one guest, [guest bridged-a] or \
+        [guest bridged-b]\n\
+        summary: assignment guest=bridged-a refused=yes devices=02:01.0:unit0 requesters=02:00.0\n\
+        summary: assignment guest=bridged-b refused=yes devices=02:02.0:unit0 requesters=02:00.0\n\
+        [WARN ] guest bridged-a not started: device assignment refused\n\
+        [WARN ] guest bridged-b not started: device assignment refused\n";
+
+    #[test]
+    fn shared_requester_id_check_needs_both_guests_refused_and_stopped() {
+        let good = SHARED_REQUESTER_SERIAL;
+        assert_eq!(run_check(shared_requester_id_refused, good), Ok(()));
+        let broken = [
+            // The refusal names another requester ID, or is not logged.
+            good.replace("share requester ID 02:00.0", "share requester ID 01:00.0"),
+            good.replace("device assignment refused: guest bridged-a", "x"),
+            // One guest allowed, or its device resolved to the wrong requester.
+            good.replace("guest=bridged-b refused=yes", "guest=bridged-b refused=no"),
+            good.replace(
+                "02:02.0:unit0 requesters=02:00.0",
+                "02:02.0:unit0 requesters=02:02.0",
+            ),
+            // A guest was started after all.
+            good.replace(
+                "[WARN ] guest bridged-b not started",
+                "[WARN ] guest bridged-b",
+            ),
+            format!("{good}[INFO ] guest bridged-a: 8 MiB at host 0x1000000, image ...\n"),
+            format!("{good}[guest bridged-b] hello\n"),
+        ];
+        for serial in &broken {
+            assert!(
+                run_check(shared_requester_id_refused, serial).is_err(),
+                "passed: {serial}"
+            );
+        }
+        let text = refused_assignments().render();
+        for (guest, bdf) in BRIDGED {
+            let section = text
+                .split(&format!("[guest {guest}]"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no [guest {guest}]"));
+            let section = section.split("[guest ").next().unwrap();
+            assert!(section.contains(&format!("pci = {bdf}")), "{section}");
+        }
     }
 
     #[test]

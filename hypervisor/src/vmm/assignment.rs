@@ -150,9 +150,10 @@ impl fmt::Display for Refusal {
                 second,
             } => write!(
                 f,
-                "guest {}: {} and guest {}: {} are behind the same PCIe-to-PCI bridge and share \
-                 requester ID {requester}; VT-d cannot tell them apart: assign both to one guest",
-                first.0, first.1, second.0, second.1
+                "guest {}: {} and guest {}: {} share requester ID {requester} (they sit behind the \
+                 same PCIe-to-PCI or PCI bridge), so VT-d cannot keep their DMA apart: list both in \
+                 `pci =` of one guest, [guest {}] or [guest {}]",
+                first.0, first.1, second.0, second.1, first.0, second.0
             ),
             Refusal::NoIommu { guest, devices } => {
                 write!(f, "guest {guest}: device assignment (")?;
@@ -716,8 +717,9 @@ mod tests {
         assert_eq!(
             messages(&plan),
             [
-                "guest a: 01:00.0 and guest b: 01:01.0 are behind the same PCIe-to-PCI bridge and \
-              share requester ID 01:00.0; VT-d cannot tell them apart: assign both to one guest"
+                "guest a: 01:00.0 and guest b: 01:01.0 share requester ID 01:00.0 (they sit behind \
+                 the same PCIe-to-PCI or PCI bridge), so VT-d cannot keep their DMA apart: list both \
+                 in `pci =` of one guest, [guest a] or [guest b]"
             ]
         );
         assert!(plan.is_refused("a") && plan.is_refused("b") && !plan.is_refused("c"));
