@@ -39,6 +39,7 @@
 //!   IRTE cleared (its redirection entry untouched) nothing arrives; routed again, it does.
 
 use crate::arch::apic::{PhysicalIoapic, DMA_FAULT_VECTOR};
+use crate::arch::irq_probe::IrqProbe;
 use crate::config::{GuestConfig, InterruptMode};
 use crate::memory::frames::FrameAllocator;
 use crate::memory::FrameAlloc;
@@ -511,7 +512,7 @@ impl<'f> Bench<'f> {
         if !self.interrupts.device_vectors.contains(MSI_VECTOR) {
             return Err("the guest's device vectors lack its MSI vector".into());
         }
-        let got = self.raise_and_count(true)?;
+        let got = self.raise_edu(|p| p.count(MSI_VECTOR) > 0)?;
         if got != [(MSI_VECTOR, 1)] {
             return Err(format!(
                 "want one interrupt on vector {MSI_VECTOR:#x} through IRTE {index}, got {got:?} (vector, count)"
@@ -554,10 +555,10 @@ impl<'f> Bench<'f> {
             &cap,
             Some(remappable_msi(index, None)),
         );
-        let cleared = self.raise_and_count(false)?;
+        let cleared = self.raise_edu(|_| false)?;
         // Control: the guest enables MSI again and the same wait sees the vector.
         self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, true)?;
-        let control = self.raise_and_count(true)?;
+        let control = self.raise_edu(|p| p.count(MSI_VECTOR) > 0)?;
         self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, false)?;
         if !cleared.is_empty() {
             return Err(format!(
@@ -811,7 +812,7 @@ impl<'f> Bench<'f> {
         for pin in PCI_PINS.clone() {
             self.route_pin(ioapic, ioapic_id, apic_id, pin)?;
         }
-        let routed = self.raise_intx(true)?;
+        let routed = self.raise_edu(|p| p.arrivals().next().is_some())?;
         let pin = match routed[..] {
             [(vector, 1)] if (PIN_VECTORS..PIN_VECTORS + 8).contains(&vector) => {
                 16 + vector - PIN_VECTORS
@@ -826,9 +827,9 @@ impl<'f> Bench<'f> {
         log::info!("vtd-guest self-test: the edu's INTx is on GSI {pin}");
         // The redirection entries stay in remappable format; only the IRTEs go.
         self.dma.release_ioapic_pins(self.frames);
-        let cleared = self.raise_intx(false)?;
+        let cleared = self.raise_edu(|_| false)?;
         self.route_pin(ioapic, ioapic_id, apic_id, pin)?;
-        let control = self.raise_intx(true)?;
+        let control = self.raise_edu(|p| p.arrivals().next().is_some())?;
         let vector = PIN_VECTORS + pin - 16;
         if !cleared.is_empty() {
             return Err(format!(
@@ -871,19 +872,6 @@ impl<'f> Bench<'f> {
         }
         ioapic.set_entry(pin, entry);
         Ok(())
-    }
-
-    /// Raises the edu's interrupt (INTx while MSI is off) and waits (until one arrives when
-    /// `expect`, the full bounded wait otherwise); the line drops at the acknowledgement.
-    fn raise_intx(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
-        let probe = install_probe()?;
-        probe.reset();
-        self.assigned_edu.raise(RAISE_BITS);
-        probe.wait(IRQ_SPINS, || expect && probe.arrivals().next().is_some());
-        self.assigned_edu.acknowledge(RAISE_BITS);
-        let got = probe.arrivals().collect();
-        drop(probe);
-        Ok(got)
     }
 
     /// The guest's domain, attaching it again (as for a new guest) if an earlier test detached it.
@@ -976,13 +964,14 @@ impl<'f> Bench<'f> {
         Ok((address, enabled))
     }
 
-    /// Raises the assigned edu's interrupt, waits (until [`MSI_VECTOR`] counts when `expect`,
-    /// the full bounded wait otherwise), acknowledges it in the device; returns every arrival.
-    fn raise_and_count(&mut self, expect: bool) -> Result<Vec<(u8, u32)>, String> {
+    /// Raises the assigned edu's interrupt (its MSI, or INTx while MSI is off) and waits with
+    /// interrupts on until `arrived` holds or the bounded wait ends (`|_| false`: the full wait, for
+    /// an interrupt that must not come); acknowledges it in the device and returns every arrival.
+    fn raise_edu(&mut self, arrived: impl Fn(&IrqProbe) -> bool) -> Result<Vec<(u8, u32)>, String> {
         let probe = install_probe()?;
         probe.reset();
         self.assigned_edu.raise(RAISE_BITS);
-        probe.wait(IRQ_SPINS, || expect && probe.count(MSI_VECTOR) > 0);
+        probe.wait(IRQ_SPINS, || arrived(&probe));
         self.assigned_edu.acknowledge(RAISE_BITS);
         let got = probe.arrivals().collect();
         drop(probe);
