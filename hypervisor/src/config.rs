@@ -31,7 +31,8 @@ pub enum InterruptMode {
     /// and the guest's EOI exits too.
     #[default]
     Baseline,
-    /// ELI: a shadow IDT delivers the guest's vectors with no exit, and its EOI completes with none.
+    /// ELI: the guest's device interrupts go straight to its own IDT with no exit, and its EOI
+    /// completes with none.
     Eli,
 }
 
@@ -53,6 +54,10 @@ pub struct GuestConfig {
     /// PCI functions assigned to the guest (`pci = 00:03.0, 00:08.0`); checked at boot by
     /// `vmm::assignment::plan`.
     pub pci: Vec<Bdf>,
+    /// Run budget (`timeout_ms = N`): the guest is stopped with a report once it has run this long
+    /// (TSC time at the rate CPUID reports). `None`, the default, lets it run for as long as it likes,
+    /// which is what a server's guests want; test images set one for every guest.
+    pub timeout_ms: Option<u64>,
 }
 
 impl GuestConfig {
@@ -68,6 +73,7 @@ impl GuestConfig {
             ioapic_pins: Vec::new(),
             expect_stop: None,
             pci: Vec::new(),
+            timeout_ms: None,
         }
     }
 }
@@ -211,6 +217,15 @@ impl GuestConfig {
                 }
             }
             "expect_stop" => self.expect_stop = Some(String::from(value)),
+            "timeout_ms" => match parse_u64(value) {
+                Some(0) => self.timeout_ms = None,
+                Some(ms) => self.timeout_ms = Some(ms),
+                None => {
+                    return Err(format!(
+                        "timeout_ms = {value}: write a number of milliseconds (0: no limit)"
+                    ))
+                }
+            },
             "pci" => {
                 for text in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     match text.parse::<Bdf>() {
@@ -233,7 +248,7 @@ impl GuestConfig {
             }
             _ => {
                 return Err(format!(
-                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop, pci)"
+                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop, pci, timeout_ms)"
                 ))
             }
         }
@@ -300,6 +315,19 @@ mod tests {
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [1, 3, 4]);
         assert!(problems[0].message.contains("yes or no"));
+    }
+
+    #[test]
+    fn a_run_budget_is_read_and_zero_means_none() {
+        let (config, problems) = Config::parse(
+            "[guest a]\nimage = a.elf\ntimeout_ms = 1500\n[guest b]\nimage = b.elf\ntimeout_ms = 0\n\
+             [guest c]\nimage = c.elf\ntimeout_ms = soon\n",
+        );
+        assert_eq!(config.guests[0].timeout_ms, Some(1500));
+        assert_eq!(config.guests[1].timeout_ms, None);
+        assert_eq!(config.guests[2].timeout_ms, None);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("milliseconds"), "{problems:?}");
     }
 
     #[test]

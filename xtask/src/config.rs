@@ -5,6 +5,11 @@ use std::fmt::Write;
 /// The kernel file the loader starts by default, relative to `\exitless\`.
 pub const DEFAULT_KERNEL: &str = "hypervisor.elf";
 
+/// The run budget of test guests, in the kernel's TSC milliseconds (at the rate CPUID reports: in Bochs,
+/// whose TSC runs ~48x slower than its CPUID says, this is ~50 s of wall time, well inside a boot's
+/// bound; the slowest test guest needs a tenth of it).
+pub const TEST_GUEST_TIMEOUT_MS: &str = "1000";
+
 /// A configuration for one image: the kernel, whether to power the emulator off, and any other
 /// top-level settings (e.g. `selftest = exception`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,11 +53,16 @@ impl ImageConfig {
     }
 
     /// Adds a `[guest NAME]` section.
+    /// Emulator images give every guest a run budget unless it sets its own: a stuck guest is then
+    /// stopped with a report instead of holding the emulator until xtask kills it.
     pub fn guest(mut self, name: &str, settings: &[(&str, &str)]) -> Self {
-        let settings = settings
+        let mut settings: Vec<(String, String)> = settings
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if self.emulator_exit && !settings.iter().any(|(k, _)| k == "timeout_ms") {
+            settings.push(("timeout_ms".into(), TEST_GUEST_TIMEOUT_MS.into()));
+        }
         self.guests.push((name.into(), settings));
         self
     }

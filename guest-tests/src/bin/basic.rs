@@ -1,4 +1,5 @@
-//! Basic exits: CPUID, MSRs, I/O, LIDT/SIDT, a refused ICR write, and the exit counters themselves.
+//! Basic exits: CPUID, MSRs, I/O, a refused ICR write, and the exit counters themselves; LIDT/SIDT
+//! without exits.
 #![no_std]
 #![no_main]
 
@@ -81,12 +82,11 @@ fn main(env: &Env) -> u32 {
                 .then_some(())
                 .ok_or("I/O exit count did not grow by 1"),
         );
+        // The guest's descriptor tables are its own: LIDT and SIDT run as on bare metal.
         let dt = after_dt[EXIT_LIDT_SIDT] - after_io[EXIT_LIDT_SIDT];
         suite.check(
-            "lidt-sidt-exits-counted",
-            (dt == 3)
-                .then_some(())
-                .ok_or("LIDT/SIDT exits did not grow by 3"),
+            "lidt-sidt-without-exits",
+            (dt == 0).then_some(()).ok_or("LIDT/SIDT exited"),
         );
         let msr = after_dt[EXIT_RDMSR];
         suite.check(
@@ -106,7 +106,7 @@ fn main(env: &Env) -> u32 {
     } else {
         for name in [
             "io-exit-counted",
-            "lidt-sidt-exits-counted",
+            "lidt-sidt-without-exits",
             "rdmsr-exit-counted",
             "icr-write-refused",
         ] {

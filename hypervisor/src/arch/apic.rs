@@ -1,6 +1,7 @@
 //! The host's own interrupt hardware: the local APIC in x2APIC mode (SDM Vol. 3A 11.12), the IOAPIC's
 //! redirection table (82093AA datasheet), and the legacy 8259 PICs (masked for good).
 
+use crate::virq::vector_set::VectorSet;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
@@ -16,6 +17,11 @@ const X2APIC_LVT_LINT0: u32 = 0x835;
 const X2APIC_LVT_LINT1: u32 = 0x836;
 const X2APIC_LVT_ERROR: u32 = 0x837;
 const X2APIC_TIMER_INITIAL: u32 = 0x838;
+/// ISR, TMR and IRR: eight 32-bit words each, vectors 32*i..32*i+31 in word i (SDM Table 11-6).
+const X2APIC_ISR0: u32 = 0x810;
+const X2APIC_TMR0: u32 = 0x818;
+const X2APIC_IRR0: u32 = 0x820;
+const X2APIC_SELF_IPI: u32 = 0x83F;
 const X2APIC_TIMER_DIVIDE: u32 = 0x83E;
 const SVR_ENABLE: u64 = 1 << 8;
 const LVT_MASKED: u64 = 1 << 16;
@@ -23,14 +29,19 @@ const LVT_TIMER_PERIODIC: u64 = 1 << 17;
 /// Divide configuration 0b0011: divide by 16 (SDM Figure 11-10).
 const TIMER_DIVIDE_BY_16: u64 = 0b0011;
 
-/// Vectors the host keeps for itself; guests' device vectors must lie below [`HOST_PRIORITY_FLOOR`].
-pub const HOST_TIMER_VECTOR: u8 = 0xEF;
+/// Vectors the host keeps for itself: the top priority class, so guests may use 0x20..0xEF as Linux
+/// does (its device vectors reach 0xEB, its local timer is 0xEC). None of them is ever raised on a CPU
+/// while a guest runs there (`vmm::host_clock`), so none can reach a guest's handler.
+pub const HOST_TIMER_VECTOR: u8 = 0xFE;
 /// The VT-d units' fault event interrupt (VT-d 7.3.1).
-pub const DMA_FAULT_VECTOR: u8 = 0xEE;
+pub const DMA_FAULT_VECTOR: u8 = 0xFD;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
-/// Priority class (SDM 11.8.3) from which vectors are the host's: with TPR at this value only host
-/// vectors are delivered, which is how the host takes its pending interrupts without taking a guest's.
-pub const HOST_PRIORITY_FLOOR: u8 = 0xD0;
+/// The lowest host vector, the start of the host's priority class (SDM 11.8.3).
+pub const HOST_PRIORITY_FLOOR: u8 = 0xF0;
+/// A TPR that lets only host vectors in: an interrupt is delivered only if its priority class is above
+/// the processor priority's (SDM 11.8.3.1), so TPR sits one class below the host's. This is how the
+/// host takes its own pending interrupts without taking a guest's.
+pub const HOST_ONLY_TPR: u8 = HOST_PRIORITY_FLOOR - 0x10;
 
 /// Whether the CPU has an x2APIC (CPUID.1:ECX bit 21).
 pub fn has_x2apic() -> bool {
@@ -78,6 +89,61 @@ pub fn start_periodic_timer(count: u32) {
         Msr::new(X2APIC_LVT_TIMER).write(LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR));
         Msr::new(X2APIC_TIMER_INITIAL).write(u64::from(count));
     }
+}
+
+/// Masks (true) or unmasks the host timer's LVT entry, keeping its vector and mode. A masked timer keeps
+/// counting; it just raises no interrupt (SDM 11.5.1).
+pub fn mask_timer(masked: bool) {
+    // SAFETY: x2APIC mode is on; the host owns the LAPIC timer.
+    unsafe {
+        let mut lvt = Msr::new(X2APIC_LVT_TIMER);
+        let value = lvt.read();
+        lvt.write(if masked {
+            value | LVT_MASKED
+        } else {
+            value & !LVT_MASKED
+        });
+    }
+}
+
+fn read_vector_bits(first: u32) -> VectorSet {
+    // SAFETY: x2APIC mode is on; ISR/TMR/IRR are read-only and reading them has no effect.
+    VectorSet::from_lapic_words(core::array::from_fn(|i| unsafe {
+        Msr::new(first + i as u32).read() as u32
+    }))
+}
+
+/// In-service register.
+pub fn in_service() -> VectorSet {
+    read_vector_bits(X2APIC_ISR0)
+}
+
+/// Interrupt request register (accepted, not yet delivered).
+pub fn requested() -> VectorSet {
+    read_vector_bits(X2APIC_IRR0)
+}
+
+/// Trigger mode register (set: the vector was last accepted level-triggered).
+pub fn trigger_mode() -> VectorSet {
+    read_vector_bits(X2APIC_TMR0)
+}
+
+/// Whether a host vector is requested or in service, reading only the word that holds them.
+pub fn host_vector_pending() -> bool {
+    // SAFETY: as in `read_vector_bits`.
+    let (isr, irr) = unsafe {
+        (
+            Msr::new(X2APIC_ISR0 + 7).read(),
+            Msr::new(X2APIC_IRR0 + 7).read(),
+        )
+    };
+    (isr | irr) & (0xFFFF << 16) != 0
+}
+
+/// A fixed, edge-triggered interrupt on `vector` to this CPU (x2APIC SELF IPI, SDM 11.12.11).
+pub fn self_ipi(vector: u8) {
+    // SAFETY: x2APIC mode is on; the host IDT has a gate for every vector it sends itself.
+    unsafe { Msr::new(X2APIC_SELF_IPI).write(u64::from(vector)) }
 }
 
 /// Masks both 8259 PICs: interrupts come through the IOAPIC only.

@@ -174,6 +174,10 @@ pub fn init() {
             idt.hv_injection_exception.set_handler_addr(at(28));
             idt.vmm_communication_exception.set_handler_addr(at(29));
             idt.security_exception.set_handler_addr(at(30));
+            // Guests' vectors reach the host only when a guest left them behind (host_irq's scrub).
+            for vector in crate::vmm::interrupts::GUEST_VECTORS {
+                idt[vector].set_handler_addr(VirtAddr::new(super::host_irq::stray_entry()));
+            }
             idt[super::apic::HOST_TIMER_VECTOR]
                 .set_handler_addr(VirtAddr::new(super::host_irq::timer_entry()));
             idt[super::apic::DMA_FAULT_VECTOR]

@@ -1,14 +1,86 @@
-//! The host's own interrupt vectors: the host timer, the VT-d fault event and the spurious vector.
+//! The host's own interrupt vectors: the host timer, the VT-d fault event and the spurious vector;
+//! and [`scrub_after_guest`], which leaves the LAPIC holding nothing of a guest that ended.
 //!
 //! The host keeps interrupts off except in [`service_pending`], a short window in which only host
 //! vectors can be delivered (TPR raised to the host's priority class), so interrupts that belong to a
 //! guest stay pending in the LAPIC for the guest.
 
-use super::apic::{self, HOST_PRIORITY_FLOOR};
+use super::apic::{self, HOST_ONLY_TPR};
+use crate::virq::vector_set::VectorSet;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
 static DMA_FAULT_EVENTS: AtomicU64 = AtomicU64::new(0);
+static STRAY_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// Host ticks that the host clock counted while a guest ran (the LAPIC timer is masked then).
+pub fn add_timer_ticks(ticks: u64) {
+    TIMER_TICKS.fetch_add(ticks, Ordering::Relaxed);
+}
+
+/// What [`scrub_after_guest`] did, and what it could not undo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LapicScrub {
+    /// In-service vectors completed with an EOI.
+    pub completed: u32,
+    /// Requested vectors taken (and discarded) through the host IDT.
+    pub discarded: u32,
+    /// Level-triggered TMR bits cleared by re-accepting the vector edge-triggered.
+    pub tmr_cleared: u32,
+    /// What was still set afterwards (all empty on a correct LAPIC).
+    pub left: [VectorSet; 3],
+}
+
+impl LapicScrub {
+    pub fn clean(&self) -> bool {
+        self.left.iter().all(VectorSet::is_empty)
+    }
+}
+
+/// Leaves this CPU's LAPIC holding nothing of the guest that ran on it: every in-service vector is
+/// completed (EOI clears the highest ISR bit, SDM Vol. 3A 11.8.5), every requested one is taken and
+/// dropped by the stray handler, and a TMR bit left by a level-triggered guest vector is cleared by
+/// accepting the same vector once more edge-triggered (SDM 11.8.4: acceptance sets TMR for level and
+/// clears it for edge; an EOI does not touch it). TPR goes back to 0. The guest's pins must already
+/// be masked and its MSIs off, or its device would only raise them again.
+pub fn scrub_after_guest() -> LapicScrub {
+    let mut scrub = LapicScrub::default();
+    // At most 256 of each: every step clears one bit or the LAPIC is not doing what the SDM says.
+    for _ in 0..256 {
+        if apic::in_service().is_empty() {
+            break;
+        }
+        apic::eoi();
+        scrub.completed += 1;
+    }
+    apic::set_tpr(0);
+    let before = STRAY_INTERRUPTS.load(Ordering::Relaxed);
+    for _ in 0..256 {
+        if apic::requested().is_empty() {
+            break;
+        }
+        take_one_interrupt();
+    }
+    let tmr = apic::trigger_mode();
+    for vector in tmr
+        .iter()
+        .filter(|v| crate::vmm::interrupts::GUEST_VECTORS.contains(v))
+    {
+        apic::self_ipi(vector);
+        take_one_interrupt();
+        scrub.tmr_cleared += 1;
+    }
+    scrub.discarded = (STRAY_INTERRUPTS.load(Ordering::Relaxed) - before) as u32;
+    scrub.left = [apic::in_service(), apic::requested(), apic::trigger_mode()];
+    scrub
+}
+
+/// One instruction with IF=1 at the current TPR.
+fn take_one_interrupt() {
+    // STI delays delivery by one instruction (SDM Vol. 2B STI), so the NOP is where interrupts arrive.
+    // SAFETY: the host IDT has a gate for every vector (the stray handler for guests' vectors).
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
 
 /// Host timer interrupts taken so far, however they arrived (through the host IDT, or as a VM exit).
 pub fn timer_ticks() -> u64 {
@@ -35,13 +107,23 @@ pub fn take_dma_fault_events() -> u64 {
     }
 }
 
-/// Lets pending host interrupts in: TPR at the host floor, one instruction with IF=1, then back.
+/// Lets pending host interrupts in: TPR just below the host's class, one instruction with IF=1, then
+/// back.
 pub fn service_pending() {
-    apic::set_tpr(HOST_PRIORITY_FLOOR);
-    // STI delays delivery by one instruction (SDM Vol. 2B STI), so the NOP is where interrupts arrive.
-    // SAFETY: the host IDT handles every vector that can be delivered above the raised TPR.
-    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    apic::set_tpr(HOST_ONLY_TPR);
+    take_one_interrupt();
     apic::set_tpr(0);
+}
+
+/// Takes every host interrupt already pending (after the host timer and fault events are masked, so
+/// that none is left in the IRR to be delivered through a guest's IDT). Returns how many windows it took.
+pub fn drain_host_vectors() -> u32 {
+    let mut windows = 0;
+    while apic::host_vector_pending() && windows < 64 {
+        service_pending();
+        windows += 1;
+    }
+    windows
 }
 
 /// TSC ticks between two host timer interrupts, measured from the interrupts themselves; `None` if
@@ -100,6 +182,7 @@ core::arch::global_asm!(
 
     host_irq_stub host_timer_stub, {timer}
     host_irq_stub host_dma_fault_stub, {dma_fault}
+    host_irq_stub host_stray_stub, {stray}
 
     .global host_spurious_stub
     host_spurious_stub:
@@ -107,12 +190,20 @@ core::arch::global_asm!(
     "#,
     timer = sym timer_interrupt,
     dma_fault = sym dma_fault_interrupt,
+    stray = sym stray_interrupt,
 );
 
 extern "C" {
     fn host_timer_stub();
     fn host_dma_fault_stub();
     fn host_spurious_stub();
+    fn host_stray_stub();
+}
+
+/// A guest's vector that reached the host (left over when the guest ended): complete and drop it.
+extern "C" fn stray_interrupt() {
+    STRAY_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    apic::eoi();
 }
 
 extern "C" fn timer_interrupt() {
@@ -132,6 +223,10 @@ pub fn timer_entry() -> u64 {
 
 pub fn dma_fault_entry() -> u64 {
     host_dma_fault_stub as *const () as u64
+}
+
+pub fn stray_entry() -> u64 {
+    host_stray_stub as *const () as u64
 }
 
 pub fn spurious_entry() -> u64 {

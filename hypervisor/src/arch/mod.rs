@@ -4,6 +4,7 @@
 pub mod apic;
 pub mod exceptions;
 pub mod gdt;
+pub mod guest_cpu_state;
 pub mod host_irq;
 pub mod irq_probe;
 pub mod power;

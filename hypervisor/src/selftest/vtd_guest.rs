@@ -213,6 +213,7 @@ impl<'f> Bench<'f> {
             ports: Vec::new(),
             ioapic_pins: Vec::new(),
             expect_stop: None,
+            timeout_ms: None,
             pci: vec![first.bdf],
         };
         let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);
@@ -315,6 +316,7 @@ impl<'f> Bench<'f> {
             ports: Vec::new(),
             ioapic_pins: Vec::new(),
             expect_stop: None,
+            timeout_ms: None,
             pci: vec![f.bdf],
         };
         let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);

@@ -5,4 +5,5 @@
 
 pub mod ioapic;
 pub mod msr_policy;
+pub mod vector_set;
 pub mod x2apic;

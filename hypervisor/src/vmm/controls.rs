@@ -34,25 +34,23 @@ pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeat
         return Err(MissingFeature(format!("VMX itself ({})", reason.as_str())));
     }
     // Baseline: every external interrupt exits and is acknowledged on exit, so the exit carries its
-    // vector (SDM 25.2 "acknowledge interrupt on exit"). ELI: interrupts go through the guest's (shadow)
-    // IDT; the preemption timer is what guarantees the host gets the CPU back (eli.md).
+    // vector (SDM 25.2 "acknowledge interrupt on exit"). ELI: interrupts go straight through the guest's
+    // own IDT. In both, the VMX-preemption timer is how the host gets the CPU back on time, since no
+    // host interrupt is armed while a guest runs (host_clock); NMIs always exit.
     let (pin_required, exit_interrupt) = match mode {
         InterruptMode::Baseline => (
-            PinBasedControls::EXTERNAL_INTERRUPT_EXITING | PinBasedControls::NMI_EXITING,
+            PinBasedControls::EXTERNAL_INTERRUPT_EXITING,
             ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
         ),
-        InterruptMode::Eli => (
-            PinBasedControls::NMI_EXITING | PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER,
-            ExitControls::empty(),
-        ),
+        InterruptMode::Eli => (PinBasedControls::empty(), ExitControls::empty()),
     };
     let pin = caps
         .pin_based
-        // The preemption timer also backs up baseline: some emulators (Bochs 2.7) do not notice an
-        // external interrupt while the guest has RFLAGS.IF = 0 until the next VM transition.
         .compute(
-            pin_required,
-            PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER,
+            pin_required
+                | PinBasedControls::NMI_EXITING
+                | PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER,
+            PinBasedControls::empty(),
         )
         .map_err(|m| missing("pin-based", m))?;
     let primary = caps
@@ -68,7 +66,7 @@ pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeat
     let secondary = caps
         .secondary
         .compute(
-            SecondaryControls::ENABLE_EPT | SecondaryControls::DESCRIPTOR_TABLE_EXITING,
+            SecondaryControls::ENABLE_EPT,
             // Without these the guest's RDTSCP/INVPCID would #UD although CPUID advertises them.
             SecondaryControls::ENABLE_VPID
                 | SecondaryControls::ENABLE_RDTSCP
@@ -149,8 +147,13 @@ mod tests {
             .pin
             .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER));
         for c in [baseline, eli] {
-            assert!(c.secondary.contains(
-                SecondaryControls::ENABLE_EPT | SecondaryControls::DESCRIPTOR_TABLE_EXITING
+            assert!(c.secondary.contains(SecondaryControls::ENABLE_EPT));
+            // The guest's LIDT/SIDT/LGDT/SGDT run as on bare metal: its IDT is its own.
+            assert!(!c
+                .secondary
+                .contains(SecondaryControls::DESCRIPTOR_TABLE_EXITING));
+            assert!(c.pin.contains(
+                PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER | PinBasedControls::NMI_EXITING
             ));
             assert!(
                 c.secondary.contains(SecondaryControls::ENABLE_VPID),
@@ -173,13 +176,14 @@ mod tests {
     }
 
     #[test]
-    fn eli_needs_the_preemption_timer() {
+    fn both_modes_need_the_preemption_timer() {
         let mut caps = bochs_caps();
         caps.pin_based
             .may_be_one
             .remove(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER);
-        assert!(plan(&caps, InterruptMode::Baseline).is_ok());
-        let error = plan(&caps, InterruptMode::Eli).unwrap_err();
-        assert!(error.0.contains("PREEMPTION_TIMER"), "{error}");
+        for mode in [InterruptMode::Baseline, InterruptMode::Eli] {
+            let error = plan(&caps, mode).unwrap_err();
+            assert!(error.0.contains("PREEMPTION_TIMER"), "{error}");
+        }
     }
 }

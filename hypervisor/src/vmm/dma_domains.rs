@@ -96,6 +96,8 @@ pub struct DmaRemapping<M: VtdMmio> {
     next_domain: DomainId,
     /// IRTEs carrying guests' IOAPIC pins: (IOAPIC id, pin, unit, index).
     pin_irtes: Vec<(u8, u8, usize, u16)>,
+    /// Where fault events go while they are on: (vector, APIC ID).
+    fault_target: Option<(u8, u32)>,
 }
 
 /// The RMRRs of the machine's DMAR (none without one).
@@ -153,6 +155,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
             rmrr_domains: Vec::new(),
             next_domain: 0,
             pin_irtes: Vec::new(),
+            fault_target: None,
         };
         for iommu in iommus {
             let hw = RemappingUnit::new(open(iommu));
@@ -920,6 +923,23 @@ impl<M: VtdMmio> DmaRemapping<M> {
     /// fault is drained (logged, its device quarantined) when it happens rather than when the
     /// guest ends. `None` masks the interrupt again; faults are still recorded.
     pub fn route_fault_events(&mut self, target: Option<(u8, u32)>) -> Result<(), String> {
+        self.fault_target = target;
+        self.send_fault_events(target)
+    }
+
+    /// Masks the fault event interrupt while a guest runs on the CPU it targets: raised there, it
+    /// would be delivered through the guest's IDT (`vmm::host_clock`). Faults are still recorded and
+    /// the runner drains them at each host tick; [`Self::resume_fault_events`] turns it back on.
+    pub fn pause_fault_events(&mut self) {
+        let _ = self.send_fault_events(None);
+    }
+
+    /// Sends fault events where [`Self::route_fault_events`] last said (nowhere if it said none).
+    pub fn resume_fault_events(&mut self) -> Result<(), String> {
+        self.send_fault_events(self.fault_target)
+    }
+
+    fn send_fault_events(&mut self, target: Option<(u8, u32)>) -> Result<(), String> {
         for (u, unit) in self.units.iter_mut().enumerate() {
             match target {
                 Some((vector, apic_id)) => {
@@ -1475,7 +1495,7 @@ mod tests {
             Ok(None)
         );
         assert!(dma
-            .route_guest_msi(h, &msi(true, 0xEF), edu, (2, false), &mut f)
+            .route_guest_msi(h, &msi(true, 0xF5), edu, (2, false), &mut f)
             .is_err());
         assert_eq!(dma.guest_irte(h, edu, &mut f), None);
         // No EIM on QEMU's unit: an APIC ID above 255 cannot be expressed.
@@ -1662,5 +1682,31 @@ mod tests {
         dma.shut_down();
         let hw = dma.units[0].hw.mmio();
         assert_eq!(hw.get(Reg32::FaultEventControl.offset()), 1 << 31);
+    }
+
+    #[test]
+    fn fault_events_pause_while_a_guest_runs_and_resume_to_the_same_target() {
+        use crate::vtd::regs::Reg32;
+        let mut f = TestFrames::default();
+        let mut dma = up(QEMU_CAP, &[], &[], &mut f);
+        dma.route_fault_events(Some((0xFD, 2))).unwrap();
+        dma.pause_fault_events();
+        let control = |dma: &mut DmaRemapping<FakeVtd>| {
+            dma.units[0]
+                .hw
+                .mmio()
+                .get(Reg32::FaultEventControl.offset())
+        };
+        assert_eq!(control(&mut dma), 1 << 31, "masked (FECTL.IM)");
+        dma.resume_fault_events().unwrap();
+        assert_eq!(control(&mut dma), 0, "unmasked again");
+        assert_eq!(
+            dma.units[0].hw.mmio().get(Reg32::FaultEventData.offset()),
+            0xFD
+        );
+        // Never routed: resuming leaves them masked.
+        dma.route_fault_events(None).unwrap();
+        dma.resume_fault_events().unwrap();
+        assert_eq!(control(&mut dma), 1 << 31);
     }
 }

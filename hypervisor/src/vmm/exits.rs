@@ -7,14 +7,14 @@
 use super::cpuid::guest_cpuid;
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
-use super::irq_exits::{self, EliState};
+use super::irq_exits;
 use super::msix::MsixRequest;
 use super::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
 use crate::vmx::exit::{
-    CrAccess, CrAccessKind, DescriptorTableInfo, DtInstruction, EventType, ExitReason,
-    ExitReasonField, Gpr, InterruptionInfo, IoDirection, IoQualification, SegmentReg,
+    CrAccess, CrAccessKind, EventType, ExitReason, ExitReasonField, Gpr, InterruptionInfo,
+    IoDirection, IoQualification,
 };
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
 use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, Vmcs64, Vmcs64Ro, VmcsNatural, VmcsNaturalRo};
@@ -29,12 +29,10 @@ pub trait HostServices: InterruptHardware {
     /// The host CPU's CPUID.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
     fn rdtsc(&self) -> u64;
-    /// Host timer interrupts taken so far.
+    /// Host timer ticks so far.
     fn host_timer_ticks(&self) -> u64;
-    /// ELI: makes the guest page at `gpa` writable or read-only in EPT (and invalidates EPT caches).
-    fn set_guest_page_writable(&mut self, gpa: u64, writable: bool);
-    /// ELI: stores the shadow IDT where the guest's IDTR points.
-    fn write_shadow_idt(&mut self, shadow: &[u8; 4096]);
+    /// TSC at which the host must have the CPU back (its next tick, or the end of the guest's budget).
+    fn next_host_deadline(&self) -> u64;
     /// The host's PCI configuration access, for guests with assigned functions.
     fn pci_config(&self) -> Option<&dyn ConfigAccess>;
     /// Applies the guest's MSI programming of an assigned function to the hardware (an IRTE with
@@ -105,41 +103,33 @@ const MAX_CONSOLE_LINE: usize = 512;
 pub struct Vcpu {
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
-    /// The IDTR the guest loaded (what SIDT returns); under ELI the CPU runs on a shadow instead.
-    pub guest_idtr: (u64, u16),
     pub console: VirtualConsole,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
-    /// MSRs the VMCS does not hold, kept in software (never loaded into the CPU).
+    /// MSRs kept in software (never loaded into the CPU).
     pub soft_msrs: SoftMsrs,
     /// CR0/CR4 bits VMX operation fixes (SDM A.7/A.8): (fixed0, fixed1) pairs.
     pub cr0_fixed: (u64, u64),
     pub cr4_fixed: (u64, u64),
     /// The virtual x2APIC, mediated IOAPIC and injection state.
     pub interrupts: GuestInterrupts,
-    /// ELI only: the shadow IDT and the guest IDT pages it mirrors (on the heap: its tables are 8 KiB).
-    pub eli: Option<alloc::boxed::Box<EliState>>,
     /// Interrupt-window exiting is on (baseline injection waits for the guest to accept interrupts).
     pub window_exiting: bool,
     /// Basic reason of the last VM exit.
     pub last_exit: u16,
     /// The PCI bus the guest sees (its assigned functions).
     pub pci: VirtualPci,
-    /// VMX-preemption timer: (its usual value, the TSC-to-timer shift), when it is in use.
-    pub preemption: Option<(u32, u8)>,
+    /// The VMX-preemption timer counts once every 2^shift TSC ticks (IA32_VMX_MISC 4:0).
+    pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.
     pub preemption_written: u32,
 }
 
+/// MSRs the guest sees that neither the VMCS nor the CPU holds for it. (The SYSCALL/SWAPGS MSRs and
+/// TSC_AUX are the CPU's own while the guest runs: `arch::guest_cpu_state`.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SoftMsrs {
     pub pat: u64,
-    pub star: u64,
-    pub lstar: u64,
-    pub cstar: u64,
-    pub fmask: u64,
-    pub kernel_gs_base: u64,
-    pub tsc_aux: u64,
 }
 
 /// The guest's view of IA32_APIC_BASE at reset: LAPIC at 0xFEE00000, enabled, bootstrap processor.
@@ -154,14 +144,8 @@ mod msr {
     pub const MISC_ENABLE: u32 = 0x1A0;
     pub const PAT: u32 = 0x277;
     pub const EFER: u32 = 0xC000_0080;
-    pub const STAR: u32 = 0xC000_0081;
-    pub const LSTAR: u32 = 0xC000_0082;
-    pub const CSTAR: u32 = 0xC000_0083;
-    pub const FMASK: u32 = 0xC000_0084;
     pub const FS_BASE: u32 = 0xC000_0100;
     pub const GS_BASE: u32 = 0xC000_0101;
-    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
-    pub const TSC_AUX: u32 = 0xC000_0103;
     pub const X2APIC_FIRST: u32 = 0x800;
     pub const X2APIC_LAST: u32 = 0x8FF;
 }
@@ -225,7 +209,6 @@ fn dispatch(
         ExitReason::IoInstruction => io(vcpu, host, qualification),
         ExitReason::Vmcall => hypercall(vcpu, mem, host),
         ExitReason::Hlt => hlt(vmcs)?,
-        ExitReason::GdtrIdtrAccess => descriptor_table(vmcs, vcpu, mem, host, qualification)?,
         ExitReason::CrAccess => control_register(vmcs, vcpu, qualification)?,
         ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Handled::Stay,
         ExitReason::ExternalInterrupt => {
@@ -235,7 +218,7 @@ fn dispatch(
         }
         ExitReason::EptViolation => {
             let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
-            match irq_exits::ept_violation(vmcs, vcpu, mem, host, gpa, qualification)? {
+            match irq_exits::ept_violation(vmcs, vcpu, mem, host, gpa)? {
                 Some(handled) => handled,
                 None => {
                     let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
@@ -256,7 +239,14 @@ fn dispatch(
                 reason.description()
             )))
         }
-        ExitReason::ExceptionOrNmi => irq_exits::exception(vmcs, vcpu, host)?,
+        ExitReason::ExceptionOrNmi => {
+            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
+            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+            stopped(format!(
+                "unexpected exception vector {} at rip {rip:#x}",
+                info.vector
+            ))
+        }
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
             other as u16,
@@ -327,14 +317,8 @@ fn rdmsr(
         msr::PLATFORM_ID | msr::BIOS_SIGN_ID => 0,
         msr::PAT => soft.pat,
         msr::EFER => vmcs.read64(Vmcs64::GuestIa32Efer)?,
-        msr::STAR => soft.star,
-        msr::LSTAR => soft.lstar,
-        msr::CSTAR => soft.cstar,
-        msr::FMASK => soft.fmask,
         msr::FS_BASE => vmcs.read_natural(VmcsNatural::GuestFsBase)?,
         msr::GS_BASE => vmcs.read_natural(VmcsNatural::GuestGsBase)?,
-        msr::KERNEL_GS_BASE => soft.kernel_gs_base,
-        msr::TSC_AUX => soft.tsc_aux,
         msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
             match vcpu.interrupts.read_msr(vcpu.regs.rcx as u32, host.rdtsc()) {
                 Ok(value) => value,
@@ -376,14 +360,8 @@ fn wrmsr(
             }
             vmcs.write64(Vmcs64::GuestIa32Efer, (value & !LMA) | (current & LMA))?;
         }
-        msr::STAR => soft.star = value,
-        msr::LSTAR => soft.lstar = value,
-        msr::CSTAR => soft.cstar = value,
-        msr::FMASK => soft.fmask = value,
         msr::FS_BASE => vmcs.write_natural(VmcsNatural::GuestFsBase, value)?,
         msr::GS_BASE => vmcs.write_natural(VmcsNatural::GuestGsBase, value)?,
-        msr::KERNEL_GS_BASE => soft.kernel_gs_base = value,
-        msr::TSC_AUX => soft.tsc_aux = value,
         // The virtual x2APIC; IPIs that would reach other CPUs (INIT, SIPI) are refused with #GP.
         msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
             if vcpu
@@ -537,78 +515,6 @@ fn hlt(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
     skip_instruction(vmcs)?;
     vmcs.write32(Vmcs32::GuestActivityState, ACTIVITY_HLT)?;
     Ok(Handled::Stay)
-}
-
-/// LGDT/LIDT/SGDT/SIDT (descriptor-table exiting, SDM 25.6.2; operand per Table 28-10).
-fn descriptor_table(
-    vmcs: &mut impl VmcsAccess,
-    vcpu: &mut Vcpu,
-    mem: &mut GuestMemory<'_>,
-    host: &mut impl HostServices,
-    displacement: u64,
-) -> Result<Handled, VmFail> {
-    let raw_info = vmcs.read32_ro(Vmcs32Ro::ExitInstructionInfo)?;
-    let Some(info) = DescriptorTableInfo::decode(raw_info) else {
-        return Ok(Handled::End(GuestEnd::Stopped(format!(
-            "malformed descriptor-table instruction info {raw_info:#x}"
-        ))));
-    };
-    let segment_base = match info.segment {
-        SegmentReg::Fs => vmcs.read_natural(VmcsNatural::GuestFsBase)?,
-        SegmentReg::Gs => vmcs.read_natural(VmcsNatural::GuestGsBase)?,
-        // ES/CS/SS/DS have base 0 in 64-bit mode (SDM Vol. 3A 3.4.4).
-        _ => 0,
-    };
-    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
-    let address = info.linear_address(
-        displacement,
-        |r| gpr_value(&vcpu.regs, rsp, r),
-        segment_base,
-    );
-    let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
-    match info.instruction {
-        DtInstruction::Lidt | DtInstruction::Lgdt => {
-            let Some(bytes) = mem.read_virt::<10>(cr3, address) else {
-                return Ok(Handled::End(GuestEnd::Stopped(format!(
-                    "LIDT/LGDT operand {address:#x} is not mapped"
-                ))));
-            };
-            let limit = u16::from_le_bytes([bytes[0], bytes[1]]);
-            let base = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
-            if info.instruction == DtInstruction::Lidt {
-                vcpu.guest_idtr = (base, limit);
-                if vcpu.eli.is_some() {
-                    // The CPU keeps running on the shadow; it is rebuilt from the new table.
-                    irq_exits::guest_idt_loaded(vmcs, vcpu, mem, host)?;
-                } else {
-                    vmcs.write_natural(VmcsNatural::GuestIdtrBase, base)?;
-                    vmcs.write32(Vmcs32::GuestIdtrLimit, limit.into())?;
-                }
-            } else {
-                vmcs.write_natural(VmcsNatural::GuestGdtrBase, base)?;
-                vmcs.write32(Vmcs32::GuestGdtrLimit, limit.into())?;
-            }
-        }
-        DtInstruction::Sidt | DtInstruction::Sgdt => {
-            let (base, limit) = if info.instruction == DtInstruction::Sidt {
-                vcpu.guest_idtr
-            } else {
-                (
-                    vmcs.read_natural(VmcsNatural::GuestGdtrBase)?,
-                    vmcs.read32(Vmcs32::GuestGdtrLimit)? as u16,
-                )
-            };
-            let mut bytes = [0u8; 10];
-            bytes[..2].copy_from_slice(&limit.to_le_bytes());
-            bytes[2..].copy_from_slice(&base.to_le_bytes());
-            if mem.write_virt(cr3, address, &bytes).is_none() {
-                return Ok(Handled::End(GuestEnd::Stopped(format!(
-                    "SIDT/SGDT operand {address:#x} is not mapped"
-                ))));
-            }
-        }
-    }
-    Ok(Handled::Skip)
 }
 
 /// MOV to CR0/CR4 that touches a bit the host owns (the guest/host masks): the guest keeps its view in

@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(space.get(bdf()).get16(0x42) & 1, 1);
         // A host vector is refused and the device's MSI left off.
         let refused = route_guest_msi::<FakeVtd>(
-            &request(true, 0xEF),
+            &request(true, 0xF5),
             &f,
             Some(&plan),
             None,
@@ -416,7 +416,7 @@ mod tests {
             &space,
             &mut frames,
         );
-        assert!(refused.unwrap_err().contains("0xef"));
+        assert!(refused.unwrap_err().contains("0xf5"));
         assert_eq!(space.get(bdf()).get16(0x42) & 1, 0);
         // A covered device with remapping down is refused rather than programmed.
         let covered = AssignedDevice {

@@ -1,12 +1,11 @@
 //! A guest's interrupts: its virtual x2APIC and mediated IOAPIC, host interrupts that arrive while it
-//! runs, and injection (the `baseline` path, and ELI's fallback for interrupts it cannot deliver
-//! directly). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
+//! runs (baseline only, and only if something other than the host clock raised one), and injection
+//! (the `baseline` path, and ELI's path for virtual interrupts such as the virtual LAPIC timer and
+//! self-IPIs). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
 //!
 //! Vector ownership: the host's vectors are [`HOST_PRIORITY_FLOOR`] and above (its timer, the VT-d
-//! fault event, spurious);
-//! a guest may route its pins only to vectors 0x20..HOST_PRIORITY_FLOOR, which keeps the physical
-//! vector equal to the guest's (ELI delivers through the guest's own gate) and lets the host raise the
-//! LAPIC's TPR to take only its own pending interrupts.
+//! fault event, spurious); a guest may route its pins and MSIs only to [`GUEST_VECTORS`], which keeps
+//! the physical vector equal to the guest's (ELI delivers through the guest's own gate).
 
 use crate::arch::apic::{
     DMA_FAULT_VECTOR, HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR,
@@ -14,8 +13,8 @@ use crate::arch::apic::{
 use crate::config::InterruptMode;
 use crate::pci::Bdf;
 use crate::virq::ioapic::{IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic};
+use crate::virq::vector_set::VectorSet;
 use crate::virq::x2apic::{IpiReach, WriteEffect, X2apic, X2apicFault};
-use crate::vmx::shadow_idt::VectorSet;
 use alloc::vec::Vec;
 
 /// Guest-physical base of the mediated IOAPIC (the architectural default).
@@ -60,17 +59,14 @@ pub struct GuestInterrupts {
     pub mode: InterruptMode,
     pub apic: X2apic,
     pub ioapic: VirtualIoapic,
-    /// Vectors the guest's unmasked pins and enabled MSIs are routed to: ELI's shadow IDT keeps
-    /// their gates present.
+    /// Vectors the guest's unmasked pins and enabled MSIs are routed to (a baseline external-interrupt
+    /// exit on one of them is the guest's; any other vector is the host's).
     pub device_vectors: VectorSet,
     /// The vector each assigned function's enabled MSI carries.
     msi_vectors: Vec<(Bdf, Option<u16>, u8)>,
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
-    /// A virtual interrupt became pending, in service or completed since the last look (ELI keeps its
-    /// shadow gates in step).
-    virtual_changed: bool,
 }
 
 impl Default for GuestInterrupts {
@@ -108,7 +104,6 @@ impl GuestInterrupts {
             msi_vectors: Vec::new(),
             stats: InterruptStats::default(),
             eoi_passthrough: false,
-            virtual_changed: false,
         }
     }
 
@@ -159,25 +154,6 @@ impl GuestInterrupts {
         if self.apic.request(vector, false).is_err() {
             self.stats.stray += 1;
         }
-        self.virtual_changed = true;
-    }
-
-    /// ELI: a #NP exit for an external interrupt whose shadow gate is not present.
-    pub fn hidden_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
-        if self.device_vectors.contains(vector) {
-            // The guest's own device vector but its gate is missing (shadow out of date): EOI the
-            // physical one and deliver it through injection instead.
-            hw.eoi();
-            let _ = self.apic.request(vector, false);
-            self.virtual_changed = true;
-            return;
-        }
-        self.host_vector(vector, hw);
-    }
-
-    /// Whether virtual interrupt state changed since the last call (and clears the flag).
-    pub fn take_virtual_change(&mut self) -> bool {
-        core::mem::take(&mut self.virtual_changed)
     }
 
     /// The vector to inject now, if any (the caller checks the guest can take it, then calls
@@ -190,7 +166,6 @@ impl GuestInterrupts {
     pub fn injected(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
         self.apic.acknowledge(vector);
         self.stats.injected += 1;
-        self.virtual_changed = true;
         if self.mode == InterruptMode::Eli {
             self.set_eoi_passthrough(false, hw);
         }
@@ -199,9 +174,7 @@ impl GuestInterrupts {
     /// Brings the virtual APIC's timer up to guest time `now` (TSC); a timer that expired becomes a
     /// pending interrupt.
     pub fn advance_to(&mut self, now: u64) {
-        if self.apic.advance_to(now) != 0 {
-            self.virtual_changed = true;
-        }
+        self.apic.advance_to(now);
     }
 
     /// TSC at which the virtual timer next fires, if it is armed and unmasked.
@@ -225,7 +198,6 @@ impl GuestInterrupts {
         self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
             WriteEffect::Eoi(_) => {
-                self.virtual_changed = true;
                 if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
                     self.set_eoi_passthrough(true, hw);
                 }
@@ -234,7 +206,6 @@ impl GuestInterrupts {
             WriteEffect::Ipi(request) => match request.reach(self.apic.id()) {
                 IpiReach::OnlySelf => {
                     self.apic.deliver_to_self(request).map_err(|_| GuestFault)?;
-                    self.virtual_changed = true;
                 }
                 IpiReach::Nobody => {}
                 IpiReach::IncludesOthers => return Err(GuestFault),
@@ -245,7 +216,7 @@ impl GuestInterrupts {
     }
 
     /// A guest access to the mediated IOAPIC window; returns the value read (0 for writes) and whether
-    /// the set of device vectors changed (ELI rebuilds its shadow IDT then).
+    /// the set of device vectors changed.
     pub fn ioapic_access(
         &mut self,
         offset: u64,
@@ -275,8 +246,7 @@ impl GuestInterrupts {
     }
 
     /// Function `bdf`'s MSI now reaches the guest on `vector` (`None`: disabled, or not routed).
-    /// Returns whether the device vectors changed; ELI's shadow gates then follow at the next VM
-    /// entry (the change is flagged like a virtual interrupt's).
+    /// Returns whether the device vectors changed.
     pub fn msi_vector(&mut self, bdf: Bdf, vector: Option<u8>) -> bool {
         self.source_vector((bdf, None), vector)
     }
@@ -291,9 +261,7 @@ impl GuestInterrupts {
         if let Some(v) = vector.filter(|v| GUEST_VECTORS.contains(v)) {
             self.msi_vectors.push((bdf, entry, v));
         }
-        let changed = self.recompute_device_vectors();
-        self.virtual_changed |= changed;
-        changed
+        self.recompute_device_vectors()
     }
 
     /// Device vectors from the unmasked pins and the enabled MSIs; whether they changed.
@@ -390,15 +358,13 @@ mod tests {
         );
         g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
         g.external_interrupt(HOST_TIMER_VECTOR, &mut hw);
-        g.hidden_vector(HOST_TIMER_VECTOR, &mut hw);
-        assert_eq!((hw.ticks, hw.eois), (2, 2));
+        assert_eq!((hw.ticks, hw.eois), (1, 1));
         assert_eq!(g.pending(), None);
         g.external_interrupt(SPURIOUS_VECTOR, &mut hw);
-        assert_eq!(hw.eois, 2, "no EOI for a spurious interrupt");
-        // The VT-d fault event, in either mode, is the host's too: accounted and EOI'd.
+        assert_eq!(hw.eois, 1, "no EOI for a spurious interrupt");
+        // The VT-d fault event is the host's too: accounted and EOI'd.
         g.external_interrupt(DMA_FAULT_VECTOR, &mut hw);
-        g.hidden_vector(DMA_FAULT_VECTOR, &mut hw);
-        assert_eq!((hw.dma_fault_events, hw.eois), (2, 4));
+        assert_eq!((hw.dma_fault_events, hw.eois), (1, 2));
         assert_eq!((g.pending(), g.stats.stray), (None, 0));
     }
 
@@ -454,7 +420,6 @@ mod tests {
         assert_eq!(g.pending(), None);
         g.advance_to(1500);
         assert_eq!(g.pending(), Some(0x50));
-        assert!(g.take_virtual_change());
     }
 
     #[test]
@@ -466,12 +431,7 @@ mod tests {
         let edu = Bdf::new(0, 0, 3, 0).unwrap();
         let nic = Bdf::new(0, 0, 4, 0).unwrap();
         assert!(route_pin3(&mut g, &mut hw, 0x40));
-        g.take_virtual_change();
         assert!(g.msi_vector(edu, Some(0x41)), "new vector");
-        assert!(
-            g.take_virtual_change(),
-            "ELI's shadow follows at the next entry"
-        );
         assert!(
             !g.msi_vector(edu, Some(0x41)),
             "same vector again: no change"

@@ -1,92 +1,32 @@
 //! Exit handlers for interrupts: the mediated IOAPIC (EPT violations in its window, emulated by
-//! decoding the guest's instruction), ELI's #NP exits and shadow-IDT upkeep, and injection before
-//! each VM entry. Dispatched from `exits`.
+//! decoding the guest's instruction), assigned functions' MSI-X pages, and, before each VM entry, the
+//! preemption timer and the injection of virtual interrupts. Dispatched from `exits`.
 
 use super::exits::{stopped, Handled, HostServices, Vcpu};
 use super::guest_memory::GuestMemory;
+use super::host_clock::preemption_value;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
 use super::mmio_decode::{self, MmioAccess, MAX_INSTRUCTION_LEN};
 use super::msix::MsixOutcome;
 use crate::caps::vmx::PrimaryControls;
-use crate::config::InterruptMode;
 use crate::vmx::exit::{EventType, Gpr, InterruptionInfo};
-use crate::vmx::shadow_idt::{
-    GateDescriptor, NpCause, ShadowIdt, VectorSet, NP_VECTOR, SHADOW_IDT_LIMIT,
-};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
-use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, VmcsNatural};
+use crate::vmx::vmcs_fields::{Vmcs32, VmcsNatural};
 use alloc::format;
 
-/// Guest-physical (and, through the guest's identity map, guest-linear) address of the shadow IDT: a
-/// host frame mapped read-only in the MMIO hole, where no guest RAM or device lives.
-pub const SHADOW_IDT_GPA: u64 = 0xFEB0_0000;
 /// Interruptibility: blocking by STI (bit 0) or MOV SS (bit 1) (SDM 25.4.2).
 const BLOCKING_STI_MOV_SS: u32 = 0b11;
 const RFLAGS_IF: u64 = 1 << 9;
 const ACTIVITY_ACTIVE: u32 = 0;
-/// EPT-violation qualification bit 1: the access was a write (SDM Table 28-7).
-const EPT_WRITE: u64 = 1 << 1;
-const PAGE: u64 = 4096;
 
-/// ELI's per-guest state: the shadow IDT and the guest-physical pages of the guest's own IDT, which
-/// are write-protected so that changes reach the shadow.
-#[derive(Debug)]
-pub struct EliState {
-    pub shadow: ShadowIdt,
-    protected: [Option<u64>; 2],
-}
-
-impl Default for EliState {
-    fn default() -> Self {
-        Self {
-            shadow: ShadowIdt::new(&[], 0, VectorSet::new()),
-            protected: [None; 2],
-        }
-    }
-}
-
-/// #NP and other exceptions the exception bitmap sends here.
-pub(super) fn exception(
-    vmcs: &mut impl VmcsAccess,
-    vcpu: &mut Vcpu,
-    host: &mut impl HostServices,
-) -> Result<Handled, VmFail> {
-    let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
-    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
-    let (Some(eli), NP_VECTOR) = (vcpu.eli.as_mut(), info.vector) else {
-        return Ok(stopped(format!(
-            "unexpected exception vector {} at rip {rip:#x}",
-            info.vector
-        )));
-    };
-    let error_code = vmcs.read32_ro(Vmcs32Ro::ExitInterruptionErrorCode)?;
-    let vectoring = InterruptionInfo::decode_valid(vmcs.read32_ro(Vmcs32Ro::IdtVectoringInfo)?);
-    Ok(match eli.shadow.classify_np(error_code, vectoring) {
-        // SDM 27.2.4: the external interrupt was acknowledged and is in service; it is the host's.
-        NpCause::HostInterrupt(vector) => {
-            vcpu.interrupts.hidden_vector(vector, host);
-            Handled::Stay
-        }
-        NpCause::Reflect { vector, error_code } => {
-            vmcs.write32(Vmcs32::EntryInterruptionInfo, InterruptionInfo::hardware_exception(vector, true).encode())?;
-            vmcs.write32(Vmcs32::EntryExceptionErrorCode, error_code)?;
-            Handled::Stay
-        }
-        NpCause::GuestSoftwareInterrupt(vector) => {
-            stopped(format!("INT {vector:#x} at rip {rip:#x}: software interrupts to hidden vectors are not supported"))
-        }
-    })
-}
-
-/// EPT violations that are not faults: the mediated IOAPIC, and ELI's write-protected guest IDT.
-/// `None` means the access is the guest's fault.
+/// EPT violations that are not faults: the mediated IOAPIC and the pages of assigned functions' MSI-X
+/// tables. `None` means the access is the guest's fault.
 pub(super) fn ept_violation(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     gpa: u64,
-    qualification: u64,
 ) -> Result<Option<Handled>, VmFail> {
     if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa)
         && !vcpu.interrupts.ioapic.assigned().is_empty()
@@ -96,44 +36,7 @@ pub(super) fn ept_violation(
     if vcpu.pci.msix_traps(gpa) {
         return msix_access(vmcs, vcpu, mem, host, gpa).map(Some);
     }
-    let page = gpa & !(PAGE - 1);
-    let protected = vcpu
-        .eli
-        .as_ref()
-        .is_some_and(|eli| eli.protected.contains(&Some(page)));
-    if qualification & EPT_WRITE == 0 || !protected {
-        return Ok(None);
-    }
-    // A write to the guest's own IDT: perform it for the guest, then rebuild the shadow from what it
-    // wrote (the page stays write-protected; the IDT has a page to itself in well-behaved guests).
-    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
-    let decoded = match fetch_and_decode(vmcs, mem, rip)? {
-        Ok(d) => d,
-        Err(why) => {
-            return Ok(Some(stopped(format!(
-                "write to its IDT at rip {rip:#x}: {why}"
-            ))))
-        }
-    };
-    let MmioAccess::Write(store) = decoded.access else {
-        return Ok(Some(stopped(format!(
-            "IDT write at rip {rip:#x} decoded as a read"
-        ))));
-    };
-    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
-    let data = mmio_decode::write_data(&store, |r| super::exits::gpr_value(&vcpu.regs, rsp, r));
-    let size = u64::from(store.size.bytes());
-    match mem.slice_mut(gpa, size) {
-        Some(bytes) => bytes.copy_from_slice(&data.to_le_bytes()[..size as usize]),
-        None => {
-            return Ok(Some(stopped(format!(
-                "IDT write at {gpa:#x} outside guest memory"
-            ))))
-        }
-    }
-    rebuild_shadow(vmcs, vcpu, mem, host)?;
-    vmcs.write_natural(VmcsNatural::GuestRip, rip + u64::from(decoded.length))?;
-    Ok(Some(Handled::Stay))
+    Ok(None)
 }
 
 /// Fetches up to 15 instruction bytes at `rip` through the guest's page tables and decodes them.
@@ -154,76 +57,6 @@ fn fetch_and_decode(
     }
     Ok(mmio_decode::decode(&bytes[..fetched])
         .map_err(|e| format!("instruction cannot be emulated: {e:?}")))
-}
-
-/// The guest loaded a new IDT (LIDT): protect its pages, rebuild the shadow, keep the CPU on it.
-pub(super) fn guest_idt_loaded(
-    vmcs: &mut impl VmcsAccess,
-    vcpu: &mut Vcpu,
-    mem: &mut GuestMemory<'_>,
-    host: &mut impl HostServices,
-) -> Result<(), VmFail> {
-    let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
-    let (base, limit) = vcpu.guest_idtr;
-    let Some(eli) = vcpu.eli.as_mut() else {
-        return Ok(());
-    };
-    for page in eli.protected.into_iter().flatten() {
-        host.set_guest_page_writable(page, true);
-    }
-    let first = mem.translate(cr3, base).map(|g| g & !(PAGE - 1));
-    let last = mem
-        .translate(cr3, base + u64::from(limit))
-        .map(|g| g & !(PAGE - 1));
-    eli.protected = [first, last.filter(|l| Some(*l) != first)];
-    for page in eli.protected.into_iter().flatten() {
-        host.set_guest_page_writable(page, false);
-    }
-    vmcs.write_natural(VmcsNatural::GuestIdtrBase, SHADOW_IDT_GPA)?;
-    vmcs.write32(Vmcs32::GuestIdtrLimit, u32::from(SHADOW_IDT_LIMIT))?;
-    rebuild_shadow(vmcs, vcpu, mem, host)
-}
-
-/// Re-reads the guest's IDT and writes the shadow: present gates only for the guest's device vectors
-/// and the virtual interrupts it has pending or in service (injected through the shadow).
-fn rebuild_shadow(
-    vmcs: &mut impl VmcsAccess,
-    vcpu: &mut Vcpu,
-    mem: &mut GuestMemory<'_>,
-    host: &mut impl HostServices,
-) -> Result<(), VmFail> {
-    let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
-    let (base, limit) = vcpu.guest_idtr;
-    let assigned = eli_vectors(vcpu);
-    let Some(eli) = vcpu.eli.as_mut() else {
-        return Ok(());
-    };
-    let mut gates = [GateDescriptor::NOT_PRESENT; 256];
-    let count = ((u64::from(limit) + 1) / 16).min(256) as usize;
-    for (i, gate) in gates.iter_mut().enumerate().take(count) {
-        if let Some(bytes) = mem.read_virt::<16>(cr3, base + i as u64 * 16) {
-            *gate = GateDescriptor::from_bytes(bytes);
-        }
-    }
-    // In place: a ShadowIdt is 8 KiB, too much to move around on the kernel stack.
-    eli.shadow.load(&gates[..count], limit);
-    eli.shadow.set_assigned(assigned);
-    let mut bytes = [0u8; 4096];
-    for (chunk, gate) in bytes.chunks_exact_mut(16).zip(eli.shadow.shadow()) {
-        chunk.copy_from_slice(&gate.to_bytes());
-    }
-    host.write_shadow_idt(&bytes);
-    Ok(())
-}
-
-fn eli_vectors(vcpu: &Vcpu) -> VectorSet {
-    let mut set = vcpu.interrupts.device_vectors;
-    for vector in 0x20..=0xFFu8 {
-        if vcpu.interrupts.apic.is_requested(vector) || vcpu.interrupts.apic.is_in_service(vector) {
-            set.insert(vector);
-        }
-    }
-    set
 }
 
 /// Emulates one guest instruction that touched the IOAPIC window at `offset`.
@@ -255,12 +88,8 @@ fn ioapic_access(
         MmioAccess::Write(store) => {
             let data =
                 mmio_decode::write_data(&store, |r| super::exits::gpr_value(&vcpu.regs, rsp, r));
-            let (_, vectors_changed) =
-                vcpu.interrupts
-                    .ioapic_access(offset, size, Some(data as u32), host);
-            if vectors_changed && vcpu.eli.is_some() && vcpu.guest_idtr.1 != 0 {
-                rebuild_shadow(vmcs, vcpu, mem, host)?;
-            }
+            vcpu.interrupts
+                .ioapic_access(offset, size, Some(data as u32), host);
         }
     }
     // EPT violations report no instruction length: the decoder's length moves RIP on.
@@ -308,7 +137,6 @@ fn msix_access(
                 }
                 Some(MsixOutcome::Request(req)) => {
                     let vector = host.route_guest_msix(req);
-                    // A change of device vectors reaches ELI's shadow at the next VM entry.
                     vcpu.interrupts.msix_vector(req.bdf, req.entry, vector);
                 }
                 Some(MsixOutcome::Emulated(_)) | None => {}
@@ -319,9 +147,10 @@ fn msix_access(
     Ok(Handled::Stay)
 }
 
-/// Before each VM entry: inject the highest deliverable virtual interrupt if the guest can take it
-/// now (RFLAGS.IF = 1, no STI/MOV-SS blocking: SDM 26.3.1.5), otherwise ask for an interrupt-window
-/// exit; in ELI mode keep the shadow's gates in step with the virtual interrupts.
+/// Before each VM entry: aim the VMX-preemption timer at the next time the host needs the CPU (its
+/// tick, the guest's budget, or the guest's virtual LAPIC timer, whichever is first); then inject the
+/// highest deliverable virtual interrupt if the guest can take it now (RFLAGS.IF = 1, no STI/MOV-SS
+/// blocking: SDM 26.3.1.5), otherwise ask for an interrupt-window exit.
 pub fn prepare_entry(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
@@ -329,32 +158,16 @@ pub fn prepare_entry(
 ) -> Result<(), VmFail> {
     let now = host.rdtsc();
     vcpu.interrupts.advance_to(now);
-    if let Some((usual, shift)) = vcpu.preemption {
-        // Come back when the guest's virtual LAPIC timer is due, or after the host's usual period.
-        let until_due = vcpu
-            .interrupts
-            .next_timer_due()
-            .map(|due| due.saturating_sub(now) >> shift);
-        let value = until_due.map_or(usual, |t| t.min(u64::from(usual)) as u32);
-        if value != vcpu.preemption_written {
-            vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
-            vcpu.preemption_written = value;
-        }
-    }
-    if vcpu.interrupts.mode == InterruptMode::Eli
-        && vcpu.interrupts.take_virtual_change()
-        && vcpu.guest_idtr.1 != 0
-    {
-        // Rebuilding needs guest memory; cheap path: only the assigned set changes.
-        let assigned = eli_vectors(vcpu);
-        if let Some(eli) = vcpu.eli.as_mut() {
-            eli.shadow.set_assigned(assigned);
-            let mut bytes = [0u8; 4096];
-            for (chunk, gate) in bytes.chunks_exact_mut(16).zip(eli.shadow.shadow()) {
-                chunk.copy_from_slice(&gate.to_bytes());
-            }
-            host.write_shadow_idt(&bytes);
-        }
+    let deadline = vcpu
+        .interrupts
+        .next_timer_due()
+        .map_or(host.next_host_deadline(), |due| {
+            due.min(host.next_host_deadline())
+        });
+    let value = preemption_value(now, deadline, vcpu.preemption_shift);
+    if value != vcpu.preemption_written {
+        vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
+        vcpu.preemption_written = value;
     }
     let Some(vector) = vcpu.interrupts.pending() else {
         if vcpu.window_exiting {

@@ -8,6 +8,7 @@ pub mod exits;
 pub mod guest_layout;
 pub mod guest_memory;
 pub mod guest_msi;
+pub mod host_clock;
 pub mod interrupts;
 pub mod irq_exits;
 pub mod mmio_decode;

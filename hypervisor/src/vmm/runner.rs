@@ -9,13 +9,15 @@ use super::exits::{self, ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
 use super::guest_msi::{self, HostCpu, MsiRoute};
+use super::host_clock::HostClock;
 use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
-use super::irq_exits::{self, EliState, SHADOW_IDT_GPA};
+use super::irq_exits;
 use super::msix::{self, GuestMsix, MsixRequest};
 use super::virtual_pci::{AssignedFunction, MsiRequest, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::gdt::Selectors;
+use crate::arch::guest_cpu_state;
 use crate::arch::host_irq;
 use crate::arch::vmx::{self as hw, EntryResult, GuestRegisters};
 use crate::caps::vmx::{PinBasedControls, VmxCaps};
@@ -27,11 +29,10 @@ use crate::pci::reset::{self, ResetMethod};
 use crate::pci::{BarKind, ConfigAccess, PciFunction, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::ept::{Ept, EptPerms, Leaf, PageSizes};
-use crate::vmx::exit::ExitReason;
 use crate::vmx::io_bitmap::IoBitmaps;
 use crate::vmx::msr_bitmap::MsrBitmap;
 use crate::vmx::vmcs::{self, CurrentVmcs, VmcsAccess};
-use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro};
+use crate::vmx::vmcs_fields::Vmcs32Ro;
 use crate::vtd::regs::MmioRegisters;
 use alloc::boxed::Box;
 use alloc::format;
@@ -73,12 +74,11 @@ struct HostIrq {
     /// The IOAPIC guests' pins are on (its id names it in DMAR); base 0 when there is none.
     ioapic_id: u8,
     ioapic_base: u64,
-    /// Host timer period in TSC ticks; the VMX-preemption timer uses the same period in ELI mode.
-    timer_period_tsc: u64,
 }
 
-/// Host timer period, in TSC ticks: long enough that it adds well under one exit per 100 guest device
-/// interrupts to a workload (the bench's ceiling), short enough to keep the host responsive.
+/// Host timer period, in TSC ticks (the LAPIC timer's outside guests, the host clock's while one runs):
+/// long enough that it adds well under one exit per 100 guest device interrupts to a workload (the
+/// bench's ceiling), short enough to keep the host responsive.
 const HOST_TIMER_PERIOD_TSC: u64 = 5_000_000;
 
 /// Guest RAM is aligned so EPT (and VT-d) can map it with 2 MiB pages.
@@ -120,6 +120,8 @@ impl VmxCpu {
             .ok_or("no memory for the VMXON region")?;
         // SAFETY: a fresh frame, kept for as long as VMX is on (forever).
         unsafe { hw::vmxon(caps, region) }.map_err(|e| format!("{e}"))?;
+        // Before HOST_CR4 is recorded: resetting guests' FPU/SSE/AVX state needs FXRSTOR/XRSTOR.
+        guest_cpu_state::enable_for_host();
         let gdt = x86_64::instructions::tables::sgdt();
         let idt = x86_64::instructions::tables::sidt();
         let host = HostState {
@@ -153,7 +155,7 @@ impl VmxCpu {
                 "host interrupts: x2APIC id {apic_id}, timer every {HOST_TIMER_PERIOD_TSC} TSC ticks ({tsc_per_tick} TSC per LAPIC tick)"
             );
             let (ioapic_id, ioapic_base) = ioapic.unwrap_or_default();
-            HostIrq { apic_id, ioapic_id, ioapic_base, timer_period_tsc: HOST_TIMER_PERIOD_TSC }
+            HostIrq { apic_id, ioapic_id, ioapic_base }
         });
         Ok(Self {
             caps: *caps,
@@ -200,6 +202,9 @@ impl VmxCpu {
                 );
                 let end = match attached {
                     Ok(handle) => {
+                        if let Some(remapping) = dma.remapping.as_deref_mut() {
+                            remapping.pause_fault_events();
+                        }
                         let routing = GuestRouting {
                             remapping: dma.remapping.as_deref_mut(),
                             domain: handle,
@@ -221,8 +226,12 @@ impl VmxCpu {
                 if let Some(remapping) = dma.remapping.as_deref_mut() {
                     remapping.release_ioapic_pins(frames);
                     remapping.drain_faults(frames);
+                    if let Err(why) = remapping.resume_fault_events() {
+                        log::warn!("vtd: fault events stay masked ({why}); faults are read when a guest ends");
+                    }
                 }
                 self.reset_functions(config);
+                guest.leave_core_clean(&config.name);
                 GuestReport {
                     name: config.name.clone(),
                     end,
@@ -292,26 +301,13 @@ impl VmxCpu {
                 "ioapic_pins are configured but no IOAPIC was found",
             ));
         }
-        let eli = config.interrupts == InterruptMode::Eli;
-        let shadow_idt = if eli {
-            let frame = frames
-                .alloc_zeroed()
-                .ok_or("no memory for the shadow IDT")?;
-            // Read-only to the guest: only the CPU's interrupt delivery and the host use it.
-            ept.map(
-                frames,
-                SHADOW_IDT_GPA,
-                frame,
-                PAGE_SIZE,
-                Leaf::ram(EptPerms::READ),
-                PageSizes::ONLY_4K,
-            )
-            .map_err(|e| format!("EPT: {e:?}"))?;
-            Some(frame)
-        } else {
-            None
-        };
-        let msr_bitmap = copy_to_frames(frames, MsrBitmap::intercept_all().as_bytes())?;
+        let mut msrs = MsrBitmap::intercept_all();
+        for msr in guest_cpu_state::GUEST_OWNED_MSRS {
+            msrs.pass_read(msr)
+                .and_then(|()| msrs.pass_write(msr))
+                .map_err(|_| format!("MSR {msr:#x} is outside the MSR bitmap"))?;
+        }
+        let msr_bitmap = copy_to_frames(frames, msrs.as_bytes())?;
         let mut io = IoBitmaps::intercept_all();
         for &(first, last) in &config.ports {
             io.pass(first, u32::from(last - first) + 1);
@@ -333,28 +329,22 @@ impl VmxCpu {
             io_bitmap_b: io_b,
             vpid: if self.caps.vpid() { vpid } else { 0 },
         };
-        // ELI: #NP is how host interrupts hidden by the shadow IDT come back (eli.md).
-        let exception_bitmap = if eli { 1 << 11 } else { 0 };
+        // No interrupt reaches a guest's IDT on the host's behalf (host_clock), so no exception needs
+        // to exit for it.
+        let exception_bitmap = 0;
         let setup = vmcs_setup::write_controls(&mut vmcs, &controls, exception_bitmap)
             .and_then(|()| vmcs_setup::write_tables(&mut vmcs, &tables))
             .and_then(|()| vmcs_setup::write_host_state(&mut vmcs, &self.host))
             .and_then(|()| vmcs_setup::write_guest_start(&mut vmcs, &self.caps, &start));
         setup.map_err(|e| format!("programming the VMCS failed: {e}"))?;
-        let preemption = match (
-            controls
-                .pin
-                .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER),
-            irq,
-        ) {
-            (true, Some(irq)) => {
-                let shift = self.caps.preemption_timer_tsc_shift();
-                let value = (irq.timer_period_tsc >> shift).min(u64::from(u32::MAX)) as u32;
-                vmcs.write32(Vmcs32::PreemptionTimerValue, value)
-                    .map_err(|e| format!("programming the VMCS failed: {e}"))?;
-                Some((value, shift))
-            }
-            _ => None,
-        };
+        // The host clock's deadline is written before every entry (irq_exits::prepare_entry).
+        if !controls
+            .pin
+            .contains(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER)
+        {
+            return Err(String::from("the VMX-preemption timer is not in use"));
+        }
+        let preemption_shift = self.caps.preemption_timer_tsc_shift();
         // SAFETY: VMX is on; flushes anything cached for this EPTP from an earlier guest.
         unsafe { hw::invept_single(tables.eptp) };
 
@@ -367,9 +357,9 @@ impl VmxCpu {
             cr0_fixed: (self.caps.cr0_fixed0, self.caps.cr0_fixed1),
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
             interrupts: GuestInterrupts::new(config.interrupts, &config.ioapic_pins),
-            eli: eli.then(|| alloc::boxed::Box::new(EliState::default())),
-            preemption,
-            preemption_written: preemption.map_or(0, |(value, _)| value),
+            preemption_shift,
+            // Not the value the VMCS holds (0), so the first entry writes the real deadline.
+            preemption_written: u32::MAX,
             pci: VirtualPci::new(assigned),
             ..Default::default()
         };
@@ -386,21 +376,12 @@ impl VmxCpu {
             vcpu,
             ram_base,
             ram_len,
-            ept,
-            eptp: tables.eptp,
+            _ept: ept,
             msr_bitmap,
-            shadow_idt,
             irq,
+            timeout_tsc: config.timeout_ms.map(|ms| ms.saturating_mul(tsc_per_ms())),
         };
-        let mut services = MachineServices::new(
-            &config.name,
-            frames,
-            &mut guest.ept,
-            guest.eptp,
-            msr_bitmap,
-            shadow_idt,
-            irq,
-        );
+        let mut services = MachineServices::new(&config.name, frames, msr_bitmap, irq);
         guest.vcpu.interrupts.start(&mut services);
         Ok(guest)
     }
@@ -545,9 +526,10 @@ struct GuestRouting<'a> {
     devices: &'a [AssignedDevice],
 }
 
-/// Busy-waits about `ms` milliseconds, with the TSC rate CPUID reports (leaf 0x15, else 0x16, else an
-/// assumed 3 GHz; an emulator's TSC may run slower, which only makes the wait longer in real time).
-fn wait_ms(ms: u32) {
+/// TSC ticks per millisecond, at the rate CPUID reports (leaf 0x15, else 0x16, else an assumed 3 GHz).
+/// An emulator's TSC may run slower than it says (Bochs: ~48x, shared/emulators.md), which only
+/// makes waits and run budgets longer in real time.
+fn tsc_per_ms() -> u64 {
     let leaf15 = core::arch::x86_64::__cpuid(0x15);
     let leaf16 = core::arch::x86_64::__cpuid(0x16);
     let hz = if leaf15.eax != 0 && leaf15.ebx != 0 && leaf15.ecx != 0 {
@@ -557,9 +539,14 @@ fn wait_ms(ms: u32) {
     } else {
         3_000_000_000
     };
+    hz / 1000
+}
+
+/// Busy-waits about `ms` milliseconds of TSC time.
+fn wait_ms(ms: u32) {
     // SAFETY: RDTSC at CPL 0.
     let start = unsafe { core::arch::x86_64::_rdtsc() };
-    let ticks = hz / 1000 * u64::from(ms);
+    let ticks = tsc_per_ms() * u64::from(ms);
     // SAFETY: as above.
     while unsafe { core::arch::x86_64::_rdtsc() } - start < ticks {
         core::hint::spin_loop();
@@ -578,29 +565,44 @@ struct Guest {
     vcpu: Vcpu,
     ram_base: u64,
     ram_len: u64,
-    ept: Ept,
-    eptp: u64,
+    /// The guest's EPT, which its VMCS points at for as long as it runs.
+    _ept: Ept,
     msr_bitmap: u64,
-    shadow_idt: Option<u64>,
     irq: Option<HostIrq>,
+    /// The guest's run budget in TSC ticks (`timeout_ms`).
+    timeout_tsc: Option<u64>,
 }
 
 /// The machine as exit handlers see it while one guest runs.
 struct MachineServices<'a, 'f> {
     guest: &'a str,
     frames: &'f mut FrameAllocator,
-    ept: &'a mut Ept,
-    eptp: u64,
     msr_bitmap: u64,
-    shadow_idt: Option<u64>,
     irq: Option<HostIrq>,
     pci: Option<&'a PciHost>,
     routing: Option<GuestRouting<'a>>,
     /// The compatibility-format warning was logged (once per guest).
     warned_compatibility: bool,
+    /// The host's tick and the guest's budget while it runs.
+    clock: HostClock,
 }
 
 impl<'a, 'f> MachineServices<'a, 'f> {
+    /// `ticks` host ticks fell due while the guest ran: count them, read the VT-d fault records (the
+    /// fault event is masked while a guest runs), and make sure no host vector is waiting in the LAPIC,
+    /// where the guest's IDT would receive it (none should be: nothing of the host's is armed).
+    fn host_tick(&mut self, ticks: u64) {
+        host_irq::add_timer_ticks(ticks);
+        self.drain_dma_faults();
+        if self.irq.is_some() && apic::host_vector_pending() {
+            let windows = host_irq::drain_host_vectors();
+            log::error!(
+                "guest {}: a host vector was pending in the LAPIC while the guest ran (taken in {windows} window(s)): a host interrupt source was left armed",
+                self.guest
+            );
+        }
+    }
+
     /// A VT-d unit raised its fault event: log the faults and quarantine the devices behind them
     /// now, while the guest runs, not when it ends.
     fn drain_dma_faults(&mut self) {
@@ -616,23 +618,18 @@ impl<'a, 'f> MachineServices<'a, 'f> {
     fn new(
         guest: &'a str,
         frames: &'f mut FrameAllocator,
-        ept: &'a mut Ept,
-        eptp: u64,
         msr_bitmap: u64,
-        shadow_idt: Option<u64>,
         irq: Option<HostIrq>,
     ) -> Self {
         Self {
             guest,
             frames,
-            ept,
-            eptp,
             msr_bitmap,
-            shadow_idt,
             irq,
             pci: None,
             routing: None,
             warned_compatibility: false,
+            clock: HostClock::start(0, HOST_TIMER_PERIOD_TSC, None),
         }
     }
 }
@@ -703,20 +700,8 @@ impl HostServices for MachineServices<'_, '_> {
     fn host_timer_ticks(&self) -> u64 {
         host_irq::timer_ticks()
     }
-    fn set_guest_page_writable(&mut self, gpa: u64, writable: bool) {
-        let perms = if writable {
-            EptPerms::RWX
-        } else {
-            EptPerms::RX
-        };
-        if let Err(e) = self.ept.set_perms(self.frames, gpa, PAGE_SIZE, perms) {
-            log::error!(
-                "guest {}: changing EPT permissions of {gpa:#x} failed: {e:?}",
-                self.guest
-            );
-        }
-        // SAFETY: VMX is on; the permission change must not be shadowed by cached translations.
-        unsafe { hw::invept_single(self.eptp) };
+    fn next_host_deadline(&self) -> u64 {
+        self.clock.next_deadline()
     }
     fn pci_config(&self) -> Option<&dyn ConfigAccess> {
         self.pci.map(|host| host.access.as_ref())
@@ -860,12 +845,6 @@ impl HostServices for MachineServices<'_, '_> {
             }
         }
     }
-    fn write_shadow_idt(&mut self, shadow: &[u8; 4096]) {
-        if let Some(frame) = self.shadow_idt {
-            // SAFETY: the guest's shadow IDT frame, identity-mapped, read-only to the guest.
-            unsafe { core::ptr::copy_nonoverlapping(shadow.as_ptr(), frame as *mut u8, 4096) };
-        }
-    }
 }
 
 impl Guest {
@@ -876,18 +855,13 @@ impl Guest {
         pci: Option<&PciHost>,
         routing: GuestRouting<'_>,
     ) -> GuestEnd {
-        let mut services = MachineServices::new(
-            name,
-            frames,
-            &mut self.ept,
-            self.eptp,
-            self.msr_bitmap,
-            self.shadow_idt,
-            self.irq,
-        );
+        let mut services = MachineServices::new(name, frames, self.msr_bitmap, self.irq);
         services.pci = pci;
         services.routing = Some(routing);
-        let eli = self.vcpu.eli.is_some();
+        self.silence_host_interrupts();
+        guest_cpu_state::reset_for_next_guest();
+        services.clock =
+            HostClock::start(services.rdtsc(), HOST_TIMER_PERIOD_TSC, self.timeout_tsc);
         let mut launched = false;
         loop {
             if let Err(e) = irq_exits::prepare_entry(&mut self.vmcs, &mut self.vcpu, &mut services)
@@ -909,23 +883,67 @@ impl Guest {
                 &mut GuestMemory::new(ram),
                 &mut services,
             );
-            if eli || self.vcpu.last_exit == ExitReason::PreemptionTimer as u16 {
-                // Without external-interrupt exiting (or when the CPU did not exit for it), host
-                // interrupts wait in the LAPIC: take them now (only host vectors get through, host_irq).
-                host_irq::service_pending();
+            let now = services.rdtsc();
+            let ticks = services.clock.advance(now);
+            if ticks != 0 {
+                services.host_tick(ticks);
             }
             if host_irq::take_dma_fault_events() != 0 {
                 services.drain_dma_faults();
             }
-            match next {
-                Next::Resume => {}
-                Next::End(end) => {
-                    if !self.vcpu.console.pending().is_empty() {
-                        services.console_line(&String::from(self.vcpu.console.pending()));
-                    }
-                    return end;
+            let end = match next {
+                Next::End(end) => Some(end),
+                Next::Resume if services.clock.budget_spent(now) => {
+                    Some(GuestEnd::Stopped(format!(
+                        "run budget spent: timeout_ms = {} ms of TSC time, and the guest was still running",
+                        self.timeout_tsc.unwrap_or(0) / tsc_per_ms()
+                    )))
                 }
+                Next::Resume => None,
+            };
+            if let Some(end) = end {
+                if !self.vcpu.console.pending().is_empty() {
+                    services.console_line(&String::from(self.vcpu.console.pending()));
+                }
+                return end;
             }
+        }
+    }
+
+    /// Leaves no host interrupt source armed on this CPU while the guest runs (`host_clock`): the
+    /// LAPIC timer is masked (the caller paused VT-d fault events), and a host interrupt already
+    /// pending is taken now, or the guest's IDT would receive it at the first VM entry.
+    fn silence_host_interrupts(&self) {
+        if self.irq.is_some() {
+            apic::mask_timer(true);
+            host_irq::drain_host_vectors();
+        }
+    }
+
+    /// After the guest's pins are masked and its devices' MSIs are off: nothing of the guest stays in
+    /// this CPU's LAPIC (ISR, IRR, TMR, TPR) or in its registers (debug, CR2, FPU/SSE/AVX, SYSCALL
+    /// MSRs); then the host timer runs again. Logs what was left and anything that could not be undone.
+    fn leave_core_clean(&self, name: &str) {
+        guest_cpu_state::reset_for_next_guest();
+        if self.irq.is_none() {
+            return;
+        }
+        let scrub = host_irq::scrub_after_guest();
+        apic::mask_timer(false);
+        if !scrub.clean() {
+            log::error!(
+                "guest {name}: the LAPIC still holds vectors after the scrub (ISR {:?}, IRR {:?}, TMR {:?})",
+                scrub.left[0].iter().collect::<Vec<_>>(),
+                scrub.left[1].iter().collect::<Vec<_>>(),
+                scrub.left[2].iter().collect::<Vec<_>>()
+            );
+        } else if scrub.completed + scrub.discarded + scrub.tmr_cleared != 0 {
+            log::info!(
+                "guest {name}: left {} vector(s) in service, {} requested, {} level-triggered: completed, discarded and cleared; the LAPIC is clean",
+                scrub.completed,
+                scrub.discarded,
+                scrub.tmr_cleared
+            );
         }
     }
 

@@ -6,6 +6,5 @@ pub mod ept;
 pub mod exit;
 pub mod io_bitmap;
 pub mod msr_bitmap;
-pub mod shadow_idt;
 pub mod vmcs;
 pub mod vmcs_fields;

@@ -29,8 +29,9 @@ impl HostServices for FakeHost {
     fn host_timer_ticks(&self) -> u64 {
         42
     }
-    fn set_guest_page_writable(&mut self, _: u64, _: bool) {}
-    fn write_shadow_idt(&mut self, _: &[u8; 4096]) {}
+    fn next_host_deadline(&self) -> u64 {
+        self.rdtsc() + 5_000_000
+    }
     fn pci_config(&self) -> Option<&dyn crate::pci::ConfigAccess> {
         self.pci
             .as_ref()
@@ -361,29 +362,33 @@ fn hypercalls_report_counters_and_power_off() {
 }
 
 #[test]
-fn lidt_then_sidt_round_trips_through_guest_memory() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
-    // LIDT [rax]: 64-bit address size, DS, no index, base RAX, identity LIDT (SDM Table 28-10).
-    let mut vmcs = exited(46, 0, 3);
-    vmcs.set(Vmcs32Ro::ExitInstructionInfo as u32, 0x3041_8100);
-    ram[0x5000..0x500A]
-        .copy_from_slice(&[0xFF, 0x0F, 0x00, 0x40, 0x00, 0x80, 0xFF, 0xFF, 0xFF, 0xFF]);
-    vcpu.regs.rax = 0x5000;
-    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
-    assert_eq!(vcpu.guest_idtr, (0xffff_ffff_8000_4000, 0xFFF));
+fn the_preemption_timer_is_aimed_at_the_host_deadline_before_every_entry() {
+    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    vcpu.preemption_shift = 5;
+    vcpu.preemption_written = u32::MAX;
+    let mut vmcs = exited(1, 0, 0);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    // The fake host's deadline is 5,000,000 TSC ticks away; the timer counts every 2^5 of them.
     assert_eq!(
-        vmcs.get(VmcsNatural::GuestIdtrBase as u32),
-        Some(0xffff_ffff_8000_4000)
+        vmcs.get(Vmcs32::PreemptionTimerValue as u32),
+        Some(5_000_000 >> 5)
     );
-    // SIDT [rax + 0x10] (displacement in the exit qualification).
-    let mut vmcs = exited(46, 0x10, 4);
-    vmcs.set(Vmcs32Ro::ExitInstructionInfo as u32, 0x1041_8100);
-    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
-    assert_eq!(
-        &ram[0x5010..0x501A],
-        &[0xFF, 0x0F, 0x00, 0x40, 0x00, 0x80, 0xFF, 0xFF, 0xFF, 0xFF]
-    );
-    assert_eq!(vcpu.counters.0[46], 2);
+    // The virtual LAPIC timer due sooner (in 3,200 TSC ticks) brings the exit forward.
+    let now = host.rdtsc();
+    vcpu.interrupts
+        .write_msr(0x80F, 0x1FF, now, &mut host)
+        .unwrap();
+    vcpu.interrupts
+        .write_msr(0x83E, 0b1011, now, &mut host)
+        .unwrap();
+    vcpu.interrupts
+        .write_msr(0x832, 0x50, now, &mut host)
+        .unwrap();
+    vcpu.interrupts
+        .write_msr(0x838, 3200, now, &mut host)
+        .unwrap();
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(vmcs.get(Vmcs32::PreemptionTimerValue as u32), Some(100));
 }
 
 #[test]

@@ -1,0 +1,128 @@
+//! CPU state that VMX does not switch between host and guest, and that a guest therefore owns while it
+//! runs: DR0-DR3 and DR6, CR2, the x87/SSE/AVX registers and XCR0, and the SYSCALL/SWAPGS MSRs (which
+//! the MSR bitmap passes through). The host kernel uses none of it (it is built without SSE, never
+//! executes SYSCALL or SWAPGS and sets no breakpoints), so a guest's values can stay in the CPU across
+//! its exits; [`reset_for_next_guest`] wipes them before a guest starts, so no guest sees another's.
+
+use x86_64::registers::control::{Cr4, Cr4Flags};
+use x86_64::registers::model_specific::Msr;
+
+/// MSRs the guest reads and writes directly (SDM Vol. 4 Table 2-2): SYSCALL's targets and flag mask,
+/// SWAPGS's other GS base and RDTSCP's TSC_AUX. A non-canonical LSTAR/CSTAR/KERNEL_GS_BASE write faults
+/// in the guest with #GP, as on bare metal, because the write is the CPU's own.
+pub const GUEST_OWNED_MSRS: [u32; 6] = [
+    0xC000_0081, // IA32_STAR
+    0xC000_0082, // IA32_LSTAR
+    0xC000_0083, // IA32_CSTAR
+    0xC000_0084, // IA32_FMASK
+    0xC000_0102, // IA32_KERNEL_GS_BASE
+    0xC000_0103, // IA32_TSC_AUX
+];
+
+/// XCR0 components the host enables so that one XRSTOR can put all of them in their initial state: x87,
+/// SSE, AVX and the three AVX-512 components (SDM Vol. 1 13.1), those the CPU supports.
+const XCR0_RESETTABLE: u64 = 0b1110_0111;
+/// XCR0 at power-on: x87 only (SDM Vol. 1 13.3). Guests start with it.
+const XCR0_RESET: u64 = 1;
+/// MXCSR at power-on (SDM Vol. 1 11.6.4).
+const MXCSR_RESET: u32 = 0x1F80;
+/// x87 control word after FNINIT (SDM Vol. 1 8.1.5).
+const FCW_RESET: u16 = 0x037F;
+/// DR6 with no debug condition recorded (SDM Vol. 3B 18.2.3: reserved bits read as 1).
+const DR6_CLEAR: u64 = 0xFFFF_0FF0;
+
+/// The legacy region and XSAVE header in their initial state: with XSTATE_BV = 0, XRSTOR puts every
+/// requested component in its initial configuration, reading only MXCSR from the legacy region (SDM
+/// Vol. 1 13.8.1); FXRSTOR of the same 512 bytes does it for x87 and SSE where there is no XSAVE.
+#[repr(C, align(64))]
+struct InitialState([u8; 576]);
+
+static INITIAL_STATE: InitialState = {
+    let mut bytes = [0u8; 576];
+    let fcw = FCW_RESET.to_le_bytes();
+    bytes[0] = fcw[0];
+    bytes[1] = fcw[1];
+    let mxcsr = MXCSR_RESET.to_le_bytes();
+    bytes[24] = mxcsr[0];
+    bytes[25] = mxcsr[1];
+    bytes[26] = mxcsr[2];
+    bytes[27] = mxcsr[3];
+    InitialState(bytes)
+};
+
+fn has_xsave() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0
+}
+
+/// The XCR0 components the host can reset: the CPU's supported ones (CPUID.(EAX=0DH,ECX=0):EAX).
+fn resettable_components() -> u64 {
+    u64::from(core::arch::x86_64::__cpuid_count(0xD, 0).eax) & XCR0_RESETTABLE
+}
+
+/// Turns on what the host needs to reset a guest's extended state: CR4.OSFXSR (FXRSTOR) and, where the
+/// CPU has XSAVE, CR4.OSXSAVE (XSETBV, XRSTOR). Call once per CPU before its HOST_CR4 is recorded.
+pub fn enable_for_host() {
+    let mut flags = Cr4::read() | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE;
+    if has_xsave() {
+        flags |= Cr4Flags::OSXSAVE;
+    }
+    // SAFETY: the bits CPUID allows; they only enable instructions, which the host itself never uses.
+    unsafe { Cr4::write(flags) };
+}
+
+/// Wipes everything a previous guest may have left in the CPU (see the module comment) and gives the
+/// next guest what it would have after reset.
+pub fn reset_for_next_guest() {
+    // SAFETY: CPL 0. Debug registers and CR2 hold no host state; the MSRs are the guest-owned ones
+    // above (0 is valid for each); the initial-state area is aligned and valid for FXRSTOR/XRSTOR, and
+    // the CR4 bits they need were set by `enable_for_host`.
+    unsafe {
+        core::arch::asm!(
+            "mov dr0, {zero}",
+            "mov dr1, {zero}",
+            "mov dr2, {zero}",
+            "mov dr3, {zero}",
+            "mov dr6, {dr6}",
+            "mov cr2, {zero}",
+            zero = in(reg) 0u64,
+            dr6 = in(reg) DR6_CLEAR,
+            options(nostack),
+        );
+        for msr in GUEST_OWNED_MSRS {
+            Msr::new(msr).write(0);
+        }
+        if Cr4::read().contains(Cr4Flags::OSXSAVE) {
+            let all = resettable_components();
+            xsetbv(all);
+            core::arch::asm!(
+                "xrstor64 [{area}]",
+                area = in(reg) INITIAL_STATE.0.as_ptr(),
+                in("eax") all as u32,
+                in("edx") (all >> 32) as u32,
+                options(nostack, readonly),
+            );
+            xsetbv(XCR0_RESET);
+        } else {
+            core::arch::asm!(
+                "fxrstor64 [{area}]",
+                area = in(reg) INITIAL_STATE.0.as_ptr(),
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
+/// # Safety
+/// CR4.OSXSAVE is set and `value` is a valid XCR0 for this CPU (SDM Vol. 2C XSETBV).
+unsafe fn xsetbv(value: u64) {
+    // SAFETY: as the caller promised.
+    unsafe {
+        core::arch::asm!(
+            "xsetbv",
+            in("ecx") 0u32,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nomem, nostack),
+        );
+    }
+}
