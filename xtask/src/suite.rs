@@ -295,8 +295,35 @@ fn bochs_guests() -> ImageConfig {
             "basic",
             &[("image", "guests/basic.elf"), ("memory_mib", "8")],
         )
+        // Each hostile guest is followed by well-behaved ones that prove the host and the next guest
+        // untouched: a guest that ends in its device handler without EOI, then the irq suite on the
+        // same vector; the CPU-state checker twice (the second finds nothing of the first); guests
+        // that never give the CPU back or point their IDT at non-RAM, then the pci guest.
+        .guest(
+            "no-eoi-baseline",
+            &device_guest("guests/hostile_no_eoi.elf", "baseline"),
+        )
         .guest("irq-baseline", &irq_guest("baseline"))
+        .guest(
+            "no-eoi-eli",
+            &device_guest("guests/hostile_no_eoi.elf", "eli"),
+        )
         .guest("irq-eli", &irq_guest("eli"))
+        .guest("hostile-irq-eli", &hostile_guest(HOSTILE_IRQ, "eli", None))
+        .guest(
+            "hostile-irq-baseline",
+            &hostile_guest(HOSTILE_IRQ, "baseline", None),
+        )
+        .guest("spin-eli", &stuck_guest("eli"))
+        .guest("spin-baseline", &stuck_guest("baseline"))
+        .guest(
+            "idt-nonram-eli",
+            &hostile_guest(
+                "guests/hostile_idt_nonram.elf",
+                "eli",
+                Some("EPT violation"),
+            ),
+        )
         // Bochs has no IOMMU: assignment needs the explicit unsafe setting there (and warns).
         .with("unsafe_no_iommu", "yes")
         .guest(
@@ -308,6 +335,8 @@ fn bochs_guests() -> ImageConfig {
             ],
         )
 }
+
+const HOSTILE_IRQ: &str = "guests/hostile_irq.elf";
 
 /// PIIX3's UHCI controller in Bochs' i440FX machine: an I/O BAR, no MSI, no IOMMU in front of it.
 const BOCHS_UHCI: &str = "00:01.2";
@@ -453,13 +482,37 @@ fn guest_not_started(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
 
 /// The interrupt test guest with COM2 (ports and IOAPIC pin 3) assigned, in `mode`.
 fn irq_guest(mode: &'static str) -> [(&'static str, &'static str); 5] {
+    device_guest("guests/irq.elf", mode)
+}
+
+/// A guest with COM2 (its ports and IOAPIC pin 3) in interrupt mode `mode`.
+fn device_guest(image: &'static str, mode: &'static str) -> [(&'static str, &'static str); 5] {
     [
-        ("image", "guests/irq.elf"),
+        ("image", image),
         ("memory_mib", "8"),
         ("interrupts", mode),
         ("ports", "0x2f8-0x2ff"),
         ("ioapic_pins", "3"),
     ]
+}
+
+/// A hostile guest `image` in `mode`; `stop` is the reason it must be stopped with, where it must not
+/// power off by itself.
+fn hostile_guest(
+    image: &'static str,
+    mode: &'static str,
+    stop: Option<&'static str>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut settings = vec![("image", image), ("memory_mib", "8"), ("interrupts", mode)];
+    settings.extend(stop.map(|reason| ("expect_stop", reason)));
+    settings
+}
+
+/// The guest that never gives the CPU back, with a short run budget (~1 s of Bochs wall time).
+fn stuck_guest(mode: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut settings = hostile_guest("guests/hostile_spin.elf", mode, Some("run budget spent"));
+    settings.push(("timeout_ms", "20"));
+    settings
 }
 
 /// BEGIN, END with agreeing counts, POWEROFF.
