@@ -48,7 +48,17 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
         // SDM 24.8 and A.7/A.8: CR0 and CR4 must respect the fixed bits in VMX operation.
         let cr0 = (Cr0::read_raw() | caps.cr0_fixed0) & caps.cr0_fixed1;
         Cr0::write_raw(cr0);
-        let cr4 = (Cr4::read_raw() | caps.cr4_fixed0 | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits())
+        // CR4.OSXSAVE too where the CPU has XSAVE: the host runs guests' XSETBV for them, which
+        // would #UD without it (SDM Vol. 2C XSETBV); HOST_CR4 is captured after this.
+        let osxsave = if super::xcr::cpu_has_xsave() {
+            super::xcr::CR4_OSXSAVE
+        } else {
+            0
+        };
+        let cr4 = (Cr4::read_raw()
+            | caps.cr4_fixed0
+            | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits()
+            | osxsave)
             & caps.cr4_fixed1;
         Cr4::write(Cr4Flags::from_bits_retain(cr4));
         // SDM 24.11.5: the region starts with the VMCS revision identifier.
