@@ -295,6 +295,19 @@ fn bochs_guests() -> ImageConfig {
             "basic",
             &[("image", "guests/basic.elf"), ("memory_mib", "8")],
         )
+        // Hostile guests (issue 8): CPU exceptions and refused writes, checked from inside in both
+        // interrupt modes; then a triple fault, which must stop only that guest: the well-behaved
+        // guests after it prove the host ran on.
+        .guest("hostile-baseline", &hostile_guest("baseline"))
+        .guest("hostile-eli", &hostile_guest("eli"))
+        .guest(
+            "hostile-triple",
+            &[
+                ("image", "guests/hostile_triple.elf"),
+                ("memory_mib", "8"),
+                ("expect_stop", "triple fault"),
+            ],
+        )
         .guest("irq-baseline", &irq_guest("baseline"))
         .guest("irq-eli", &irq_guest("eli"))
         // Bochs has no IOMMU: assignment needs the explicit unsafe setting there (and warns).
@@ -452,6 +465,14 @@ fn guest_not_started(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
 }
 
 /// The interrupt test guest with COM2 (ports and IOAPIC pin 3) assigned, in `mode`.
+fn hostile_guest(mode: &'static str) -> [(&'static str, &'static str); 3] {
+    [
+        ("image", "guests/hostile_cpu.elf"),
+        ("memory_mib", "8"),
+        ("interrupts", mode),
+    ]
+}
+
 fn irq_guest(mode: &'static str) -> [(&'static str, &'static str); 5] {
     [
         ("image", "guests/irq.elf"),
