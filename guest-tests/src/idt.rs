@@ -5,7 +5,7 @@
 //! other vectors run the handler registered with [`set_handler`] and return with `iretq`.
 //! The guest's EOI is the handler's business (x2APIC EOI MSR), as on bare metal.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use x86_64::structures::idt::InterruptDescriptorTable;
 
 /// An interrupt handler: gets the vector.
@@ -179,9 +179,28 @@ static LAST_EXCEPTION: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Expects one exception `vector` from the next `rdmsr`/`wrmsr`, which is then skipped.
 pub fn expect_exception(vector: u8) {
+    expect_exception_skipping(vector, EXPECTED_FAULT_INSTRUCTION_LEN);
+}
+
+/// Expects one exception `vector`; the handler then resumes `skip` bytes past the address the CPU
+/// pushed: the faulting instruction's length for a fault (e.g. 3 for `mov cr4, rax` or `xsetbv`),
+/// 0 for a trap, whose pushed RIP is already past the instruction (#DB single-step, INT1).
+/// A #DB handled this way records DR6 ([`last_dr6`]) and clears RFLAGS.TF in the interrupted frame.
+pub fn expect_exception_skipping(vector: u8, skip: u64) {
     LAST_EXCEPTION.store(usize::MAX, Ordering::SeqCst);
+    EXPECTED_SKIP.store(skip, Ordering::SeqCst);
     EXPECTED_EXCEPTION.store(vector as usize, Ordering::SeqCst);
 }
+
+/// DR6 as the last expected #DB's handler read it.
+pub fn last_dr6() -> u64 {
+    LAST_DR6.load(Ordering::SeqCst)
+}
+
+static EXPECTED_SKIP: AtomicU64 = AtomicU64::new(EXPECTED_FAULT_INSTRUCTION_LEN);
+static LAST_DR6: AtomicU64 = AtomicU64::new(0);
+const VECTOR_DB: u8 = 1;
+const RFLAGS_TF: u64 = 1 << 8;
 
 /// The expected exception that happened since [`expect_exception`], if any.
 pub fn take_exception() -> Option<u8> {
@@ -190,17 +209,23 @@ pub fn take_exception() -> Option<u8> {
     (v != usize::MAX).then_some(v as u8)
 }
 
-/// Length of the instruction that an expected exception skips. Tests only expect faults from
-/// `rdmsr`/`wrmsr` (2 bytes), the only instructions they deliberately fault on.
+/// Length of the instruction that [`expect_exception`] skips: `rdmsr`/`wrmsr` (2 bytes).
 const EXPECTED_FAULT_INSTRUCTION_LEN: u64 = 2;
 
 extern "C" fn dispatch(frame: &mut InterruptFrame) {
     let vector = frame.vector as u8;
     if vector < 32 {
         if EXPECTED_EXCEPTION.load(Ordering::SeqCst) == vector as usize {
+            if vector == VECTOR_DB {
+                let dr6: u64;
+                // SAFETY: reading DR6 at CPL 0 has no side effects.
+                unsafe { core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack)) };
+                LAST_DR6.store(dr6, Ordering::SeqCst);
+                frame.rflags &= !RFLAGS_TF;
+            }
             LAST_EXCEPTION.store(vector as usize, Ordering::SeqCst);
             EXPECTED_EXCEPTION.store(usize::MAX, Ordering::SeqCst);
-            frame.rip += EXPECTED_FAULT_INSTRUCTION_LEN;
+            frame.rip += EXPECTED_SKIP.load(Ordering::SeqCst);
             return;
         }
         crate::println!(

@@ -295,10 +295,27 @@ fn bochs_guests() -> ImageConfig {
             "basic",
             &[("image", "guests/basic.elf"), ("memory_mib", "8")],
         )
-        // Each hostile guest is followed by well-behaved ones that prove the host and the next guest
-        // untouched: a guest that ends in its device handler without EOI, then the irq suite on the
-        // same vector; the CPU-state checker twice (the second finds nothing of the first); guests
-        // that never give the CPU back or point their IDT at non-RAM, then the pci guest.
+        // Hostile guests (issue 8), each followed by well-behaved ones that prove the host and the
+        // next guest untouched: CPU exceptions and refused writes in both modes, then a triple fault;
+        // a guest that ends in its device handler without EOI, then the irq suite on the same vector;
+        // the CPU-state checker twice (the second finds nothing of the first); guests that never give
+        // the CPU back or point their IDT at non-RAM; then the pci guest.
+        .guest(
+            "hostile-baseline",
+            &hostile_guest("guests/hostile_cpu.elf", "baseline", None),
+        )
+        .guest(
+            "hostile-eli",
+            &hostile_guest("guests/hostile_cpu.elf", "eli", None),
+        )
+        .guest(
+            "hostile-triple",
+            &hostile_guest(
+                "guests/hostile_triple.elf",
+                "baseline",
+                Some("triple fault"),
+            ),
+        )
         .guest(
             "no-eoi-baseline",
             &device_guest("guests/hostile_no_eoi.elf", "baseline"),

@@ -50,10 +50,6 @@ static INITIAL_STATE: InitialState = {
     InitialState(bytes)
 };
 
-fn has_xsave() -> bool {
-    core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0
-}
-
 /// The XCR0 components the host can reset: the CPU's supported ones (CPUID.(EAX=0DH,ECX=0):EAX).
 fn resettable_components() -> u64 {
     u64::from(core::arch::x86_64::__cpuid_count(0xD, 0).eax) & XCR0_RESETTABLE
@@ -63,7 +59,7 @@ fn resettable_components() -> u64 {
 /// CPU has XSAVE, CR4.OSXSAVE (XSETBV, XRSTOR). Call once per CPU before its HOST_CR4 is recorded.
 pub fn enable_for_host() {
     let mut flags = Cr4::read() | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE;
-    if has_xsave() {
+    if super::xcr::cpu_has_xsave() {
         flags |= Cr4Flags::OSXSAVE;
     }
     // SAFETY: the bits CPUID allows; they only enable instructions, which the host itself never uses.
@@ -93,7 +89,7 @@ pub fn reset_for_next_guest() {
         }
         if Cr4::read().contains(Cr4Flags::OSXSAVE) {
             let all = resettable_components();
-            xsetbv(all);
+            super::xcr::xsetbv0(all);
             core::arch::asm!(
                 "xrstor64 [{area}]",
                 area = in(reg) INITIAL_STATE.0.as_ptr(),
@@ -101,7 +97,7 @@ pub fn reset_for_next_guest() {
                 in("edx") (all >> 32) as u32,
                 options(nostack, readonly),
             );
-            xsetbv(XCR0_RESET);
+            super::xcr::xsetbv0(XCR0_RESET);
         } else {
             core::arch::asm!(
                 "fxrstor64 [{area}]",
@@ -109,20 +105,5 @@ pub fn reset_for_next_guest() {
                 options(nostack, readonly),
             );
         }
-    }
-}
-
-/// # Safety
-/// CR4.OSXSAVE is set and `value` is a valid XCR0 for this CPU (SDM Vol. 2C XSETBV).
-unsafe fn xsetbv(value: u64) {
-    // SAFETY: as the caller promised.
-    unsafe {
-        core::arch::asm!(
-            "xsetbv",
-            in("ecx") 0u32,
-            in("eax") value as u32,
-            in("edx") (value >> 32) as u32,
-            options(nomem, nostack),
-        );
     }
 }

@@ -2,6 +2,7 @@
 //! This is where the kernel's `unsafe` and assembly live; each piece is small and documented.
 
 pub mod apic;
+pub mod debug_regs;
 pub mod exceptions;
 pub mod gdt;
 pub mod guest_cpu_state;
@@ -10,6 +11,7 @@ pub mod irq_probe;
 pub mod power;
 pub mod serial;
 pub mod vmx;
+pub mod xcr;
 
 /// Stops this CPU for good: interrupts off, halt forever (an NMI or SMI returns to the loop).
 pub fn halt_forever() -> ! {

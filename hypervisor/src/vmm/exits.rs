@@ -5,16 +5,18 @@
 //! unit-tested on the host with a fake VMCS.
 
 use super::cpuid::guest_cpuid;
+use super::events::{self, EventState};
 use super::guest_memory::GuestMemory;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::irq_exits;
 use super::msix::MsixRequest;
+use super::validate::{self, GuestFeatures, Refusal};
 use super::virtual_pci::{MsiRequest, VirtualPci, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
 use crate::vmx::exit::{
-    CrAccess, CrAccessKind, EventType, ExitReason, ExitReasonField, Gpr, InterruptionInfo,
-    IoDirection, IoQualification,
+    CrAccess, CrAccessKind, ExitReason, ExitReasonField, Gpr, InterruptionInfo, IoDirection,
+    IoQualification,
 };
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
 use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, Vmcs64, Vmcs64Ro, VmcsNatural, VmcsNaturalRo};
@@ -52,6 +54,13 @@ pub trait HostServices: InterruptHardware {
         let _ = (hpa, size, write);
         u64::MAX
     }
+    /// The guest's DR6, which the CPU keeps while the host runs (the host never uses it; the VMCS
+    /// does not hold it).
+    fn read_dr6(&self) -> u64;
+    /// Sets the guest's DR6 for the next entry (a reflected #DB's status bits, `events`).
+    fn write_dr6(&mut self, value: u64);
+    /// Loads XCR0 with a value `validate::xcr0_write` accepted for the guest (its XSETBV).
+    fn xsetbv(&mut self, xcr0: u64);
 }
 
 /// How a guest ended.
@@ -123,6 +132,8 @@ pub struct Vcpu {
     pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.
     pub preemption_written: u32,
+    /// Exception and event-delivery state (`events`).
+    pub events: EventState,
 }
 
 /// MSRs the guest sees that neither the VMCS nor the CPU holds for it. (The SYSCALL/SWAPGS MSRs and
@@ -150,7 +161,6 @@ mod msr {
     pub const X2APIC_LAST: u32 = 0x8FF;
 }
 
-const VECTOR_GP: u8 = 13;
 const RFLAGS_IF: u64 = 1 << 9;
 /// Guest activity state HLT (SDM 25.4.2).
 const ACTIVITY_HLT: u32 = 1;
@@ -202,14 +212,19 @@ fn dispatch(
     let Ok(reason) = raw.reason() else {
         return Ok(stop(format!("unknown VM exit reason {}", raw.basic())));
     };
+    events::note_exit(vcpu, reason);
     let handled = match reason {
-        ExitReason::Cpuid => cpuid(vcpu, host),
+        ExitReason::Cpuid => cpuid(vmcs, vcpu, host)?,
         ExitReason::Rdmsr => rdmsr(vmcs, vcpu, host)?,
         ExitReason::Wrmsr => wrmsr(vmcs, vcpu, host)?,
         ExitReason::IoInstruction => io(vcpu, host, qualification),
+        // VMCALL exits at any CPL (SDM Vol. 3C 26.1.2); on bare metal outside VMX it is #UD, and
+        // the hypercall interface is the guest kernel's alone.
+        ExitReason::Vmcall if events::guest_cpl(vmcs)? != 0 => events::inject_ud(vmcs)?,
         ExitReason::Vmcall => hypercall(vcpu, mem, host),
+        ExitReason::Xsetbv => xsetbv(vmcs, vcpu, host)?,
         ExitReason::Hlt => hlt(vmcs)?,
-        ExitReason::CrAccess => control_register(vmcs, vcpu, qualification)?,
+        ExitReason::CrAccess => control_register(vmcs, vcpu, host, qualification)?,
         ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Handled::Stay,
         ExitReason::ExternalInterrupt => {
             let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
@@ -239,20 +254,15 @@ fn dispatch(
                 reason.description()
             )))
         }
-        ExitReason::ExceptionOrNmi => {
-            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
-            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
-            stopped(format!(
-                "unexpected exception vector {} at rip {rip:#x}",
-                info.vector
-            ))
-        }
+        ExitReason::ExceptionOrNmi => events::exception_exit(vmcs, vcpu, host, qualification)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
             other as u16,
             other.description()
         ))),
     };
+    // One place for every handler: an event whose delivery this exit interrupted is delivered again.
+    let handled = events::complete_delivery(vmcs, vcpu, reason, handled)?;
     match handled {
         Handled::Skip => {
             skip_instruction(vmcs)?;
@@ -289,18 +299,71 @@ pub(super) fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail>
 
 /// Injects #GP(0) on the next entry (SDM 26.6: hardware exception with error code).
 pub(super) fn inject_gp(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
-    let info = InterruptionInfo::inject(VECTOR_GP, EventType::HardwareException, true);
-    vmcs.write32(Vmcs32::EntryInterruptionInfo, info.encode())?;
-    vmcs.write32(Vmcs32::EntryExceptionErrorCode, 0)?;
-    Ok(Handled::Stay)
+    events::inject_gp(vmcs)
 }
 
-fn cpuid(vcpu: &mut Vcpu, host: &impl HostServices) -> Handled {
+/// A refused write, as bare metal refuses it.
+fn refuse(vmcs: &mut impl VmcsAccess, refusal: Refusal) -> Result<Handled, VmFail> {
+    match refusal {
+        Refusal::GeneralProtection => events::inject_gp(vmcs),
+        Refusal::InvalidOpcode => events::inject_ud(vmcs),
+    }
+}
+
+/// The CPU features the guest's CPUID shows.
+fn guest_features(host: &impl HostServices) -> GuestFeatures {
+    GuestFeatures::from_cpuid(|leaf, subleaf| guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf)))
+}
+
+/// CR4 as the guest sees it: host-owned bits (the guest/host mask) from the read shadow, the rest
+/// from the real register (SDM Vol. 3C 25.6.6).
+fn guest_cr4(vmcs: &impl VmcsAccess) -> Result<u64, VmFail> {
+    let mask = vmcs.read_natural(VmcsNatural::Cr4GuestHostMask)?;
+    let real = vmcs.read_natural(VmcsNatural::GuestCr4)?;
+    let shadow = vmcs.read_natural(VmcsNatural::Cr4ReadShadow)?;
+    Ok((real & !mask) | (shadow & mask))
+}
+
+/// CPUID.1:ECX bit 27, OSXSAVE: "reflects CR4.OSXSAVE" (SDM Vol. 2A CPUID), the guest's CR4, not the
+/// host's (which sets it to run XSETBV for its guests).
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+
+fn cpuid(
+    vmcs: &impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    host: &impl HostServices,
+) -> Result<Handled, VmFail> {
     let (leaf, subleaf) = (vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
-    let [a, b, c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf));
+    let [a, b, mut c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf));
+    if leaf == 1 {
+        c &= !LEAF1_ECX_OSXSAVE;
+        if guest_cr4(vmcs)? & validate::CR4_OSXSAVE != 0 {
+            c |= LEAF1_ECX_OSXSAVE;
+        }
+    }
     (vcpu.regs.rax, vcpu.regs.rbx, vcpu.regs.rcx, vcpu.regs.rdx) =
         (a.into(), b.into(), c.into(), d.into());
-    Handled::Skip
+    Ok(Handled::Skip)
+}
+
+/// XSETBV (exit reason 55, unconditional in VMX non-root operation, SDM Vol. 3C 26.1.2): checked as
+/// the instruction checks it, then performed in the host, whose XCR0 stays the guest's while it runs
+/// (`arch::xcr`).
+fn xsetbv(
+    vmcs: &mut impl VmcsAccess,
+    vcpu: &mut Vcpu,
+    host: &mut impl HostServices,
+) -> Result<Handled, VmFail> {
+    let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xFFFF_FFFF);
+    let cpl = events::guest_cpl(vmcs)?;
+    let xcr = vcpu.regs.rcx as u32;
+    match validate::xcr0_write(guest_cr4(vmcs)?, cpl, xcr, value, &guest_features(host)) {
+        Ok(()) => {
+            host.xsetbv(value);
+            Ok(Handled::Skip)
+        }
+        Err(refusal) => refuse(vmcs, refusal),
+    }
 }
 
 fn rdmsr(
@@ -348,17 +411,21 @@ fn wrmsr(
             vcpu.apic_base = value;
         }
         msr::MISC_ENABLE => {}
+        msr::PAT if !validate::pat_valid(value) => return inject_gp(vmcs),
         msr::PAT => soft.pat = value,
         msr::EFER => {
-            // LMA is the CPU's (SDM 2.2.1); changing LME with paging on is #GP on hardware, and a guest
-            // cannot leave long mode here anyway.
-            const LME: u64 = 1 << 8;
-            const LMA: u64 = 1 << 10;
+            // Reserved bits, NXE without NX, and changing LME are #GP; LMA stays the CPU's (validate).
             let current = vmcs.read64(Vmcs64::GuestIa32Efer)?;
-            if (value ^ current) & LME != 0 {
-                return inject_gp(vmcs);
+            match validate::efer_write(current, value, &guest_features(host)) {
+                Ok(efer) => vmcs.write64(Vmcs64::GuestIa32Efer, efer)?,
+                Err(refusal) => return refuse(vmcs, refusal),
             }
-            vmcs.write64(Vmcs64::GuestIa32Efer, (value & !LMA) | (current & LMA))?;
+        }
+        // Addresses must be canonical (SDM Vol. 4 for each MSR; a non-canonical FS/GS base would
+        // also fail the next VM entry's guest-state checks, SDM Vol. 3C 26.3.1.2). LSTAR, CSTAR and
+        // KERNEL_GS_BASE are the guest's own (passed through): the CPU checks them itself.
+        msr::FS_BASE | msr::GS_BASE if !guest_features(host).canonical(value) => {
+            return inject_gp(vmcs)
         }
         msr::FS_BASE => vmcs.write_natural(VmcsNatural::GuestFsBase, value)?,
         msr::GS_BASE => vmcs.write_natural(VmcsNatural::GuestGsBase, value)?,
@@ -522,6 +589,7 @@ fn hlt(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
 fn control_register(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    host: &impl HostServices,
     qualification: u64,
 ) -> Result<Handled, VmFail> {
     let access = CrAccess::decode(qualification);
@@ -544,6 +612,15 @@ fn control_register(
             vmcs.write_natural(VmcsNatural::GuestCr0, (value | fixed0) & fixed1)?;
         }
         4 => {
+            let ctx = validate::Cr4Context {
+                cr4: guest_cr4(vmcs)?,
+                cr0: vmcs.read_natural(VmcsNatural::GuestCr0)?,
+                cr3: vmcs.read_natural(VmcsNatural::GuestCr3)?,
+                long_mode: vmcs.read64(Vmcs64::GuestIa32Efer)? & validate::EFER_LMA != 0,
+            };
+            if let Err(refusal) = validate::cr4_write(value, &ctx, &guest_features(host)) {
+                return refuse(vmcs, refusal);
+            }
             let (fixed0, fixed1) = vcpu.cr4_fixed;
             vmcs.write_natural(VmcsNatural::Cr4ReadShadow, value)?;
             vmcs.write_natural(VmcsNatural::GuestCr4, (value | fixed0) & fixed1)?;

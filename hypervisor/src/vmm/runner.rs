@@ -5,6 +5,7 @@
 use super::assignment::AssignedDevice;
 use super::controls::{self, Controls};
 use super::dma_domains::{self, DmaRemapping, DomainHandle};
+use super::events;
 use super::exits::{self, ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
@@ -329,9 +330,9 @@ impl VmxCpu {
             io_bitmap_b: io_b,
             vpid: if self.caps.vpid() { vpid } else { 0 },
         };
-        // No interrupt reaches a guest's IDT on the host's behalf (host_clock), so no exception needs
-        // to exit for it.
-        let exception_bitmap = 0;
+        // #DB and #AC, against event-delivery loops; no interrupt reaches a guest's IDT on the host's
+        // behalf (host_clock), so nothing else needs to exit.
+        let exception_bitmap = events::EXCEPTION_BITMAP;
         let setup = vmcs_setup::write_controls(&mut vmcs, &controls, exception_bitmap)
             .and_then(|()| vmcs_setup::write_tables(&mut vmcs, &tables))
             .and_then(|()| vmcs_setup::write_host_state(&mut vmcs, &self.host))
@@ -843,6 +844,25 @@ impl HostServices for MachineServices<'_, '_> {
                 8 => core::ptr::read_volatile(hpa as *const u64),
                 _ => u64::MAX,
             }
+        }
+    }
+    fn read_dr6(&self) -> u64 {
+        crate::arch::debug_regs::read_dr6()
+    }
+    fn write_dr6(&mut self, value: u64) {
+        // SAFETY: CPL 0; `events::merge_dr6` keeps bits 63:32 clear; the host never uses DR6.
+        unsafe { crate::arch::debug_regs::write_dr6(value) }
+    }
+    fn xsetbv(&mut self, xcr0: u64) {
+        if crate::arch::xcr::host_osxsave() {
+            // SAFETY: CR4.OSXSAVE is set and `validate::xcr0_write` accepted the value against this
+            // CPU's CPUID leaf 0xD (or it is the reset value, x87 only).
+            unsafe { crate::arch::xcr::xsetbv0(xcr0) }
+        } else {
+            log::error!(
+                "guest {}: XSETBV {xcr0:#x} not performed: the host's CR4.OSXSAVE is clear",
+                self.guest
+            );
         }
     }
 }

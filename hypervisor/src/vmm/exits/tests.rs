@@ -15,6 +15,10 @@ struct FakeHost {
     msix_requests: Vec<crate::vmm::msix::MsixRequest>,
     /// Forwarded device accesses: (host-physical address, size, value written).
     device_mmio: Vec<(u64, u8, Option<u64>)>,
+    /// The guest's DR6 as the CPU holds it between exit and entry.
+    dr6: u64,
+    /// XCR0 values loaded for the guest.
+    xcr0: Vec<u64>,
 }
 
 impl crate::vmm::interrupts::InterruptHardware for FakeHost {
@@ -52,11 +56,28 @@ impl HostServices for FakeHost {
     fn console_line(&mut self, line: &str) {
         self.lines.push(String::from(line));
     }
-    fn cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
-        match leaf {
-            1 => [0x806C1, 0, 0x77FA_F3BF, 0xBFEB_FBFF],
+    /// Bochs `tigerlake` where it matters (shared/emulators.md; leaf 1 ECX with OSXSAVE set, as
+    /// the host sets CR4.OSXSAVE): NX, 48-bit linear addresses, x87/SSE/AVX/AVX-512 XSAVE state.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        match (leaf, subleaf) {
+            (0, _) => [0x16, 0, 0, 0],
+            (1, _) => [0x806C1, 0, 0x77FA_F3BF | 1 << 27, 0xBFEB_FBFF],
+            (7, 0) => [0, 0x0000_0081, 0x0001_000C, 0],
+            (0xD, 0) => [0xE7, 0x340, 0xA88, 0],
+            (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+            (0x8000_0001, _) => [0, 0, 1, 1 << 20 | 1 << 29],
+            (0x8000_0008, _) => [0x3027, 0, 0, 0],
             _ => [0; 4],
         }
+    }
+    fn read_dr6(&self) -> u64 {
+        self.dr6
+    }
+    fn write_dr6(&mut self, value: u64) {
+        self.dr6 = value;
+    }
+    fn xsetbv(&mut self, xcr0: u64) {
+        self.xcr0.push(xcr0);
     }
     fn rdtsc(&self) -> u64 {
         0x1234_5678_9ABC
@@ -433,4 +454,341 @@ fn hlt_waits_in_the_guest_unless_interrupts_are_off() {
     assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
     assert_eq!(vmcs.get(Vmcs32::GuestActivityState as u32), Some(1));
     assert_eq!(rip(&vmcs), RIP + 1);
+}
+
+// ---- Exceptions, event re-injection, refused writes (vmm::events, vmm::validate) ----
+
+use crate::vmm::events::{DELIVERY_LOOP_LIMIT, DR6_BS};
+
+/// Interruption information (SDM Vol. 3C Table 25-19): valid, type, error code valid, vector.
+const fn event(event_type: u32, vector: u32, error_code: bool) -> u32 {
+    0x8000_0000 | event_type << 8 | (error_code as u32) << 11 | vector
+}
+const HW: u32 = 3;
+const DB_TRAP: u32 = event(HW, 1, false);
+const AC: u32 = event(HW, 17, true);
+
+/// An exception or NMI exit (reason 0) with `info`, the qualification and, when given, the
+/// event whose delivery it interrupted.
+fn exception_exited(info: u32, qualification: u64, vectoring: Option<(u32, u32)>) -> FakeVmcs {
+    let mut vmcs = exited(0, qualification, 0);
+    vmcs.set(Vmcs32Ro::ExitInterruptionInfo as u32, info.into());
+    vmcs.set(Vmcs32Ro::ExitInterruptionErrorCode as u32, 0);
+    if let Some((info, code)) = vectoring {
+        vmcs.set(Vmcs32Ro::IdtVectoringInfo as u32, info.into());
+        vmcs.set(Vmcs32Ro::IdtVectoringErrorCode as u32, code.into());
+    }
+    vmcs
+}
+
+fn entry_event(vmcs: &FakeVmcs) -> (Option<u64>, Option<u64>) {
+    (
+        vmcs.get(Vmcs32::EntryInterruptionInfo as u32),
+        vmcs.get(Vmcs32::EntryExceptionErrorCode as u32),
+    )
+}
+
+fn stopped_with(next: Next) -> String {
+    match next {
+        Next::End(GuestEnd::Stopped(why)) => why,
+        other => panic!("guest not stopped: {other:?}"),
+    }
+}
+
+#[test]
+fn single_step_db_is_reflected_with_bs_merged_into_dr6() {
+    let (mut vcpu, mut ram) = (Vcpu::default(), ram());
+    let mut host = FakeHost {
+        dr6: 0xFFFF_0FF0,
+        ..FakeHost::default()
+    };
+    let mut vmcs = exception_exited(DB_TRAP, DR6_BS, None);
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(
+        entry_event(&vmcs).0,
+        Some(0x8000_0301),
+        "#DB as a hardware exception"
+    );
+    assert_eq!(
+        host.dr6, 0xFFFF_4FF0,
+        "DR6.BS set before the guest's handler runs"
+    );
+    assert_eq!(
+        rip(&vmcs),
+        RIP,
+        "a trap's RIP is already past the instruction"
+    );
+}
+
+#[test]
+fn ac_is_reflected_with_error_code_zero_and_icebp_keeps_its_type_and_length() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let mut vmcs = exception_exited(AC, 0, None);
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(entry_event(&vmcs), (Some(0x8000_0B11), Some(0)));
+    // INT1 (ICEBP, F1): privileged software exception, 1 byte; it leaves DR6 alone.
+    let mut vmcs = exception_exited(event(5, 1, false), 0, None);
+    vmcs.set(Vmcs32Ro::ExitInstructionLength as u32, 1);
+    host.dr6 = 0xFFFF_0FF0;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0501));
+    assert_eq!(vmcs.get(Vmcs32::EntryInstructionLength as u32), Some(1));
+    assert_eq!(host.dr6, 0xFFFF_0FF0);
+}
+
+#[test]
+fn nmis_are_the_hosts_counted_and_never_injected() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    for _ in 0..2 {
+        let mut vmcs = exception_exited(event(2, 2, false), 0, None);
+        assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+        assert_eq!(entry_event(&vmcs).0, None);
+    }
+    assert_eq!(vcpu.events.nmis, 2);
+}
+
+#[test]
+fn interrupted_delivery_is_reinjected_with_type_error_code_and_length() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    // An exit during delivery of INT 0x80 (software interrupt, CD 80): re-injected with its length.
+    let mut vmcs = exited(52, 0, 2);
+    vmcs.set(
+        Vmcs32Ro::IdtVectoringInfo as u32,
+        event(4, 0x80, false).into(),
+    );
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0480));
+    assert_eq!(vmcs.get(Vmcs32::EntryInstructionLength as u32), Some(2));
+    assert_eq!(rip(&vmcs), RIP);
+    // A #PF with its error code; an NMI as an NMI.
+    let mut vmcs = exited(52, 0, 0);
+    vmcs.set(
+        Vmcs32Ro::IdtVectoringInfo as u32,
+        event(HW, 14, true).into(),
+    );
+    vmcs.set(Vmcs32Ro::IdtVectoringErrorCode as u32, 6);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs), (Some(0x8000_0B0E), Some(6)));
+    let mut vmcs = exited(52, 0, 0);
+    vmcs.set(Vmcs32Ro::IdtVectoringInfo as u32, event(2, 2, false).into());
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0202));
+    // Without IDT-vectoring information nothing is injected.
+    let mut vmcs = exited(52, 0, 0);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, None);
+}
+
+#[test]
+fn a_handlers_exception_during_delivery_follows_the_double_fault_rules() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    // #GP from WRMSR to an unknown MSR, with a #PF being delivered: contributory after a page fault
+    // is a double fault, #DF(0).
+    let mut vmcs = exited(32, 0, 2);
+    vmcs.set(
+        Vmcs32Ro::IdtVectoringInfo as u32,
+        event(HW, 14, true).into(),
+    );
+    vmcs.set(Vmcs32::EntryExceptionErrorCode as u32, 0x55);
+    vcpu.regs.rcx = 0x1FF0;
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(entry_event(&vmcs), (Some(0x8000_0B08), Some(0)));
+    // The same while a #DF is being delivered: shutdown, the guest is stopped.
+    let mut vmcs = exited(32, 0, 2);
+    vmcs.set(Vmcs32Ro::IdtVectoringInfo as u32, event(HW, 8, true).into());
+    let why = stopped_with(run(&mut vmcs, &mut vcpu, &mut ram, &mut host));
+    assert!(why.contains("triple fault"), "{why}");
+    // A reflected #DB during delivery of a #GP is handled serially: the #DB goes first (the #GP
+    // comes back when its instruction runs again).
+    let mut vmcs = exception_exited(DB_TRAP, DR6_BS, Some((event(HW, 13, true), 0)));
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, Some(u64::from(DB_TRAP)));
+    assert_eq!(vcpu.events.deferred, None);
+}
+
+#[test]
+fn an_interrupt_whose_delivery_raised_a_db_is_delivered_after_it() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let mut vmcs = exception_exited(DB_TRAP, 0b1, Some((event(0, 0x41, false), 0)));
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, Some(u64::from(DB_TRAP)), "#DB first");
+    assert!(vcpu.events.deferred.is_some());
+    // Next exit, interrupts still off in the guest: it waits.
+    let mut vmcs = exited(10, 0, 2);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, None);
+    // With RFLAGS.IF = 1 it is injected as the external interrupt it was.
+    let mut vmcs = exited(10, 0, 2);
+    vmcs.set(VmcsNatural::GuestRflags as u32, 0x202);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0041));
+    assert_eq!(vcpu.events.deferred, None);
+}
+
+#[test]
+fn an_exception_recurring_in_its_own_delivery_stops_the_guest() {
+    for (info, name) in [(DB_TRAP, "#DB"), (AC, "#AC")] {
+        let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+        let round = |vcpu: &mut Vcpu, ram: &mut Vec<u8>, host: &mut FakeHost| {
+            let mut vmcs = exception_exited(info, 0, Some((info, 0)));
+            run(&mut vmcs, vcpu, ram, host)
+        };
+        for _ in 0..DELIVERY_LOOP_LIMIT - 2 {
+            assert_eq!(round(&mut vcpu, &mut ram, &mut host), Next::Resume);
+        }
+        // Any other guest exit shows progress and starts the count again; a host timer exit does not.
+        run(&mut exited(10, 0, 2), &mut vcpu, &mut ram, &mut host);
+        for _ in 0..DELIVERY_LOOP_LIMIT - 1 {
+            assert_eq!(round(&mut vcpu, &mut ram, &mut host), Next::Resume);
+        }
+        run(&mut exited(52, 0, 0), &mut vcpu, &mut ram, &mut host);
+        let why = stopped_with(round(&mut vcpu, &mut ram, &mut host));
+        assert!(
+            why.contains("event-delivery loop") && why.contains(name),
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn vmcall_from_cpl3_is_ud_and_does_nothing() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let mut vmcs = exited(18, 0, 3);
+    // SS access rights: data, DPL 3 (bits 6:5), present, 32-bit, 4 KiB granularity.
+    vmcs.set(Vmcs32::GuestSsAccessRights as u32, 0xC0F3);
+    vcpu.regs.rax = Hypercall::PowerOff as u64;
+    assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0306));
+    assert_eq!(rip(&vmcs), RIP);
+    assert_eq!(vcpu.regs.rax, Hypercall::PowerOff as u64);
+    // CPL 0 may.
+    let mut vmcs = exited(18, 0, 3);
+    vmcs.set(Vmcs32::GuestSsAccessRights as u32, 0xC093);
+    assert_eq!(
+        run(&mut vmcs, &mut vcpu, &mut ram, &mut host),
+        Next::End(GuestEnd::PoweredOff(0))
+    );
+}
+
+fn wrmsr(vcpu: &mut Vcpu, msr: u32, value: u64) -> FakeVmcs {
+    let (mut ram, mut host) = (ram(), FakeHost::default());
+    let mut vmcs = exited(32, 0, 2);
+    vcpu.regs.rcx = msr.into();
+    vcpu.regs.rax = value & 0xFFFF_FFFF;
+    vcpu.regs.rdx = value >> 32;
+    assert_eq!(run(&mut vmcs, vcpu, &mut ram, &mut host), Next::Resume);
+    vmcs
+}
+
+#[test]
+fn invalid_msr_writes_are_gp_and_valid_ones_land() {
+    let mut vcpu = Vcpu::default();
+    // EFER: SVME (bit 12) is reserved on Intel; SCE is fine.
+    let vmcs = wrmsr(&mut vcpu, 0xC000_0080, 0xD00 | 1 << 12);
+    assert!(injected_gp(&vmcs));
+    assert_eq!(vmcs.get(Vmcs64::GuestIa32Efer as u32), Some(0xD00));
+    let vmcs = wrmsr(&mut vcpu, 0xC000_0080, 0xD01);
+    assert_eq!(vmcs.get(Vmcs64::GuestIa32Efer as u32), Some(0xD01));
+    // Non-canonical bases and syscall targets.
+    for msr in [
+        0xC000_0100,
+        0xC000_0101,
+        0xC000_0102,
+        0xC000_0082,
+        0xC000_0083,
+    ] {
+        let vmcs = wrmsr(&mut vcpu, msr, 0x0000_8000_0000_0000);
+        assert!(injected_gp(&vmcs), "MSR {msr:#x}");
+        assert_eq!(rip(&vmcs), RIP);
+    }
+    let vmcs = wrmsr(&mut vcpu, 0xC000_0100, 0xFFFF_8000_0000_1000);
+    assert_eq!(
+        vmcs.get(VmcsNatural::GuestFsBase as u32),
+        Some(0xFFFF_8000_0000_1000)
+    );
+    assert_eq!(rip(&vmcs), RIP + 2);
+    // PAT: type 2 in entry 3 is reserved.
+    let vmcs = wrmsr(&mut vcpu, 0x277, 0x0007_0406_0207_0406);
+    assert!(injected_gp(&vmcs));
+    wrmsr(&mut vcpu, 0x277, 0x0007_0106_0007_0406);
+    assert_eq!(vcpu.soft_msrs.pat, 0x0007_0106_0007_0406);
+    // Reserved upper halves.
+    assert!(injected_gp(&wrmsr(&mut vcpu, 0xC000_0084, 1 << 32)));
+    assert!(injected_gp(&wrmsr(&mut vcpu, 0xC000_0103, 1 << 40)));
+}
+
+/// A MOV to CR4 from RAX (qualification: CR 4, type 0, register 0; SDM Table 28-3) with CR4 as the
+/// runner sets it up: VMXE fixed (host-owned), the guest's PAE in the shadow.
+fn mov_to_cr4(vcpu: &mut Vcpu, value: u64) -> FakeVmcs {
+    let (mut ram, mut host) = (ram(), FakeHost::default());
+    let mut vmcs = exited(28, 4, 3);
+    vcpu.cr4_fixed = (1 << 13, 0x003F_FFFF);
+    vmcs.set(VmcsNatural::Cr4GuestHostMask as u32, !0x003F_DFFFu64);
+    vmcs.set(VmcsNatural::GuestCr4 as u32, 1 << 5 | 1 << 13);
+    vmcs.set(VmcsNatural::Cr4ReadShadow as u32, 1 << 5);
+    vmcs.set(VmcsNatural::GuestCr0 as u32, 0x8001_0033);
+    vcpu.regs.rax = value;
+    assert_eq!(run(&mut vmcs, vcpu, &mut ram, &mut host), Next::Resume);
+    vmcs
+}
+
+#[test]
+fn cr4_writes_of_hidden_or_reserved_bits_are_gp() {
+    let mut vcpu = Vcpu::default();
+    for bad in [1u64 << 13, 1 << 14, 1 << 15, 1 << 26, 1 << 40] {
+        let vmcs = mov_to_cr4(&mut vcpu, 1 << 5 | bad);
+        assert!(injected_gp(&vmcs), "CR4 bit {}", bad.trailing_zeros());
+        assert_eq!(vmcs.get(VmcsNatural::Cr4ReadShadow as u32), Some(1 << 5));
+        assert_eq!(rip(&vmcs), RIP);
+    }
+    assert!(
+        injected_gp(&mov_to_cr4(&mut vcpu, 0)),
+        "PAE cannot go in IA-32e mode"
+    );
+    let vmcs = mov_to_cr4(&mut vcpu, 1 << 5 | 1 << 18);
+    assert_eq!(entry_event(&vmcs).0, None);
+    assert_eq!(
+        vmcs.get(VmcsNatural::Cr4ReadShadow as u32),
+        Some(1 << 5 | 1 << 18)
+    );
+    assert_eq!(rip(&vmcs), RIP + 3);
+}
+
+#[test]
+fn xsetbv_is_checked_then_performed_in_the_host() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let xsetbv = |vcpu: &mut Vcpu, host: &mut FakeHost, ram: &mut Vec<u8>, cr4: u64, ecx, value| {
+        let mut vmcs = exited(55, 0, 3);
+        vmcs.set(VmcsNatural::GuestCr4 as u32, cr4);
+        vcpu.regs.rcx = ecx;
+        vcpu.regs.rax = value;
+        vcpu.regs.rdx = 0;
+        assert_eq!(run(&mut vmcs, vcpu, ram, host), Next::Resume);
+        vmcs
+    };
+    const OSXSAVE: u64 = 1 << 18 | 1 << 5;
+    let vmcs = xsetbv(&mut vcpu, &mut host, &mut ram, OSXSAVE, 0, 3);
+    assert_eq!((host.xcr0.as_slice(), rip(&vmcs)), (&[3][..], RIP + 3));
+    for (ecx, value) in [(0, 0), (0, 2), (0, 5), (0, 0x67), (1, 3), (0, 1 << 9 | 3)] {
+        let vmcs = xsetbv(&mut vcpu, &mut host, &mut ram, OSXSAVE, ecx, value);
+        assert!(injected_gp(&vmcs), "ECX {ecx} value {value:#x}");
+        assert_eq!(rip(&vmcs), RIP);
+    }
+    let vmcs = xsetbv(&mut vcpu, &mut host, &mut ram, 1 << 5, 0, 3);
+    assert_eq!(
+        entry_event(&vmcs).0,
+        Some(0x8000_0306),
+        "#UD without CR4.OSXSAVE"
+    );
+    assert_eq!(host.xcr0, [3], "refused values never reach the host");
+    // CPUID.1:ECX.OSXSAVE follows the guest's CR4, not the host's.
+    let mut vmcs = exited(10, 0, 2);
+    vcpu.regs.rax = 1;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_eq!(vcpu.regs.rcx & 1 << 27, 0);
+    let mut vmcs = exited(10, 0, 2);
+    vmcs.set(VmcsNatural::GuestCr4 as u32, OSXSAVE);
+    vcpu.regs.rax = 1;
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    assert_ne!(vcpu.regs.rcx & 1 << 27, 0);
 }
