@@ -266,6 +266,20 @@ impl Results {
         )
     }
 
+    /// Cycles the host takes per VM exit, round trip (exit, handler, entry), from guest work lost:
+    /// with the interrupt rate fixed by the device, every cycle the host spends is one the guest's
+    /// work loop does not get. `(bare work - baseline work) x (bare cycles per work unit) / baseline
+    /// exits`. In Bochs a cycle is an emulated instruction, so this is the exit path's instruction
+    /// count, VMX transitions included; it does not capture real hardware's transition latency.
+    pub fn cycles_per_exit(&self) -> Option<f64> {
+        let lost_work = self.bare.work_per_interrupt()? - self.baseline.work_per_interrupt()?;
+        let cycles_per_work = ratio(self.bare.cycles as f64, self.bare.work as f64)?;
+        ratio(
+            lost_work * cycles_per_work,
+            self.baseline.exits_per_interrupt()?,
+        )
+    }
+
     /// `{"emulator": "bochs", "modes": {"bare": M, "baseline": M, "eli": M}}` (issue 3), plus
     /// `work`, `work_per_interrupt`, `work_vs_bare` and `cycles_vs_bare` in each M. A ratio with
     /// a zero denominator is `null`.
@@ -289,7 +303,7 @@ impl Results {
                 (mode.label().to_string(), value)
             })
             .collect();
-        json!({ "emulator": "bochs", "modes": modes })
+        json!({ "emulator": "bochs", "modes": modes, "cycles_per_exit": self.cycles_per_exit() })
     }
 
     /// A Markdown table (readable on a terminal, pasteable into docs/), then each mode's exits by
@@ -404,6 +418,10 @@ impl Results {
                 "goal: baseline at least 2 exits/interrupt: {} ({})",
                 met(baseline_exits >= 2.0),
                 fixed(self.baseline.exits_per_interrupt(), 3)
+            ),
+            format!(
+                "exit path: {} cycles per VM exit round trip (guest work baseline loses per exit)",
+                fixed(self.cycles_per_exit(), 0)
             ),
         ]
     }
@@ -797,6 +815,13 @@ EXITLESS-POWEROFF 0
         assert!(goals[0].ends_with("met (0.0000 over 10000)") && !goals[0].contains("NOT"));
         assert!(goals[1].ends_with(": met (+0.58%)"), "{}", goals[1]);
         assert!(goals[2].contains(": met (2.500)"));
+        // 40 of bare's 80 work units per interrupt lost, 65 cycles per unit, 2.5 exits per interrupt.
+        assert_eq!(r.cycles_per_exit(), Some(1040.0));
+        assert!(
+            goals[3].starts_with("exit path: 1040 cycles per VM exit"),
+            "{}",
+            goals[3]
+        );
         let mut slow = r.clone();
         slow.eli.cycles = 53_000_000;
         slow.baseline.exits_by_reason.remove("Wrmsr");

@@ -93,7 +93,7 @@ const TARGET_GPA: u64 = 0x20_0000;
 const BEYOND_OFFSET: u64 = 0x30_0000;
 const PASS_THROUGH_OFFSET: u64 = 0x40_0000;
 const FILLER: u64 = 0xC3C3_C3C3_C3C3_C3C3;
-/// The guest's MSI vector: a guest vector (0x20..0xCF), distinct from the `vtd` suite's 0x61.
+/// The guest's MSI vector: a guest vector (0x20..0xEF), distinct from the `vtd` suite's 0x61.
 const MSI_VECTOR: u8 = 0x52;
 /// The second pretend guest's MSI-X vector, distinct from [`MSI_VECTOR`].
 const MSIX_VECTOR: u8 = 0x53;
