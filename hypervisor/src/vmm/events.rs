@@ -387,7 +387,7 @@ pub(super) fn complete_delivery(
     };
     let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     if reason == ExitReason::EptViolation {
-        // An emulated page (IOAPIC, MSI-X, ELI's IDT) touched by the CPU's own event delivery (a
+        // An emulated page (IOAPIC, MSI-X table) touched by the CPU's own event delivery (a
         // stack or IDT placed there): the handler emulated an instruction that never ran.
         return Ok(stopped(format!(
             "EPT violation on an emulated page while delivering vector {} at rip {rip:#x}: event delivery through emulated memory is not supported",

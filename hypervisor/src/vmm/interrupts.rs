@@ -130,8 +130,9 @@ impl GuestInterrupts {
         }
     }
 
-    /// A host-owned vector arrived while the guest ran (baseline: external-interrupt exit; ELI: #NP
-    /// exit). It is in the LAPIC's ISR: handle it and EOI it here, never inject it.
+    /// A host-owned vector arrived while the guest ran (a baseline external-interrupt exit; none is
+    /// armed then, so this is a safety net). It is in the LAPIC's ISR: handle it and EOI it here, never
+    /// inject it.
     fn host_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
         self.stats.host_interrupts += 1;
         match vector {

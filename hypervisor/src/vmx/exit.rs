@@ -701,8 +701,8 @@ mod tests {
 
     #[test]
     fn interruption_info_encode_decode() {
-        // eli.md: a not-present shadow gate gives exit interruption info 0x80000B0B
-        // (vector 11, hardware exception, error code valid) and IDT-vectoring 0x80000000 | v.
+        // A #NP exit during delivery of external interrupt v (eli.md): exit interruption info
+        // 0x80000B0B (vector 11, hardware exception, error code valid), IDT-vectoring 0x80000000 | v.
         let np = InterruptionInfo::decode(0x8000_0B0B);
         assert_eq!(np, InterruptionInfo::hardware_exception(11, true));
         assert_eq!(np.encode(), 0x8000_0B0B);

@@ -1,6 +1,5 @@
 //! VT-x: the host-testable building blocks of the VMX layer. VMCS fields typed by width and
-//! access, VMREAD/VMWRITE behind a backend trait, exit decoding, EPT, MSR and I/O bitmaps, and
-//! the ELI shadow IDT.
+//! access, VMREAD/VMWRITE behind a backend trait, exit decoding, EPT, MSR and I/O bitmaps.
 
 pub mod ept;
 pub mod exit;
