@@ -503,8 +503,47 @@ pub fn output_dir() -> PathBuf {
     paths::workspace_root().join("target").join("bench")
 }
 
-/// The command: build, run the three modes under Bochs, print the table, write JSON and SVG.
-pub fn bench(json_path: Option<PathBuf>) -> Result<ExitCode> {
+/// Where the bench writes its published figures: a block between these markers in each file.
+const PUBLISHED: [&str; 2] = ["README.md", "docs/bench.md"];
+const BEGIN_MARK: &str =
+    "<!-- bench:begin (written by `cargo xtask bench --publish`; do not edit) -->";
+const END_MARK: &str = "<!-- bench:end -->";
+
+/// `text` with the block between [`BEGIN_MARK`] and [`END_MARK`] replaced by `block`; an error if the
+/// markers are missing or out of order (the file says where the figures go, never the bench).
+pub fn replace_published(text: &str, block: &str) -> Result<String, String> {
+    let start = text
+        .find(BEGIN_MARK)
+        .ok_or("no `<!-- bench:begin ... -->` marker")?;
+    let after_begin = start + BEGIN_MARK.len();
+    let end = text[after_begin..]
+        .find(END_MARK)
+        .map(|e| after_begin + e)
+        .ok_or("no `<!-- bench:end -->` marker after the begin marker")?;
+    Ok(format!(
+        "{}\n{}{}",
+        &text[..after_begin],
+        block,
+        &text[end..]
+    ))
+}
+
+impl Results {
+    /// The published block: the date, the table, exits by reason, the goals and the exit path.
+    pub fn published(&self, date: &str) -> String {
+        let mut out = format!("Measured by one run of `cargo xtask bench` on {date}:\n\n");
+        out.push_str(&self.table());
+        out.push('\n');
+        for goal in self.goals() {
+            out.push_str(&format!("- {goal}\n"));
+        }
+        out
+    }
+}
+
+/// The command: build, run the three modes under Bochs, print the table, write JSON and SVG; with
+/// `publish`, also the figures in README.md and docs/bench.md.
+pub fn bench(json_path: Option<PathBuf>, publish: bool) -> Result<ExitCode> {
     prereq::ensure_rust_targets()?;
     prereq::ensure_packages(&Emulator::Bochs.packages().iter().collect::<Vec<_>>())?;
     let built = artifacts::build_all()?;
@@ -550,7 +589,35 @@ pub fn bench(json_path: Option<PathBuf>) -> Result<ExitCode> {
     write(&svg_path, &results.chart())?;
     println!("\nbench: wrote {}", paths::display(&json_path));
     println!("bench: wrote {}", paths::display(&svg_path));
+    if publish {
+        let date = today_utc();
+        let block = results.published(&date);
+        for file in PUBLISHED {
+            let path = paths::workspace_root().join(file);
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let new = replace_published(&text, &block)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+            write(&path, &new)?;
+            println!("bench: published the figures in {file}");
+        }
+        let chart = paths::workspace_root().join("docs/bench.svg");
+        write(&chart, &results.chart())?;
+        println!("bench: published docs/bench.svg");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from `date`, which every machine this runs on has.
+fn today_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "an unknown date".into())
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -793,6 +860,21 @@ EXITLESS-POWEROFF 0
         let mut zero = results();
         zero.bare.work = 0;
         assert_eq!(zero.to_json()["modes"]["eli"]["work_vs_bare"], Value::Null);
+    }
+
+    #[test]
+    fn published_figures_replace_only_the_marked_block() {
+        let text = format!("intro\n{BEGIN_MARK}\nold figures\n{END_MARK}\nrest\n");
+        let new = replace_published(&text, "new figures\n").unwrap();
+        assert_eq!(
+            new,
+            format!("intro\n{BEGIN_MARK}\nnew figures\n{END_MARK}\nrest\n")
+        );
+        assert!(replace_published("no markers", "x").is_err());
+        assert!(replace_published(&format!("{END_MARK}{BEGIN_MARK}"), "x").is_err());
+        let block = results().published("2026-12-03");
+        assert!(block.starts_with("Measured by one run of `cargo xtask bench` on 2026-12-03:"));
+        assert!(block.contains("| baseline ") && block.contains("- exit path: 1040 cycles"));
     }
 
     #[test]

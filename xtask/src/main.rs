@@ -77,6 +77,10 @@ enum Command {
         /// Where to write the JSON [default: target/bench/bench.json].
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write the figures into README.md and docs/bench.md (between their bench markers)
+        /// and the chart into docs/bench.svg.
+        #[arg(long)]
+        publish: bool,
     },
 }
 
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
             config,
         } => run_cmd::run(emulator, accel, timeout, config),
         Command::Test { tiers } => test_cmd::test(&tiers),
-        Command::Bench { json } => bench::bench(json),
+        Command::Bench { json, publish } => bench::bench(json, publish),
     };
     match result {
         Ok(code) => code,
