@@ -142,20 +142,6 @@ pub fn move_gate(from: u8, to: u8) {
     }
 }
 
-/// Linear address of `vector`'s 16-byte gate in the guest's IDT (SDM Vol. 3A 6.14.1).
-pub fn gate_address(vector: u8) -> u64 {
-    core::ptr::addr_of!(IDT) as u64 + u64::from(vector) * 16
-}
-
-/// Sets the IST index (0 = none, 1..=7) of `vector`'s gate: bits 2:0 of the gate's byte 4 (SDM Vol. 3A
-/// 6.14.1, Figure 6-8), so that its delivery always switches to that TSS stack (6.14.5).
-pub fn set_gate_ist(vector: u8, ist: u8) {
-    assert!(ist <= 7);
-    let byte = (gate_address(vector) + 4) as *mut u8;
-    // SAFETY: byte 4 of a gate in the guest's own IDT; bits 7:3 are zero in an interrupt gate.
-    unsafe { byte.write_volatile(ist) };
-}
-
 unsafe fn set_exception_gate(
     idt: &mut InterruptDescriptorTable,
     vector: u8,

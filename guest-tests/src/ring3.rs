@@ -99,16 +99,6 @@ pub fn init() {
     }
 }
 
-/// Points IST entry `index` (1..=7) of the guest's TSS at `top` (SDM Vol. 3A 6.14.5); loads the
-/// TSS first ([`init`]). The CPU reads the entry at each delivery through a gate that names it.
-pub fn set_ist(index: usize, top: u64) {
-    init();
-    // SAFETY: single-threaded; the TSS is a static the CPU reads only during event delivery.
-    unsafe {
-        (*core::ptr::addr_of_mut!(TSS)).interrupt_stack_table[index - 1] = VirtAddr::new(top);
-    }
-}
-
 /// Sets U/S in every paging-structure entry that maps `addr` (CR3 down to the leaf): a CPL-3 access
 /// needs U/S = 1 at every level (SDM Vol. 3A 4.6.1 "Determination of Access Rights"). The paging
 /// structures are read through the identity map (BootInfo: guest-physical memory below 4 GiB is

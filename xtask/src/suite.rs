@@ -317,14 +317,6 @@ fn bochs_guests() -> ImageConfig {
             ),
         )
         .guest(
-            "hostile-db-loop",
-            &hostile_guest(
-                "guests/hostile_db_loop.elf",
-                "baseline",
-                Some("event-delivery loop"),
-            ),
-        )
-        .guest(
             "no-eoi-baseline",
             &device_guest("guests/hostile_no_eoi.elf", "baseline"),
         )
