@@ -39,7 +39,8 @@ const STACK_SIZE: usize = 16 * 1024;
 struct Stack([u8; STACK_SIZE]);
 
 /// The CPL-0 stack the CPU switches to when an exception arrives from CPL 3: TSS.RSP0 (SDM Vol. 3A
-/// 6.12.1 "Exception- or Interrupt-Handler Procedures", 6.14.5 "Interrupt Stack Table" / Figure 8-11).
+/// 6.12.1 "Exception- or Interrupt-Handler Procedures", 6.14.4 "Stack Switching in IA-32e Mode";
+/// RSP0 is the 64-bit TSS's first stack pointer, 8.7 "Task Management in 64-bit Mode").
 static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
 /// The stack CPL-3 code runs on; its page is a user page.
 static mut USER_STACK: Stack = Stack([0; STACK_SIZE]);
