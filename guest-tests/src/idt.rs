@@ -214,6 +214,11 @@ const EXPECTED_FAULT_INSTRUCTION_LEN: u64 = 2;
 
 extern "C" fn dispatch(frame: &mut InterruptFrame) {
     let vector = frame.vector as u8;
+    if frame.cs & 3 == 3 {
+        // From CPL 3 (the pushed CS's RPL is the interrupted CPL): only `ring3::run_at_cpl3` runs
+        // code there, and whatever stops that code ends its run.
+        crate::ring3::left_cpl3(vector, frame.error_code, frame.rip, frame.cs);
+    }
     if vector < 32 {
         if EXPECTED_EXCEPTION.load(Ordering::SeqCst) == vector as usize {
             if vector == VECTOR_DB {

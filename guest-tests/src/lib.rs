@@ -12,6 +12,7 @@ pub mod console;
 pub mod hypervisor;
 pub mod idt;
 pub mod pci;
+pub mod ring3;
 pub mod suite;
 pub mod workload;
 

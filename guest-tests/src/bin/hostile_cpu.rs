@@ -1,11 +1,12 @@
 //! A guest that does what a hostile or buggy kernel does with the CPU, and checks from inside that
 //! each ends as on bare metal: debug exceptions reach its own handler with DR6 right (the hypervisor
 //! intercepts #DB), and invalid MSR, CR4 and XCR0 writes raise #GP in the guest instead of being
-//! accepted or breaking the next VM entry.
+//! accepted or breaking the next VM entry. At CPL 3 (`guest_tests::ring3`), VMCALL raises #UD instead
+//! of reaching the hypercall interface, and an unaligned load with alignment checking on raises #AC.
 #![no_std]
 #![no_main]
 
-use guest_tests::{hypervisor, idt, suite::Suite, Env, Mode};
+use guest_tests::{hypervisor, idt, ring3, suite::Suite, Env, Mode};
 use x86_64::registers::model_specific::Msr;
 
 guest_tests::entry!(main);
@@ -13,6 +14,11 @@ guest_tests::entry!(main);
 const VECTOR_DB: u8 = 1;
 const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
+const VECTOR_AC: u8 = 17;
+/// CR0.AM: alignment checking at CPL 3 when RFLAGS.AC is also set (SDM Vol. 3A 2.5).
+const CR0_AM: u64 = 1 << 18;
+/// The exit code the CPL-3 VMCALL asks to power off with, were it accepted.
+const CPL3_POWER_OFF_CODE: u32 = 0x33;
 /// Basic exit reason 0, exception or NMI (SDM Vol. 3D Appendix C).
 const EXIT_EXCEPTION: usize = 0;
 /// DR6.BS: the #DB was a single-step trap (SDM Vol. 3A 19.2.3).
@@ -42,11 +48,8 @@ fn main(env: &Env) -> u32 {
     cr4_vmxe(&mut suite);
     xsetbv(&mut suite);
 
-    let ring3 =
-        "needs ring 3, which this guest runtime lacks (no user segments, TSS stack or user \
-                 pages); host-tested in vmm::exits::tests";
-    suite.skip("vmcall-cpl3-ud", ring3);
-    suite.skip("ac-cpl3", ring3);
+    vmcall_cpl3(&mut suite);
+    ac_cpl3(env, &mut suite);
     suite.end()
 }
 
@@ -238,4 +241,88 @@ fn xsetbv(suite: &mut Suite) {
             (None, _) => Err("XGETBV does not read back x87|SSE"),
         },
     );
+}
+
+// Code run at CPL 3 by `ring3::run_at_cpl3`. Each ends in HLT, which at CPL 3 raises #GP(0) (SDM
+// Vol. 3A 5.9, "Privileged Instructions"), so an instruction that should have faulted but did not
+// shows up as a #GP one instruction later.
+core::arch::global_asm!(
+    r#"
+    .section .text.hostile_cpl3, "ax"
+    .global cpl3_vmcall
+    cpl3_vmcall:
+        mov eax, {power_off}
+        mov edi, {code}
+    .global cpl3_vmcall_insn
+    cpl3_vmcall_insn:
+        vmcall
+        hlt
+    .global cpl3_unaligned_load
+    cpl3_unaligned_load:
+        mov eax, dword ptr [rsp + 1]
+        hlt
+    "#,
+    power_off = const exitless_abi::hypercall::Hypercall::PowerOff as u32,
+    code = const CPL3_POWER_OFF_CODE,
+);
+
+extern "C" {
+    fn cpl3_vmcall() -> !;
+    fn cpl3_vmcall_insn() -> !;
+    fn cpl3_unaligned_load() -> !;
+}
+
+/// VMCALL at CPL 3 with RAX = PowerOff: the hypervisor refuses hypercalls from CPL > 0 with #UD (as
+/// bare metal outside VMX, SDM Vol. 2C VMCALL), so the guest's handler gets #UD at the VMCALL and the
+/// guest goes on; accepted, the guest would be powered off here and never report.
+fn vmcall_cpl3(suite: &mut Suite) {
+    let exit = ring3::run_at_cpl3(cpl3_vmcall, 0);
+    let at = cpl3_vmcall_insn as *const () as u64;
+    suite.check(
+        "vmcall-cpl3-ud",
+        match exit {
+            e if e.cs & 3 != 3 => Err("the exception did not come from CPL 3"),
+            e if e.vector == VECTOR_UD && e.rip == at => Ok(()),
+            e if e.vector == VECTOR_UD => Err("#UD, but not at the VMCALL"),
+            e if e.vector == VECTOR_GP && e.rip == at + 3 => {
+                Err("VMCALL at CPL 3 returned instead of raising #UD")
+            }
+            _ => Err("VMCALL at CPL 3 raised something other than #UD"),
+        },
+    );
+}
+
+/// CR0.AM = 1 and RFLAGS.AC = 1: a 4-byte load from an odd address at CPL 3 raises #AC(0) (SDM
+/// Vol. 3A 6.15, "Interrupt 17—Alignment Check Exception"). The hypervisor intercepts #AC (its
+/// exception bitmap) and reflects it; under Exitless the exit counters show the exception exit.
+fn ac_cpl3(env: &Env, suite: &mut Suite) {
+    use x86_64::registers::control::Cr0;
+    let cr0 = Cr0::read_raw();
+    // SAFETY: AM only enables alignment checking at CPL 3, where nothing but this test runs.
+    unsafe { Cr0::write_raw(cr0 | CR0_AM) };
+    let before = (env.mode == Mode::Exitless).then(|| hypervisor::exit_counters(env));
+    let exit = ring3::run_at_cpl3(cpl3_unaligned_load, ring3::RFLAGS_AC);
+    let after = before.map(|_| hypervisor::exit_counters(env));
+    // SAFETY: restores CR0 as it was.
+    unsafe { Cr0::write_raw(cr0) };
+    let at = cpl3_unaligned_load as *const () as u64;
+    suite.check(
+        "ac-cpl3",
+        match exit {
+            e if e.cs & 3 != 3 => Err("the exception did not come from CPL 3"),
+            e if e.vector == VECTOR_AC && e.rip == at && e.error_code == 0 => Ok(()),
+            e if e.vector == VECTOR_AC && e.rip == at => Err("#AC with a nonzero error code"),
+            e if e.vector == VECTOR_AC => Err("#AC, but not at the unaligned load"),
+            _ => Err("no #AC from an unaligned load at CPL 3 with CR0.AM and RFLAGS.AC"),
+        },
+    );
+    match (before, after) {
+        (Some(b), Some(a)) => suite.check(
+            "ac-cpl3-intercepted",
+            (a[EXIT_EXCEPTION] > b[EXIT_EXCEPTION])
+                .then_some(())
+                .ok_or("the #AC did not exit to the hypervisor"),
+        ),
+        _ => suite.skip("ac-cpl3-intercepted", "bare metal"),
+    }
 }
