@@ -100,11 +100,6 @@ pub const fn combine(first: ExceptionClass, second: ExceptionClass) -> Delivery 
     }
 }
 
-/// Whether a hardware exception pushes an error code (SDM Vol. 3A Table 6-1).
-const fn pushes_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21)
-}
-
 /// An event as VM entry injects it (SDM Vol. 3C 25.8.3): interruption information, exception error
 /// code and instruction length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,12 +327,13 @@ pub(super) fn exception_exit(
         return Ok(stopped(format!(
             "event-delivery loop: exception vector {} ({}) raised {rounds} times in a row while delivering vector {} at rip {rip:#x}",
             info.vector,
-            exception_name(info.vector),
+            crate::arch::exceptions::mnemonic(info.vector),
             info.vector
         )));
     }
     let hardware = info.event_type == EventType::HardwareException;
-    let error_code_valid = info.error_code_valid || (hardware && pushes_error_code(info.vector));
+    let error_code_valid = info.error_code_valid
+        || (hardware && crate::arch::exceptions::pushes_error_code(info.vector));
     let error_code = if info.error_code_valid {
         vmcs.read32_ro(Vmcs32Ro::ExitInterruptionErrorCode)?
     } else {
@@ -444,33 +440,6 @@ fn deliver_deferred(vmcs: &mut impl VmcsAccess, vcpu: &mut Vcpu) -> Result<(), V
         vcpu.events.deferred = None;
     }
     Ok(())
-}
-
-/// Mnemonic of an exception vector (SDM Vol. 3A Table 6-1), for reports.
-pub const fn exception_name(vector: u8) -> &'static str {
-    match vector {
-        0 => "#DE",
-        1 => "#DB",
-        2 => "NMI",
-        3 => "#BP",
-        4 => "#OF",
-        5 => "#BR",
-        6 => "#UD",
-        7 => "#NM",
-        8 => "#DF",
-        10 => "#TS",
-        11 => "#NP",
-        12 => "#SS",
-        13 => "#GP",
-        14 => "#PF",
-        16 => "#MF",
-        17 => "#AC",
-        18 => "#MC",
-        19 => "#XM",
-        20 => "#VE",
-        21 => "#CP",
-        _ => "exception",
-    }
 }
 
 #[cfg(test)]
