@@ -8,6 +8,7 @@
 //! (`exits/tests.rs` and the tests below).
 
 use super::exits::{stopped, Handled, HostServices, Vcpu};
+use super::guest_memory::GuestMemory;
 use crate::vmx::exit::{EventType, ExitReason, InterruptionInfo};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
 use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, VmcsNatural};
@@ -230,6 +231,28 @@ impl DeliveryLoop {
     }
 }
 
+/// Where the guest's IDT gate for `vector` points (the handler's RIP), read through the guest's own
+/// IDTR and page tables; `None` if the gate lies beyond the IDT's limit or in no guest memory
+/// (64-bit gate layout: SDM Vol. 3A 6.14.1, Figure 6-8).
+fn guest_gate_target(
+    vmcs: &impl VmcsAccess,
+    mem: &GuestMemory<'_>,
+    vector: u8,
+) -> Result<Option<u64>, VmFail> {
+    let base = vmcs.read_natural(VmcsNatural::GuestIdtrBase)?;
+    let limit = u64::from(vmcs.read32(Vmcs32::GuestIdtrLimit)?);
+    let at = u64::from(vector) * 16;
+    if at + 15 > limit {
+        return Ok(None);
+    }
+    let cr3 = vmcs.read_natural(VmcsNatural::GuestCr3)?;
+    Ok(mem.read_virt::<16>(cr3, base.wrapping_add(at)).map(|g| {
+        u64::from(u16::from_le_bytes([g[0], g[1]]))
+            | u64::from(u16::from_le_bytes([g[6], g[7]])) << 16
+            | u64::from(u32::from_le_bytes([g[8], g[9], g[10], g[11]])) << 32
+    }))
+}
+
 /// Guest CPL: the DPL in SS's access rights, which "is always equal to the logical processor's
 /// current privilege level" (SDM Vol. 3C 25.4.1, "Guest Register State").
 pub fn guest_cpl(vmcs: &impl VmcsAccess) -> Result<u8, VmFail> {
@@ -293,6 +316,7 @@ pub const fn merge_dr6(dr6: u64, qualification: u64) -> u64 {
 pub(super) fn exception_exit(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    mem: &GuestMemory<'_>,
     host: &mut impl HostServices,
     qualification: u64,
 ) -> Result<Handled, VmFail> {
@@ -318,10 +342,16 @@ pub(super) fn exception_exit(
             )))
         }
     }
+    // One more round of a loop: the exception arose while delivering itself (a fault during delivery:
+    // IDT-vectoring information names it), or a #DB trap fired right after its own delivery, before
+    // the handler's first instruction (a data breakpoint on the frame's IST slot carries no vectoring
+    // information: the delivery completed, SDM Vol. 3B 18.3.1.2), so the guest is at its #DB gate.
     let vectoring = Event::vectoring(vmcs)?;
-    let again = vectoring
-        .filter(|first| first.info.vector == info.vector)
-        .map(|_| (info.vector, rip));
+    let during_delivery = vectoring.is_some_and(|first| first.info.vector == info.vector);
+    let after_delivery = vectoring.is_none()
+        && info.vector == VECTOR_DB
+        && guest_gate_target(vmcs, mem, VECTOR_DB)? == Some(rip);
+    let again = (during_delivery || after_delivery).then_some((info.vector, rip));
     let rounds = vcpu.events.delivery_loop.observe(again);
     if rounds >= DELIVERY_LOOP_LIMIT {
         return Ok(stopped(format!(

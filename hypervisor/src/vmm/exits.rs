@@ -254,7 +254,7 @@ fn dispatch(
                 reason.description()
             )))
         }
-        ExitReason::ExceptionOrNmi => events::exception_exit(vmcs, vcpu, host, qualification)?,
+        ExitReason::ExceptionOrNmi => events::exception_exit(vmcs, vcpu, mem, host, qualification)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
             other as u16,

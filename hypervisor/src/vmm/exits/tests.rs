@@ -651,6 +651,37 @@ fn an_exception_recurring_in_its_own_delivery_stops_the_guest() {
 }
 
 #[test]
+fn a_db_trap_at_its_own_gate_after_every_delivery_stops_the_guest() {
+    // A data breakpoint on the IST slot #DB delivery pushes to: each delivery completes, then traps
+    // again before the handler's first instruction, so the exit carries no IDT-vectoring information
+    // and RIP is the #DB gate's target.
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let gate = 0x3000 + 16;
+    ram[gate..gate + 2].copy_from_slice(&(RIP as u16).to_le_bytes());
+    ram[gate + 6..gate + 8].copy_from_slice(&((RIP >> 16) as u16).to_le_bytes());
+    ram[gate + 8..gate + 12].copy_from_slice(&((RIP >> 32) as u32).to_le_bytes());
+    let round = |vcpu: &mut Vcpu, ram: &mut Vec<u8>, host: &mut FakeHost, rip: u64| {
+        let mut vmcs = exception_exited(DB_TRAP, 0b1, None);
+        vmcs.set(VmcsNatural::GuestIdtrBase as u32, 0x3000);
+        vmcs.set(Vmcs32::GuestIdtrLimit as u32, 0xFFF);
+        vmcs.set(VmcsNatural::GuestRip as u32, rip);
+        run(&mut vmcs, vcpu, ram, host)
+    };
+    // Elsewhere (a watchpoint hit in a loop body) the same trap is not a delivery loop.
+    for _ in 0..DELIVERY_LOOP_LIMIT + 5 {
+        assert_eq!(round(&mut vcpu, &mut ram, &mut host, RIP + 4), Next::Resume);
+    }
+    for _ in 0..DELIVERY_LOOP_LIMIT - 1 {
+        assert_eq!(round(&mut vcpu, &mut ram, &mut host, RIP), Next::Resume);
+    }
+    let why = stopped_with(round(&mut vcpu, &mut ram, &mut host, RIP));
+    assert!(
+        why.contains("event-delivery loop") && why.contains("#DB"),
+        "{why}"
+    );
+}
+
+#[test]
 fn vmcall_from_cpl3_is_ud_and_does_nothing() {
     let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
     let mut vmcs = exited(18, 0, 3);
