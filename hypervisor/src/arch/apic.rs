@@ -10,6 +10,8 @@ const APIC_BASE_ENABLE: u64 = 1 << 11;
 const APIC_BASE_X2APIC: u64 = 1 << 10;
 const X2APIC_ID: u32 = 0x802;
 const X2APIC_TPR: u32 = 0x808;
+/// The x2APIC TPR's MSR, which guests reach directly (`vmm::runner`).
+pub const X2APIC_TPR_MSR: u32 = X2APIC_TPR;
 const X2APIC_EOI: u32 = 0x80B;
 const X2APIC_SVR: u32 = 0x80F;
 const X2APIC_LVT_TIMER: u32 = 0x832;
@@ -73,6 +75,12 @@ pub unsafe fn enable_x2apic() -> u32 {
 pub fn eoi() {
     // SAFETY: x2APIC mode is on (enable_x2apic ran before any interrupt was unmasked); writing 0 is EOI.
     unsafe { Msr::new(X2APIC_EOI).write(0) }
+}
+
+/// The task-priority register.
+pub fn tpr() -> u8 {
+    // SAFETY: x2APIC mode is on; reading TPR has no effect.
+    unsafe { Msr::new(X2APIC_TPR).read() as u8 }
 }
 
 /// Sets the task-priority register (only vectors of a higher priority class are delivered).

@@ -501,6 +501,17 @@ impl X2apic {
         self.tpr
     }
 
+    /// Takes the TPR the guest set where it really lives (the physical TPR, which its CR8 and TPR
+    /// MSR reach directly), so injection decisions see the same priority the CPU does.
+    pub fn set_tpr(&mut self, tpr: u8) {
+        self.tpr = tpr;
+    }
+
+    /// Whether any interrupt is requested (IRR not empty).
+    pub fn any_requested(&self) -> bool {
+        self.irr.highest().is_some()
+    }
+
     pub fn lvt(&self, which: Lvt) -> u32 {
         self.lvt[which as usize]
     }

@@ -35,6 +35,9 @@ pub trait HostServices: InterruptHardware {
     fn host_timer_ticks(&self) -> u64;
     /// TSC at which the host must have the CPU back (its next tick, or the end of the guest's budget).
     fn next_host_deadline(&self) -> u64;
+    /// The guest's task priority: the physical TPR, which its CR8 and x2APIC TPR MSR reach without
+    /// exits, and which the host leaves alone while the guest runs.
+    fn guest_tpr(&self) -> u8;
     /// The host's PCI configuration access, for guests with assigned functions.
     fn pci_config(&self) -> Option<&dyn ConfigAccess>;
     /// Applies the guest's MSI programming of an assigned function to the hardware (an IRTE with

@@ -169,6 +169,9 @@ pub fn prepare_entry(
         vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
         vcpu.preemption_written = value;
     }
+    if vcpu.interrupts.apic.any_requested() {
+        vcpu.interrupts.apic.set_tpr(host.guest_tpr());
+    }
     let Some(vector) = vcpu.interrupts.pending() else {
         if vcpu.window_exiting {
             set_primary(vmcs, PrimaryControls::INTERRUPT_WINDOW_EXITING, false)?;

@@ -303,7 +303,13 @@ impl VmxCpu {
             ));
         }
         let mut msrs = MsrBitmap::intercept_all();
-        for msr in guest_cpu_state::GUEST_OWNED_MSRS {
+        // The x2APIC TPR is the guest's too, the same register its CR8 reaches (SDM Vol. 3A 11.8.6.1
+        // ties CR8 to TPR[7:4]): no host interrupt is armed while it runs, so it gates only the
+        // guest's own interrupts; the scrub puts it back to 0 when the guest ends.
+        for msr in guest_cpu_state::GUEST_OWNED_MSRS
+            .into_iter()
+            .chain([apic::X2APIC_TPR_MSR])
+        {
             msrs.pass_read(msr)
                 .and_then(|()| msrs.pass_write(msr))
                 .map_err(|_| format!("MSR {msr:#x} is outside the MSR bitmap"))?;
@@ -703,6 +709,13 @@ impl HostServices for MachineServices<'_, '_> {
     }
     fn next_host_deadline(&self) -> u64 {
         self.clock.next_deadline()
+    }
+    fn guest_tpr(&self) -> u8 {
+        if self.irq.is_some() {
+            apic::tpr()
+        } else {
+            0
+        }
     }
     fn pci_config(&self) -> Option<&dyn ConfigAccess> {
         self.pci.map(|host| host.access.as_ref())

@@ -19,6 +19,8 @@ struct FakeHost {
     dr6: u64,
     /// XCR0 values loaded for the guest.
     xcr0: Vec<u64>,
+    /// The physical TPR as the guest left it (CR8 / TPR MSR, both without exits).
+    tpr: u8,
 }
 
 impl crate::vmm::interrupts::InterruptHardware for FakeHost {
@@ -35,6 +37,9 @@ impl HostServices for FakeHost {
     }
     fn next_host_deadline(&self) -> u64 {
         self.rdtsc() + 5_000_000
+    }
+    fn guest_tpr(&self) -> u8 {
+        self.tpr
     }
     fn pci_config(&self) -> Option<&dyn crate::pci::ConfigAccess> {
         self.pci
@@ -410,6 +415,27 @@ fn the_preemption_timer_is_aimed_at_the_host_deadline_before_every_entry() {
         .unwrap();
     irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
     assert_eq!(vmcs.get(Vmcs32::PreemptionTimerValue as u32), Some(100));
+}
+
+#[test]
+fn virtual_interrupts_wait_for_the_tpr_the_guest_set_in_the_cpu() {
+    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let now = host.rdtsc();
+    vcpu.interrupts
+        .write_msr(0x80F, 0x1FF, now, &mut host)
+        .unwrap();
+    vcpu.interrupts
+        .write_msr(0x83F, 0x55, now, &mut host)
+        .unwrap(); // self-IPI
+    let mut vmcs = exited(1, 0, 0);
+    vmcs.set(VmcsNatural::GuestRflags as u32, 0x202);
+    // CR8 = 6 (TPR 0x60), written straight into the CPU: class 5 must wait.
+    host.tpr = 0x60;
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(entry_event(&vmcs).0, None);
+    host.tpr = 0;
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0055));
 }
 
 #[test]
