@@ -76,6 +76,13 @@ macro_rules! entry {
             $crate::finish(env.mode, code)
         }
 
+        // The guests run only on x86_64-unknown-none. A host check of the workspace
+        // (`cargo clippy --workspace --all-targets`) unifies features so that std is linked in
+        // (bitflags/std, via xtask's dev-dependencies), and std brings its own panic handler.
+        #[cfg(not(target_os = "none"))]
+        extern crate std;
+
+        #[cfg(target_os = "none")]
         #[panic_handler]
         fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             $crate::println!("guest PANIC: {}", info);
