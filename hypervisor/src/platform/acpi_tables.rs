@@ -241,8 +241,9 @@ pub unsafe fn read(rsdp: u64) -> Result<AcpiFindings, AcpiProblem> {
         ..AcpiFindings::default()
     };
 
-    // SAFETY (all three): tables listed in the root table are readable (caller).
     if let Some(bytes) =
+        // SAFETY: `tables` lists the tables of the root table, which `read`'s caller guarantees
+        // are identity-mapped and readable.
         unsafe { checked_table(&tables, *b"APIC", MADT_FIXED_LEN, &mut found.problems) }
     {
         match check_madt_entries(bytes) {
@@ -250,6 +251,7 @@ pub unsafe fn read(rsdp: u64) -> Result<AcpiFindings, AcpiProblem> {
             Err(p) => found.problems.push(p),
         }
     }
+    // SAFETY: as for the MADT: the tables listed in the root table are readable (`read`'s caller).
     if unsafe { checked_table(&tables, *b"MCFG", MCFG_FIXED_LEN, &mut found.problems) }.is_some() {
         found.mcfg = read_mcfg(&acpi);
     }
