@@ -98,7 +98,8 @@ macro_rules! entry {
 pub unsafe fn init(boot_info_phys: u64) -> Env {
     console::init();
     idt::init();
-    // SAFETY: per the caller's contract.
+    // SAFETY: the caller guarantees `boot_info_phys` is the (identity-mapped) address of a valid
+    // BootInfo, which the loader or hypervisor leaves in place for the guest's whole run.
     let boot_info = unsafe { &*(boot_info_phys as *const BootInfo) };
     let mode = detect_mode();
     println!("guest: started ({mode:?})");

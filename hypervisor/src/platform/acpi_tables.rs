@@ -132,7 +132,8 @@ struct TableRef {
 /// # Safety
 /// `address..address+len` is identity-mapped readable memory.
 unsafe fn raw<'a>(address: u64, len: usize) -> &'a [u8] {
-    // SAFETY: the caller's promise.
+    // SAFETY: the caller guarantees `address..address+len` is identity-mapped readable memory
+    // (firmware tables nobody writes while we read them); bytes need no alignment.
     unsafe { core::slice::from_raw_parts(address as *const u8, len) }
 }
 
