@@ -72,14 +72,17 @@ pub fn drain() {
 }
 
 fn uart_write_byte(byte: u8) {
-    // SAFETY: COM1's registers are plain I/O ports; an absent UART reads 0xff and ignores writes.
     let (mut lsr, mut thr) = (Port::<u8>::new(COM1 + 5), Port::<u8>::new(COM1));
     for _ in 0..UART_SPINS {
+        // SAFETY: reading COM1's line status register has no side effects; an absent UART reads
+        // 0xff.
         if unsafe { lsr.read() } & LSR_THR_EMPTY != 0 {
             break;
         }
         core::hint::spin_loop();
     }
+    // SAFETY: writing COM1's transmit holding register only sends a byte (an absent UART ignores
+    // it); no memory is touched.
     unsafe { thr.write(byte) };
 }
 

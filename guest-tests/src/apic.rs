@@ -116,6 +116,8 @@ pub fn start_oneshot_timer(vector: u8, count: u32) {
 /// # Safety
 /// Sends an inter-processor interrupt.
 pub unsafe fn write_icr(value: u64) {
+    // SAFETY: the caller accepts the IPI this sends (this function's contract); the WRMSR itself
+    // touches no memory.
     unsafe { Msr::new(X2APIC_ICR).write(value) }
 }
 

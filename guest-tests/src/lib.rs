@@ -76,6 +76,13 @@ macro_rules! entry {
             $crate::finish(env.mode, code)
         }
 
+        // The guests run only on x86_64-unknown-none. A host check of the workspace
+        // (`cargo clippy --workspace --all-targets`) unifies features so that std is linked in
+        // (bitflags/std, via xtask's dev-dependencies), and std brings its own panic handler.
+        #[cfg(not(target_os = "none"))]
+        extern crate std;
+
+        #[cfg(target_os = "none")]
         #[panic_handler]
         fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             $crate::println!("guest PANIC: {}", info);
@@ -91,7 +98,8 @@ macro_rules! entry {
 pub unsafe fn init(boot_info_phys: u64) -> Env {
     console::init();
     idt::init();
-    // SAFETY: per the caller's contract.
+    // SAFETY: the caller guarantees `boot_info_phys` is the (identity-mapped) address of a valid
+    // BootInfo, which the loader or hypervisor leaves in place for the guest's whole run.
     let boot_info = unsafe { &*(boot_info_phys as *const BootInfo) };
     let mode = detect_mode();
     println!("guest: started ({mode:?})");

@@ -1,6 +1,6 @@
 //! `cargo xtask`: builds Exitless, makes its boot disk, runs it under the emulators and judges the tests.
 //!
-//! Each module does one job: [`prereq`] (rustup targets, Debian packages), [`artifacts`] (cargo builds),
+//! Each module does one job: [`prereq`] (rustup targets and components, Debian packages), [`artifacts`] (cargo builds),
 //! [`config`] (the `exitless.cfg` text), [`image`] (GPT + FAT32 disk), [`kvm`] (is nested VT-x usable
 //! here), [`emulator`] (start, watch, stop Bochs and QEMU), [`judge`] (the serial test protocol),
 //! [`suite`] (the table of emulator tests), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
@@ -31,7 +31,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, then every emulator tier that can run here\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs"
+    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Host unit tests, then the emulator tests of every tier that can run here.
+    /// Host unit tests, lints (rustfmt, clippy), then the emulator tests of every tier that can run here.
     Test {
         /// Tiers to run (repeatable or comma-separated) [default: all].
         #[arg(long = "tier", value_enum, value_delimiter = ',')]

@@ -1,4 +1,5 @@
-//! Prerequisites: the rustup targets every build needs, and the Debian packages each emulator needs.
+//! Prerequisites: the rustup targets every build needs, the rustup components the lint tier needs, and
+//! the Debian packages each emulator needs.
 //! Installed when we can (rustup; apt-get as root), otherwise named with the exact command to run.
 
 use std::path::Path;
@@ -8,6 +9,9 @@ use anyhow::{bail, Context, Result};
 
 /// The targets the no_std crates are built for.
 pub const RUST_TARGETS: [&str; 2] = ["x86_64-unknown-none", "x86_64-unknown-uefi"];
+
+/// The rustup components the lint tier runs (`cargo fmt`, `cargo clippy`).
+pub const RUST_COMPONENTS: [&str; 2] = ["rustfmt", "clippy"];
 
 /// A Debian package and the files by which we tell it is installed.
 #[derive(Debug)]
@@ -89,6 +93,48 @@ fn missing_targets(installed: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Adds the rustup components that are missing (rust-toolchain.toml names them, but a toolchain
+/// installed some other way may lack them).
+pub fn ensure_rust_components() -> Result<()> {
+    let out = Command::new("rustup")
+        .current_dir(crate::paths::workspace_root())
+        .args(["component", "list", "--installed"])
+        .output()
+        .context("running `rustup component list --installed` (is rustup installed?)")?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing = missing_components(&installed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rustup components {}", missing.join(" "));
+    let status = Command::new("rustup")
+        .current_dir(crate::paths::workspace_root())
+        .args(["component", "add"])
+        .args(&missing)
+        .status()
+        .context("running rustup component add")?;
+    if !status.success() {
+        bail!(
+            "could not add the rust components; run: rustup component add {}",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// rustup lists components with the host triple appended (`clippy-x86_64-unknown-linux-gnu`).
+fn missing_components(installed: &str) -> Vec<&'static str> {
+    RUST_COMPONENTS
+        .into_iter()
+        .filter(|c| {
+            !installed
+                .lines()
+                .map(str::trim)
+                .any(|l| l == *c || l.strip_prefix(*c).is_some_and(|rest| rest.starts_with('-')))
+        })
+        .collect()
+}
+
 /// Installs the packages that are missing, with apt-get when running as root, else fails naming the
 /// exact command.
 pub fn ensure_packages(packages: &[&Package]) -> Result<()> {
@@ -146,5 +192,15 @@ mod tests {
         let listed = "x86_64-unknown-linux-gnu\nx86_64-unknown-none\n";
         assert_eq!(missing_targets(listed), vec!["x86_64-unknown-uefi"]);
         assert!(missing_targets("x86_64-unknown-uefi\nx86_64-unknown-none\n").is_empty());
+    }
+
+    #[test]
+    fn missing_components_ignore_the_host_triple() {
+        let listed = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\n\
+                      rust-std-x86_64-unknown-none\n";
+        assert_eq!(missing_components(listed), vec!["rustfmt"]);
+        let both = "rustfmt-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\n";
+        assert!(missing_components(both).is_empty());
+        assert_eq!(missing_components("clippyx\n"), vec!["rustfmt", "clippy"]);
     }
 }

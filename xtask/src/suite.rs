@@ -12,6 +12,8 @@ use crate::judge::SerialReport;
 pub enum Tier {
     /// Host unit tests (cargo test of exitless-abi, hypervisor's lib, xtask).
     Host,
+    /// `cargo fmt --check` and `cargo clippy -D warnings` of every crate for each of its targets.
+    Lint,
     /// Bochs 2.7 (VT-x with EPT; no ACPI, no IOMMU).
     Bochs,
     /// QEMU q35 TCG (VT-d, edu; no VT-x).
@@ -23,11 +25,18 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Host, Tier::Bochs, Tier::QemuTcg, Tier::QemuKvm];
+    pub const ALL: [Tier; 5] = [
+        Tier::Host,
+        Tier::Lint,
+        Tier::Bochs,
+        Tier::QemuTcg,
+        Tier::QemuKvm,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Tier::Host => "host",
+            Tier::Lint => "lint",
             Tier::Bochs => "bochs",
             Tier::QemuTcg => "qemu-tcg",
             Tier::QemuKvm => "qemu-kvm",
@@ -36,7 +45,7 @@ impl Tier {
 
     pub fn emulator(self) -> Option<Emulator> {
         match self {
-            Tier::Host => None,
+            Tier::Host | Tier::Lint => None,
             Tier::Bochs => Some(Emulator::Bochs),
             Tier::QemuTcg => Some(Emulator::QemuTcg),
             Tier::QemuKvm => Some(Emulator::QemuKvm),

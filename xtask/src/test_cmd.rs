@@ -1,4 +1,4 @@
-//! `cargo xtask test`: host unit tests, then the emulator tiers. Every test prints exactly one line
+//! `cargo xtask test`: host unit tests, lints, then the emulator tiers. Every test prints exactly one line
 //! on stdout (`TIER/NAME ... ok|FAILED (...)|skipped (...)`); progress goes to stderr; the run ends
 //! with `N passed, N failed, N skipped`.
 
@@ -65,6 +65,9 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
 
     if tiers.contains(&Tier::Host) {
         host_tier(&mut tally)?;
+    }
+    if tiers.contains(&Tier::Lint) {
+        lint_tier(&mut tally)?;
     }
 
     // Emulator tiers in order; one that cannot run here is skipped with its reason. The build
@@ -266,6 +269,95 @@ fn host_tier(tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// The lint tier's tests: a name and the cargo arguments. Each crate is checked for the targets it
+/// is built for: the host build covers hypervisor's lib and its tests, exitless-abi, boot's lib and
+/// xtask (and compiles the no_std binaries, whose kernels only exist for their own targets).
+const LINTS: &[(&str, &[&str])] = &[
+    ("fmt", &["fmt", "--all", "--", "--check"]),
+    (
+        "clippy-host",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    (
+        "clippy-hypervisor-none",
+        &[
+            "clippy",
+            "-p",
+            "hypervisor",
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    (
+        "clippy-guest-tests-none",
+        &[
+            "clippy",
+            "-p",
+            "guest-tests",
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    (
+        "clippy-boot-uefi",
+        &[
+            "clippy",
+            "-p",
+            "boot",
+            "--target",
+            "x86_64-unknown-uefi",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+];
+
+/// One test per entry of [`LINTS`]: ok when cargo exits 0. Logs in target/xtask/test/lint/.
+fn lint_tier(tally: &mut Tally) -> Result<()> {
+    let dir = paths::xtask_dir().join("test").join("lint");
+    fs::create_dir_all(&dir)?;
+    // rustfmt and clippy, and the targets the cross-target clippy runs need.
+    if let Err(e) = prereq::ensure_rust_components().and_then(|()| prereq::ensure_rust_targets()) {
+        for (name, _) in LINTS {
+            tally.record(Tier::Lint, name, &Verdict::Failed(format!("{e:#}")), None);
+        }
+        return Ok(());
+    }
+    for (name, args) in LINTS {
+        let log = dir.join(format!("{name}.log"));
+        eprintln!("xtask: lint {name} (cargo {})...", args.join(" "));
+        let out = File::create(&log)?;
+        let status = Command::new(paths::cargo())
+            .current_dir(paths::workspace_root())
+            .args(*args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()?;
+        let verdict = if status.success() {
+            Verdict::Ok
+        } else {
+            Verdict::Failed(format!("`cargo {}` failed ({status})", args.join(" ")))
+        };
+        tally.record(Tier::Lint, name, &verdict, Some(&log));
+    }
+    Ok(())
+}
+
 /// libtest's `test NAME ... ok|FAILED|ignored[, reason]` lines.
 fn libtest_results(output: &str) -> Vec<(String, Verdict)> {
     output
@@ -291,6 +383,17 @@ fn libtest_results(output: &str) -> Vec<(String, Verdict)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lint_names_are_unique_and_clippy_denies_warnings() {
+        let mut names: Vec<_> = LINTS.iter().map(|(n, _)| *n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), LINTS.len());
+        for (name, args) in LINTS.iter().filter(|(_, a)| a[0] == "clippy") {
+            assert!(args.ends_with(&["--", "-D", "warnings"]), "{name}");
+        }
+    }
 
     #[test]
     fn libtest_lines_become_results() {

@@ -27,6 +27,7 @@ fn main(env: &guest_tests::Env) -> u32 {
     x86_64::instructions::interrupts::enable();
     // SAFETY: RDTSC is always available here.
     let start = unsafe { core::arch::x86_64::_rdtsc() };
+    // SAFETY: RDTSC only reads the time-stamp counter, and is always available here.
     while unsafe { core::arch::x86_64::_rdtsc() } - start < 200_000_000 {
         core::hint::spin_loop();
     }

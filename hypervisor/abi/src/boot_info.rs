@@ -221,6 +221,8 @@ impl BootInfo {
         if self.memory_map_len == 0 {
             return &[];
         }
+        // SAFETY: the caller guarantees `memory_map` points to `memory_map_len` valid, aligned
+        // regions that outlive `&self` (this function's contract); the length is nonzero here.
         unsafe {
             core::slice::from_raw_parts(
                 self.memory_map as *const MemoryRegion,
@@ -235,6 +237,8 @@ impl BootInfo {
         if self.modules_len == 0 {
             return &[];
         }
+        // SAFETY: the caller guarantees `modules` points to `modules_len` valid, aligned modules
+        // that outlive `&self` (this function's contract); the length is nonzero here.
         unsafe {
             core::slice::from_raw_parts(self.modules as *const Module, self.modules_len as usize)
         }

@@ -55,6 +55,9 @@ pub fn has_x2apic() -> bool {
 /// # Safety
 /// CPL 0, once per CPU, before interrupts are enabled; the CPU must have an x2APIC.
 pub unsafe fn enable_x2apic() -> u32 {
+    // SAFETY: the caller guarantees CPL 0, an x2APIC, one call per CPU and interrupts still off,
+    // so the MSR accesses are allowed and switching to x2APIC mode (SDM 11.12.1 order) cannot
+    // strand an interrupt; WRMSR and RDMSR touch no memory.
     unsafe {
         let mut base = Msr::new(IA32_APIC_BASE);
         // SDM 11.12.1: xAPIC enabled first (or together), then EXTD.

@@ -22,7 +22,8 @@ pub fn read_dr6() -> u64 {
 /// CPL 0. Bits 63:32 must be 0 (else #GP, SDM Vol. 2B MOV DR). The value is the guest's: the host
 /// must not rely on DR6 itself (it does not).
 pub unsafe fn write_dr6(value: u64) {
-    // SAFETY: per the caller's contract.
+    // SAFETY: the caller guarantees CPL 0 and bits 63:32 clear, so MOV to DR6 cannot fault; DR6
+    // only reports debug conditions and the host does not rely on it; no memory is touched.
     unsafe {
         core::arch::asm!("mov dr6, {}", in(reg) value, options(nomem, nostack, preserves_flags))
     };

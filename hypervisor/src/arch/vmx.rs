@@ -35,6 +35,11 @@ impl core::fmt::Display for VmxOnError {
 /// # Safety
 /// `vmxon_region` must be an identity-mapped, 4 KiB-aligned frame owned by the caller for as long as VMX is on.
 pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError> {
+    // SAFETY: we run at CPL 0 (the kernel), so the MSR and CR accesses are allowed; CR0/CR4 only
+    // gain the bits VMX operation requires (the fixed bits from `caps`) plus CR4.VMXE, which leaves
+    // paging and protection as they are. The caller guarantees `vmxon_region` is an identity-mapped,
+    // 4 KiB-aligned frame it owns for as long as VMX is on, so writing its revision word and handing
+    // it to VMXON touch no other memory; the asm reads only the local holding its address.
     unsafe {
         // SDM 24.7: VMXON needs IA32_FEATURE_CONTROL locked with "VMX outside SMX"; firmware (OVMF under
         // Bochs) may leave it unlocked, and then we lock it ourselves.
@@ -67,6 +72,9 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
 /// # Safety
 /// VMX must be on; `vmcs` must be an identity-mapped 4 KiB frame owned by one guest CPU.
 pub unsafe fn load_new_vmcs(revision_id: u32, vmcs: u64) -> bool {
+    // SAFETY: the caller guarantees VMX is on and `vmcs` is an identity-mapped 4 KiB frame owned by
+    // one guest CPU, so the revision write and VMCLEAR/VMPTRLD touch only that frame; the asm
+    // reads only the local holding its address.
     unsafe {
         core::ptr::write_volatile(vmcs as *mut u32, revision_id);
         let (clear_failed, load_failed): (u8, u8);
@@ -82,6 +90,8 @@ pub unsafe fn load_new_vmcs(revision_id: u32, vmcs: u64) -> bool {
 /// VMX must be on; `vmcs` must have been prepared with [`load_new_vmcs`].
 pub unsafe fn vmptrld(vmcs: u64) -> bool {
     let failed: u8;
+    // SAFETY: the caller guarantees VMX is on and `vmcs` was prepared by `load_new_vmcs` (an owned,
+    // identity-mapped frame with the revision ID); VMPTRLD only makes it current.
     unsafe {
         asm!("vmptrld [{0}]", "setbe {1}", in(reg) &vmcs, out(reg_byte) failed, options(nostack))
     };
@@ -94,6 +104,8 @@ pub unsafe fn vmptrld(vmcs: u64) -> bool {
 /// VMX must be on.
 pub unsafe fn invept_single(eptp: u64) {
     let descriptor: [u64; 2] = [eptp, 0];
+    // SAFETY: the caller guarantees VMX is on; INVEPT only drops cached translations and reads the
+    // 16-byte descriptor on our stack.
     unsafe { asm!("invept {0}, [{1}]", in(reg) 1u64, in(reg) &descriptor, options(nostack)) };
 }
 
@@ -136,6 +148,11 @@ pub enum EntryResult {
 /// VMX on, a fully initialised current VMCS whose HOST_RIP is [`vm_exit_entry_point`].
 pub unsafe fn enter_guest(regs: &mut GuestRegisters, launched: bool) -> EntryResult {
     let status: u64;
+    // SAFETY: the caller guarantees VMX is on and the current VMCS is fully initialised with
+    // HOST_RIP = `vmx_exit`, so either the entry fails and `vmx_enter` returns, or the next VM exit
+    // lands in `vmx_exit`, which returns to this call. Both paths restore the callee-saved
+    // registers and the stack (see the assembly); `regs` is a live `&mut` for the whole call and is
+    // the only memory the assembly writes; `clobber_abi("C")` covers the other registers.
     unsafe {
         asm!("call {entry}", entry = sym vmx_enter, in("rdi") regs as *mut GuestRegisters, in("rsi") u64::from(launched),
              lateout("rax") status, clobber_abi("C"));

@@ -12,5 +12,7 @@ pub const HEAP_SIZE: u64 = 16 * 1024 * 1024;
 /// # Safety
 /// The range must be unused RAM that nothing else will ever touch, and this must be called once.
 pub unsafe fn init(heap: &LockedHeap, phys: u64) {
+    // SAFETY: the caller guarantees the range is identity-mapped RAM that nothing else uses and
+    // that this runs once, which is what `Heap::init` requires (valid, unused, given once).
     unsafe { heap.lock().init(phys as *mut u8, HEAP_SIZE as usize) };
 }

@@ -132,7 +132,8 @@ struct TableRef {
 /// # Safety
 /// `address..address+len` is identity-mapped readable memory.
 unsafe fn raw<'a>(address: u64, len: usize) -> &'a [u8] {
-    // SAFETY: the caller's promise.
+    // SAFETY: the caller guarantees `address..address+len` is identity-mapped readable memory
+    // (firmware tables nobody writes while we read them); bytes need no alignment.
     unsafe { core::slice::from_raw_parts(address as *const u8, len) }
 }
 
@@ -241,8 +242,9 @@ pub unsafe fn read(rsdp: u64) -> Result<AcpiFindings, AcpiProblem> {
         ..AcpiFindings::default()
     };
 
-    // SAFETY (all three): tables listed in the root table are readable (caller).
     if let Some(bytes) =
+        // SAFETY: `tables` lists the tables of the root table, which `read`'s caller guarantees
+        // are identity-mapped and readable.
         unsafe { checked_table(&tables, *b"APIC", MADT_FIXED_LEN, &mut found.problems) }
     {
         match check_madt_entries(bytes) {
@@ -250,6 +252,7 @@ pub unsafe fn read(rsdp: u64) -> Result<AcpiFindings, AcpiProblem> {
             Err(p) => found.problems.push(p),
         }
     }
+    // SAFETY: as for the MADT: the tables listed in the root table are readable (`read`'s caller).
     if unsafe { checked_table(&tables, *b"MCFG", MCFG_FIXED_LEN, &mut found.problems) }.is_some() {
         found.mcfg = read_mcfg(&acpi);
     }

@@ -176,7 +176,8 @@ impl Platform {
     /// As [`HardwareProbe::new`] and [`acpi_tables::read`]: CPL 0 on the BSP, all physical memory
     /// identity-mapped, `rsdp` the RSDP address the firmware published (or `None`).
     pub unsafe fn discover(rsdp: Option<u64>) -> Platform {
-        // SAFETY: the caller's promise.
+        // SAFETY: the caller guarantees CPL 0 on the BSP (what `HardwareProbe::new` needs) and that
+        // `rsdp` leads to identity-mapped readable tables (what `discover_with` needs).
         unsafe { Self::discover_with(rsdp, &HardwareProbe::new()) }
     }
 
@@ -187,7 +188,8 @@ impl Platform {
     pub unsafe fn discover_with(rsdp: Option<u64>, probe: &dyn PlatformProbe) -> Platform {
         let acpi = match rsdp {
             None => AcpiStatus::None,
-            // SAFETY: the caller's promise.
+            // SAFETY: the caller guarantees `address` leads to ACPI tables in identity-mapped
+            // readable memory, which is what `acpi_tables::read` requires.
             Some(address) => match unsafe { acpi_tables::read(address) } {
                 Ok(findings) => AcpiStatus::Read(findings),
                 Err(problem) => AcpiStatus::Unusable(problem),
