@@ -25,7 +25,7 @@ use crate::config::ImageConfig;
 use crate::emulator::{self, BootRequest, Emulator, Ending};
 use crate::judge::{self, SerialReport};
 use crate::svg::{self, Bar, Panel};
-use crate::{image, paths, prereq};
+use crate::{image, paths, prereq, run_dirs};
 
 /// The guest image, relative to `\exitless\`.
 pub const GUEST_IMAGE: &str = "guests/bench.elf";
@@ -556,10 +556,13 @@ pub fn bench(json_path: Option<PathBuf>, publish: bool) -> Result<ExitCode> {
             "guest-tests has no `bench` binary (guest-tests/src/bin/bench.rs): nothing to measure"
         );
     }
+    // The emulator runs go to target/xtask/bench/<run-id>/MODE/ (the published outputs stay fixed).
+    let run = run_dirs::create(&paths::xtask_dir().join("bench"))?;
+    eprintln!("bench: this run's logs: {}/", paths::display(&run));
     let mut measured = Vec::new();
     let mut failures = Vec::new();
     for mode in Mode::ALL {
-        match run_mode(mode, &built) {
+        match run_mode(mode, &built, &run) {
             Ok(m) => measured.push(m),
             Err(e) => {
                 eprintln!("bench: {} FAILED: {e:#}", mode.label());
@@ -627,9 +630,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Images and boots one mode under Bochs in target/xtask/bench/MODE/ and measures it.
-fn run_mode(mode: Mode, built: &Artifacts) -> Result<Measurement> {
-    let dir = paths::xtask_dir().join("bench").join(mode.label());
+/// Images and boots one mode under Bochs in `run/MODE/` and measures it.
+fn run_mode(mode: Mode, built: &Artifacts, run: &Path) -> Result<Measurement> {
+    let dir = run.join(mode.label());
     fs::create_dir_all(&dir)?;
     let image_path = dir.join("exitless.img");
     let config = mode.config().render();

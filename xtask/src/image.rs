@@ -5,6 +5,11 @@
 //! of Bochs cylinders (16 heads x 63 sectors): Bochs sizes a flat disk as C/16/63 and cannot reach
 //! sectors past the last whole cylinder, where the GPT backup header lives (UEFI 2.10 s5.3.2: the
 //! backup header is in the disk's last LBA).
+//!
+//! The image is reproducible: the same files give a byte-identical disk. Nothing in it comes from
+//! the clock or a random source: the disk and partition GUIDs and the FAT volume ID are derived from
+//! a hash of the files (see [`InputHash`]), every FAT timestamp is [`FAT_EPOCH`], and the files are
+//! written in path order whatever order the caller lists them in.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +17,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+use fatfs::{FileSystem, FormatVolumeOptions, FsOptions, TimeProvider};
 use fscommon::{BufStream, StreamSlice};
 use gpt::disk::LogicalBlockSize;
 use gpt::mbr::ProtectiveMBR;
@@ -40,6 +45,100 @@ pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 pub const HYPERVISOR_PATH: &str = "exitless/hypervisor.elf";
 pub const CONFIG_PATH: &str = "exitless/exitless.cfg";
 pub const GUESTS_DIR: &str = "exitless/guests";
+/// The FAT volume label (11 bytes, space-padded; in the boot sector and the root directory).
+const VOLUME_LABEL: [u8; 11] = *b"EXITLESS   ";
+
+/// 1980-01-01 00:00:00, the earliest date FAT can record (its date field counts years from 1980;
+/// Microsoft FAT spec s6.3.1). Every file and directory gets it as its created, modified and
+/// accessed time, so the image does not depend on when it was written.
+const FAT_EPOCH: fatfs::DateTime = fatfs::DateTime {
+    date: fatfs::Date {
+        year: 1980,
+        month: 1,
+        day: 1,
+    },
+    time: fatfs::Time {
+        hour: 0,
+        min: 0,
+        sec: 0,
+        millis: 0,
+    },
+};
+
+/// The `fatfs` clock: always [`FAT_EPOCH`] (its default reads the local time).
+#[derive(Debug)]
+struct FixedTime;
+
+impl TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        FAT_EPOCH.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        FAT_EPOCH
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
+/// A 128-bit FNV-1a hash (the FNV parameters of draft-eastlake-fnv, 128-bit variant) of the image's
+/// inputs: every file's path, length and contents, in path order. Not cryptographic; it only has
+/// to make the identifiers differ when the inputs do, and stay the same when they do not.
+struct InputHash(u128);
+
+impl InputHash {
+    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+
+    /// The hash of `domain` (which identifier this is) followed by `files`.
+    fn of(domain: &str, files: &[&EspFile]) -> Self {
+        let mut h = Self(Self::OFFSET_BASIS);
+        h.add(domain.as_bytes());
+        for file in files {
+            h.add(&(file.path.len() as u64).to_le_bytes());
+            h.add(file.path.as_bytes());
+            h.add(&(file.data.len() as u64).to_le_bytes());
+            h.add(&file.data);
+        }
+        h
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u128::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+
+    /// As a GUID: RFC 9562 version 8 ("custom"), variant 10, the other 122 bits from the hash.
+    fn guid(&self) -> uuid::Uuid {
+        let mut bytes = self.0.to_be_bytes();
+        bytes[6] = (bytes[6] & 0x0F) | 0x80;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        uuid::Uuid::from_bytes(bytes)
+    }
+}
+
+/// The identifiers [`write_image`] gives a disk holding `files` (in path order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The GPT header's DiskGUID.
+    pub disk_guid: uuid::Uuid,
+    /// The ESP's UniquePartitionGUID (its type GUID is the fixed EFI System Partition one,
+    /// C12A7328-F81F-11D2-BA4B-00A0C93EC93B, UEFI 2.10 table 5-7).
+    pub esp_guid: uuid::Uuid,
+    /// The FAT32 BS_VolID.
+    pub volume_id: u32,
+}
+
+impl Identity {
+    fn of(files: &[&EspFile]) -> Self {
+        let volume = InputHash::of("exitless fat volume id", files).0;
+        Self {
+            disk_guid: InputHash::of("exitless gpt disk guid", files).guid(),
+            esp_guid: InputHash::of("exitless gpt esp guid", files).guid(),
+            volume_id: (volume >> 96) as u32,
+        }
+    }
+}
 
 /// One file on the ESP: its path there (`/`-separated) and contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +154,7 @@ pub struct Layout {
     pub esp_first_lba: u64,
     pub esp_last_lba: u64,
     pub cluster_bytes: u32,
+    pub identity: Identity,
 }
 
 /// The ESP's files for these build outputs and configuration text.
@@ -103,8 +203,15 @@ fn cluster_bytes_for(partition_bytes: u64) -> u32 {
     cluster
 }
 
-/// Writes a GPT disk image with one FAT32 ESP holding `files` to `out` (replacing it).
+/// Writes a GPT disk image with one FAT32 ESP holding `files` to `out` (replacing it). The same
+/// files (in any order) give the same bytes.
 pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
+    let mut files: Vec<&EspFile> = files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(pair) = files.windows(2).find(|w| w[0].path == w[1].path) {
+        bail!("{} is listed twice for the ESP", pair[0].path);
+    }
+    let identity = Identity::of(&files);
     let content: u64 = files
         .iter()
         .map(|f| (f.data.len() as u64).next_multiple_of(4096))
@@ -135,7 +242,7 @@ pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
     let mut gpt = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(LogicalBlockSize::Lb512)
-        .create_from_device(disk, None)
+        .create_from_device(disk, Some(identity.disk_guid))
         .context("creating the GPT")?;
     gpt.add_partition_at(
         "EFI System Partition",
@@ -146,6 +253,13 @@ pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
         0,
     )
     .context("adding the ESP")?;
+    // `add_partition_at` gives the partition a random GUID; replace it with the derived one.
+    let mut partitions = gpt.take_partitions();
+    for partition in partitions.values_mut() {
+        partition.part_guid = identity.esp_guid;
+    }
+    gpt.update_partitions(partitions)
+        .context("setting the ESP's GUID")?;
     let mut disk = gpt.write().context("writing the GPT")?;
 
     let start = ESP_FIRST_LBA * SECTOR;
@@ -158,11 +272,15 @@ pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
             FormatVolumeOptions::new()
                 .fat_type(fatfs::FatType::Fat32)
                 .bytes_per_cluster(cluster_bytes)
-                .volume_label(*b"EXITLESS   "),
+                .volume_id(identity.volume_id)
+                .volume_label(VOLUME_LABEL),
         )
         .context("formatting the ESP as FAT32")?;
-        let fs = FileSystem::new(BufStream::new(slice), FsOptions::new())?;
-        for file in files {
+        let fs = FileSystem::new(
+            BufStream::new(slice),
+            FsOptions::new().time_provider(&FIXED_TIME),
+        )?;
+        for &file in &files {
             let root = fs.root_dir();
             let (dir_path, name) = file.path.rsplit_once('/').unwrap_or(("", &file.path));
             let mut dir = root;
@@ -189,6 +307,7 @@ pub fn write_image(files: &[EspFile], out: &Path) -> Result<Layout> {
         esp_first_lba: ESP_FIRST_LBA,
         esp_last_lba,
         cluster_bytes,
+        identity,
     })
 }
 
@@ -378,6 +497,134 @@ mod tests {
         assert_eq!(total_lba, 131_040);
         assert_eq!(layout.esp_last_lba, 129_023);
         assert_eq!(layout.cluster_bytes, 512);
+    }
+
+    /// Small fake build outputs in `dir`, as [`Artifacts`] (guests listed in `guest_order`).
+    fn fake_artifacts(dir: &Path, hypervisor: &[u8], guest_order: &[&str]) -> Artifacts {
+        let write = |name: &str, data: &[u8]| {
+            let path = dir.join(name);
+            fs::write(&path, data).unwrap();
+            path
+        };
+        let guests = guest_order
+            .iter()
+            .map(|g| write(g, format!("\x7fELF fake guest {g}").as_bytes()))
+            .collect();
+        Artifacts {
+            boot_efi: write("boot.efi", b"MZ fake loader"),
+            hypervisor_elf: write("hypervisor", hypervisor),
+            guests,
+        }
+    }
+
+    fn image_of(dir: &Path, name: &str, built: &Artifacts) -> (Vec<u8>, Layout) {
+        let path = dir.join(name);
+        let config = ImageConfig::server().render();
+        let layout = write_image(&esp_files(built, &config).unwrap(), &path).unwrap();
+        (fs::read(&path).unwrap(), layout)
+    }
+
+    #[test]
+    fn same_inputs_give_a_byte_identical_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let hypervisor: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let first = fake_artifacts(dir.path(), &hypervisor, &["basic", "eli", "bench"]);
+        let (a, layout_a) = image_of(dir.path(), "a.img", &first);
+        // Again, with the guests reported in another order (cargo's order is not fixed) and a
+        // second apart, so a timestamp from the clock would show.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let second = fake_artifacts(dir.path(), &hypervisor, &["eli", "bench", "basic"]);
+        let (b, layout_b) = image_of(dir.path(), "b.img", &second);
+        assert_eq!(layout_a, layout_b);
+        assert_eq!(a.len(), b.len());
+        if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
+            panic!("the images differ first at byte {at:#x}");
+        }
+    }
+
+    #[test]
+    fn different_inputs_give_a_different_image_and_identifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hypervisor: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let (a, layout_a) = image_of(
+            dir.path(),
+            "a.img",
+            &fake_artifacts(dir.path(), &hypervisor, &["basic"]),
+        );
+        hypervisor[100_000] ^= 1;
+        let (b, layout_b) = image_of(
+            dir.path(),
+            "b.img",
+            &fake_artifacts(dir.path(), &hypervisor, &["basic"]),
+        );
+        assert_ne!(a, b);
+        let (ia, ib) = (layout_a.identity, layout_b.identity);
+        assert_ne!(ia.disk_guid, ib.disk_guid);
+        assert_ne!(ia.esp_guid, ib.esp_guid);
+        assert_ne!(ia.volume_id, ib.volume_id);
+        assert_ne!(ia.disk_guid, ia.esp_guid);
+    }
+
+    #[test]
+    fn image_carries_the_derived_identifiers_and_fixed_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.img");
+        let layout = write_image(&sample_files(), &path).unwrap();
+        let id = layout.identity;
+        // RFC 9562 version 8, variant 10.
+        for guid in [id.disk_guid, id.esp_guid] {
+            assert_eq!(guid.get_version_num(), 8);
+            assert_eq!(guid.as_bytes()[8] >> 6, 0b10);
+        }
+
+        let disk = gpt::GptConfig::new()
+            .writable(false)
+            .logical_block_size(LogicalBlockSize::Lb512)
+            .open(&path)
+            .unwrap();
+        assert_eq!(*disk.guid(), id.disk_guid);
+        let esp = &disk.partitions()[&1];
+        assert_eq!(esp.part_guid, id.esp_guid);
+        assert_eq!(esp.part_type_guid, partition_types::EFI);
+
+        let mut file = File::open(&path).unwrap();
+        let slice = StreamSlice::new(
+            ReadOnly(&mut file),
+            esp.first_lba * SECTOR,
+            (esp.last_lba + 1) * SECTOR,
+        )
+        .unwrap();
+        let fs = FileSystem::new(slice, FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_id(), id.volume_id);
+        assert_eq!(fs.volume_label(), "EXITLESS");
+        let mut pending = vec![fs.root_dir()];
+        let mut seen = 0;
+        while let Some(dir) = pending.pop() {
+            for entry in dir.iter() {
+                let entry = entry.unwrap();
+                if entry.file_name() == "." || entry.file_name() == ".." {
+                    continue;
+                }
+                seen += 1;
+                assert_eq!(entry.created(), FAT_EPOCH, "{}", entry.file_name());
+                assert_eq!(entry.modified(), FAT_EPOCH, "{}", entry.file_name());
+                assert_eq!(entry.accessed(), FAT_EPOCH.date, "{}", entry.file_name());
+                if entry.is_dir() {
+                    pending.push(entry.to_dir());
+                }
+            }
+        }
+        // EFI, EFI/BOOT, exitless, exitless/guests and the four files.
+        assert_eq!(seen, 8);
+    }
+
+    #[test]
+    fn a_path_listed_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = sample_files();
+        files.push(files[0].clone());
+        let err = write_image(&files, &dir.path().join("x.img")).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Each module does one job: [`prereq`] (rustup targets and components, Debian packages), [`artifacts`] (cargo builds),
 //! [`config`] (the `exitless.cfg` text), [`image`] (GPT + FAT32 disk), [`kvm`] (is nested VT-x usable
 //! here), [`emulator`] (start, watch, stop Bochs and QEMU), [`judge`] (the serial test protocol),
-//! [`suite`] (the table of emulator tests), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
+//! [`suite`] (the table of emulator tests), [`run_dirs`] (a log directory per run), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
 //! [`bench`] (the commands).
 
 mod artifacts;
@@ -17,6 +17,7 @@ mod kvm;
 mod paths;
 mod prereq;
 mod run_cmd;
+mod run_dirs;
 mod suite;
 mod svg;
 mod test_cmd;

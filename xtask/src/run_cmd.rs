@@ -12,7 +12,7 @@ use crate::config::{self, ImageConfig};
 use crate::emulator::{self, BootRequest, Emulator, Ending};
 use crate::judge::{self, SerialReport};
 use crate::kvm::{self, KvmReadings};
-use crate::{artifacts, image, paths, prereq, Accel, EmulatorChoice};
+use crate::{artifacts, image, paths, prereq, run_dirs, Accel, EmulatorChoice};
 
 /// Picks the emulator: QEMU/KVM where /dev/kvm really offers nested VMX, else Bochs (or QEMU TCG
 /// when QEMU is asked for). `kvm` is the KVM verdict, passed in so the rule is testable.
@@ -62,7 +62,8 @@ pub fn run(
             )
             .render(),
     };
-    let dir = paths::xtask_dir().join("run");
+    // Its own directory, target/xtask/run/<run-id>/ (target/xtask/run/latest names the newest).
+    let dir = run_dirs::create(&paths::xtask_dir().join("run"))?;
     let image_path = dir.join("exitless.img");
     image::write_image(&image::esp_files(&built, &config_text)?, &image_path)?;
     let timeout = timeout

@@ -76,7 +76,7 @@ pub enum StopWhen {
 
 /// One emulator run and the tests it feeds.
 pub struct Boot {
-    /// Names the run directory, target/xtask/test/<id>/.
+    /// Names the boot's directory, target/xtask/test/<run-id>/<id>/.
     pub id: &'static str,
     pub tier: Tier,
     pub config: fn() -> ImageConfig,

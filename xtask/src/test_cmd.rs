@@ -1,9 +1,12 @@
 //! `cargo xtask test`: host unit tests, lints, then the emulator tiers. Every test prints exactly one line
 //! on stdout (`TIER/NAME ... ok|FAILED (...)|skipped (...)`); progress goes to stderr; the run ends
 //! with `N passed, N failed, N skipped`.
+//!
+//! Each run writes its images and logs under its own `target/xtask/test/<run-id>/` (see
+//! [`run_dirs`]; `target/xtask/test/latest` names the newest), one subdirectory per boot and `host/`.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use crate::judge::{self, SerialReport, Verdict};
 use crate::kvm;
 use crate::paths;
 use crate::prereq;
+use crate::run_dirs;
 use crate::suite::{Boot, Evidence, StopWhen, Tier, BOOTS};
 
 /// Counts of printed test lines.
@@ -62,9 +66,11 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
     tiers.sort();
     tiers.dedup();
     let mut tally = Tally::default();
+    let run = run_dirs::create(&paths::xtask_dir().join("test"))?;
+    eprintln!("xtask: this run's logs: {}/", paths::display(&run));
 
     if tiers.contains(&Tier::Host) {
-        host_tier(&mut tally)?;
+        host_tier(&mut tally, &run)?;
     }
     if tiers.contains(&Tier::Lint) {
         lint_tier(&mut tally)?;
@@ -95,7 +101,7 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
         };
         for boot in BOOTS.iter().filter(|b| b.tier == tier) {
             match &ready {
-                Ok(built) => run_boot(&mut tally, boot, built),
+                Ok(built) => run_boot(&mut tally, boot, built, &run),
                 Err(reason) => {
                     for check in boot.checks {
                         tally.record(tier, check.name, &Verdict::Failed(reason.clone()), None);
@@ -110,6 +116,9 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
         tally.passed, tally.failed, tally.skipped
     );
     eprintln!("xtask: test took {} s", started.elapsed().as_secs());
+    if tally.failed > 0 {
+        eprintln!("xtask: logs of the failures: {}/", paths::display(&run));
+    }
     Ok(if tally.failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -139,14 +148,10 @@ fn skip_tier(tally: &mut Tally, tier: Tier, reason: &str) {
     }
 }
 
-fn run_dir(boot: &Boot) -> PathBuf {
-    paths::xtask_dir().join("test").join(boot.id)
-}
-
-/// Images, boots and judges one [`Boot`], printing each of its tests.
-fn run_boot(tally: &mut Tally, boot: &Boot, built: &Artifacts) {
+/// Images, boots and judges one [`Boot`] in `run/<boot id>/`, printing each of its tests.
+fn run_boot(tally: &mut Tally, boot: &Boot, built: &Artifacts, run: &Path) {
     let emulator = boot.tier.emulator().expect("emulator tier");
-    let dir = run_dir(boot);
+    let dir = run.join(boot.id);
     match boot_once(boot, emulator, &dir, built) {
         Err(e) => {
             for check in boot.checks {
@@ -236,8 +241,8 @@ const HOST_CRATES: &[(&str, &[&str])] = &[
     ("xtask", &[]),
 ];
 
-fn host_tier(tally: &mut Tally) -> Result<()> {
-    let dir = paths::xtask_dir().join("test").join("host");
+fn host_tier(tally: &mut Tally, run: &Path) -> Result<()> {
+    let dir = run.join("host");
     fs::create_dir_all(&dir)?;
     for (krate, filter) in HOST_CRATES {
         let log = dir.join(format!("{krate}.log"));
@@ -431,8 +436,8 @@ test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out
                       EXITLESS-TEST END passed=1 failed=1 skipped=0\nEXITLESS-POWEROFF 1\n";
         let output = BootOutput {
             serial: serial.into(),
-            serial_path: PathBuf::from("serial.log"),
-            emulator_log: PathBuf::from("bochs.log"),
+            serial_path: std::path::PathBuf::from("serial.log"),
+            emulator_log: std::path::PathBuf::from("bochs.log"),
             ending: Ending::Done { exit: None },
             elapsed: Duration::ZERO,
         };
