@@ -73,7 +73,7 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
         host_tier(&mut tally, &run)?;
     }
     if tiers.contains(&Tier::Lint) {
-        lint_tier(&mut tally)?;
+        lint_tier(&mut tally, &run)?;
     }
 
     // Emulator tiers in order; one that cannot run here is skipped with its reason. The build
@@ -331,9 +331,9 @@ const LINTS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// One test per entry of [`LINTS`]: ok when cargo exits 0. Logs in target/xtask/test/lint/.
-fn lint_tier(tally: &mut Tally) -> Result<()> {
-    let dir = paths::xtask_dir().join("test").join("lint");
+/// One test per entry of [`LINTS`]: ok when cargo exits 0. Logs in the run's `lint/`.
+fn lint_tier(tally: &mut Tally, run: &Path) -> Result<()> {
+    let dir = run.join("lint");
     fs::create_dir_all(&dir)?;
     // rustfmt and clippy, and the targets the cross-target clippy runs need.
     if let Err(e) = prereq::ensure_rust_components().and_then(|()| prereq::ensure_rust_targets()) {
