@@ -174,8 +174,9 @@ pub fn init() {
             idt.hv_injection_exception.set_handler_addr(at(28));
             idt.vmm_communication_exception.set_handler_addr(at(29));
             idt.security_exception.set_handler_addr(at(30));
-            // Guests' vectors reach the host only when a guest left them behind (host_irq's scrub).
-            for vector in crate::vmm::interrupts::GUEST_VECTORS {
+            // Every other vector is a stray: a guest's left behind (host_irq's scrub), or one a device
+            // without interrupt remapping raised on its own; completed and dropped, never fatal.
+            for vector in 0x20..=0xFFu8 {
                 idt[vector].set_handler_addr(VirtAddr::new(super::host_irq::stray_entry()));
             }
             idt[super::apic::HOST_TIMER_VECTOR]
