@@ -187,8 +187,11 @@ pub fn handle_exit(
 
 /// Outcome of one handler before RIP bookkeeping.
 pub(super) enum Handled {
-    /// The instruction was emulated: skip it.
+    /// The instruction was emulated: skip it (its length is the exit's instruction length).
     Skip,
+    /// An instruction whose exit reports no length (an EPT violation: SDM Vol. 3C 28.2.5 defines the
+    /// field only for some exits) was decoded and emulated: skip its `len` bytes.
+    SkipDecoded(u8),
     /// Re-run the instruction (an exception was injected or nothing was executed).
     Stay,
     End(GuestEnd),
@@ -271,6 +274,10 @@ fn dispatch(
             skip_instruction(vmcs)?;
             Ok(Next::Resume)
         }
+        Handled::SkipDecoded(len) => {
+            skip_bytes(vmcs, len.into())?;
+            Ok(Next::Resume)
+        }
         Handled::Stay => Ok(Next::Resume),
         Handled::End(end) => Ok(Next::End(end)),
     }
@@ -288,6 +295,11 @@ fn stop(why: String) -> Next {
 /// (SDM Vol. 3C 27.3.1.5 requires no such blocking when injecting after an emulated instruction).
 pub(super) fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
     let len = vmcs.read32_ro(Vmcs32Ro::ExitInstructionLength)?;
+    skip_bytes(vmcs, len)
+}
+
+/// The one place RIP moves past an emulated instruction (`len` bytes), ending STI/MOV-SS blocking.
+fn skip_bytes(vmcs: &mut impl VmcsAccess, len: u32) -> Result<(), VmFail> {
     let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     vmcs.write_natural(VmcsNatural::GuestRip, rip.wrapping_add(u64::from(len)))?;
     let interruptibility = vmcs.read32(Vmcs32::GuestInterruptibilityState)?;

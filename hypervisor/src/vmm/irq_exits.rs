@@ -93,8 +93,7 @@ fn ioapic_access(
         }
     }
     // EPT violations report no instruction length: the decoder's length moves RIP on.
-    vmcs.write_natural(VmcsNatural::GuestRip, rip + u64::from(decoded.length))?;
-    Ok(Handled::Stay)
+    Ok(Handled::SkipDecoded(decoded.length))
 }
 
 /// Emulates one guest instruction that touched a page holding an assigned function's MSI-X table
@@ -143,8 +142,7 @@ fn msix_access(
             }
         }
     }
-    vmcs.write_natural(VmcsNatural::GuestRip, rip + u64::from(decoded.length))?;
-    Ok(Handled::Stay)
+    Ok(Handled::SkipDecoded(decoded.length))
 }
 
 /// Before each VM entry: aim the VMX-preemption timer at the next time the host needs the CPU (its
