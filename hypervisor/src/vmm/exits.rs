@@ -135,6 +135,12 @@ pub struct Vcpu {
     pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.
     pub preemption_written: u32,
+    /// Whether the CPU saves the timer's remaining count at each exit ("save VMX-preemption timer
+    /// value", SDM Vol. 3C 24.7.1): then the count already aims at the last deadline written and
+    /// needs no rewrite until the deadline moves.
+    pub preemption_saved: bool,
+    /// The TSC deadline the preemption timer was last aimed at.
+    pub preemption_deadline: u64,
     /// Exception and event-delivery state (`events`).
     pub events: EventState,
 }
@@ -231,7 +237,12 @@ fn dispatch(
         ExitReason::Xsetbv => xsetbv(vmcs, vcpu, host)?,
         ExitReason::Hlt => hlt(vmcs)?,
         ExitReason::CrAccess => control_register(vmcs, vcpu, host, qualification)?,
-        ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Handled::Stay,
+        ExitReason::PreemptionTimer => {
+            // The count ran out (early by its rounding, at most 2^shift TSC ticks): aim it afresh.
+            vcpu.preemption_deadline = 0;
+            Handled::Stay
+        }
+        ExitReason::InterruptWindow => Handled::Stay,
         ExitReason::ExternalInterrupt => {
             let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
             vcpu.interrupts.external_interrupt(info.vector, host);

@@ -156,15 +156,20 @@ pub fn prepare_entry(
 ) -> Result<(), VmFail> {
     let now = host.rdtsc();
     vcpu.interrupts.advance_to(now);
+    let host_deadline = host.next_host_deadline();
     let deadline = vcpu
         .interrupts
         .next_timer_due()
-        .map_or(host.next_host_deadline(), |due| {
-            due.min(host.next_host_deadline())
-        });
-    let value = preemption_value(now, deadline, vcpu.preemption_shift);
-    if value != vcpu.preemption_written {
-        vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
+        .map_or(host_deadline, |due| due.min(host_deadline));
+    // With the count saved at each exit, the timer still aims at the deadline written last (late only
+    // by the time spent in the host since, which it does not count: SDM Vol. 3C 25.5.1): rewrite it
+    // only when the deadline moved. Without, the count is reloaded at each entry: keep it current.
+    if !(vcpu.preemption_saved && vcpu.preemption_deadline == deadline) {
+        let value = preemption_value(now, deadline, vcpu.preemption_shift);
+        if vcpu.preemption_saved || value != vcpu.preemption_written {
+            vmcs.write32(Vmcs32::PreemptionTimerValue, value)?;
+        }
+        vcpu.preemption_deadline = deadline;
         vcpu.preemption_written = value;
     }
     if vcpu.interrupts.apic.any_requested() {

@@ -21,7 +21,7 @@ use crate::arch::gdt::Selectors;
 use crate::arch::guest_cpu_state;
 use crate::arch::host_irq;
 use crate::arch::vmx::{self as hw, EntryResult, GuestRegisters};
-use crate::caps::vmx::{PinBasedControls, VmxCaps};
+use crate::caps::vmx::{ExitControls, PinBasedControls, VmxCaps};
 use crate::config::GuestConfig;
 use crate::config::InterruptMode;
 use crate::memory::{frames::FrameAllocator, FrameAlloc, PAGE_SIZE};
@@ -367,6 +367,9 @@ impl VmxCpu {
             preemption_shift,
             // Not the value the VMCS holds (0), so the first entry writes the real deadline.
             preemption_written: u32::MAX,
+            preemption_saved: controls
+                .exit
+                .contains(ExitControls::SAVE_VMX_PREEMPTION_TIMER_VALUE),
             pci: VirtualPci::new(assigned),
             ..Default::default()
         };

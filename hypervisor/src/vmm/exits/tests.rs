@@ -418,6 +418,31 @@ fn the_preemption_timer_is_aimed_at_the_host_deadline_before_every_entry() {
 }
 
 #[test]
+fn a_saved_preemption_count_is_rewritten_only_when_the_deadline_moves() {
+    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    vcpu.preemption_saved = true;
+    let mut vmcs = exited(1, 0, 0);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(
+        vmcs.get(Vmcs32::PreemptionTimerValue as u32),
+        Some(5_000_000)
+    );
+    // The CPU saved what was left at the exit; the deadline has not moved: no rewrite.
+    vmcs.set(Vmcs32::PreemptionTimerValue as u32, 1234);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(vmcs.get(Vmcs32::PreemptionTimerValue as u32), Some(1234));
+    // A preemption-timer exit (the count ran out) aims it afresh.
+    let mut vmcs = exited(52, 0, 0);
+    vmcs.set(Vmcs32::PreemptionTimerValue as u32, 0);
+    run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(
+        vmcs.get(Vmcs32::PreemptionTimerValue as u32),
+        Some(5_000_000)
+    );
+}
+
+#[test]
 fn virtual_interrupts_wait_for_the_tpr_the_guest_set_in_the_cpu() {
     let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
     let now = host.rdtsc();
