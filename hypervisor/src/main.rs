@@ -29,8 +29,8 @@ mod kernel {
     use hypervisor::platform::{AcpiStatus, Platform};
     use hypervisor::vmm::assignment::{self, AssignmentPlan};
     use hypervisor::vmm::dma_domains::{BringUpOptions, DmaRemapping};
-    use hypervisor::vmm::exits::GuestEnd;
     use hypervisor::vmm::runner::{GuestDma, VmxCpu};
+    use hypervisor::vmm::vcpu::GuestEnd;
     use hypervisor::vtd::regs::MmioRegisters;
     use hypervisor::{println, summary};
     use linked_list_allocator::LockedHeap;

@@ -9,8 +9,8 @@ use exitless_abi::protocol::{self, Outcome};
 
 use crate::config::GuestConfig;
 use crate::memory::frames::FrameAllocator;
-use crate::vmm::exits::GuestEnd;
 use crate::vmm::runner::GuestReport;
+use crate::vmm::vcpu::GuestEnd;
 use crate::vmx::exit::ExitReason;
 
 /// Facts about how the machine was booted and its memory.

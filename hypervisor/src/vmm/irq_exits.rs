@@ -2,12 +2,12 @@
 //! decoding the guest's instruction), assigned functions' MSI-X pages, and, before each VM entry, the
 //! preemption timer and the injection of virtual interrupts. Dispatched from `exits`.
 
-use super::exits::{stopped, Handled, HostServices, Vcpu};
 use super::guest_memory::GuestMemory;
 use super::host_clock::preemption_value;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
 use super::mmio_decode::{self, MmioAccess, MAX_INSTRUCTION_LEN};
 use super::msix::MsixOutcome;
+use super::vcpu::{gpr_value, set_gpr, stopped, Handled, HostServices, Vcpu};
 use crate::caps::vmx::PrimaryControls;
 use crate::vmx::exit::{EventType, Gpr, InterruptionInfo};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
@@ -78,16 +78,15 @@ fn ioapic_access(
         MmioAccess::Read(load) => {
             let (value, _) = vcpu.interrupts.ioapic_access(offset, size, None, host);
             let dest = load.dest.gpr;
-            let old = super::exits::gpr_value(&vcpu.regs, rsp, dest);
+            let old = gpr_value(&vcpu.regs, rsp, dest);
             let new = mmio_decode::apply_read(old, &load, u64::from(value));
             if dest == Gpr::Rsp {
                 return Ok(stopped(format!("IOAPIC read into RSP at rip {rip:#x}")));
             }
-            super::exits::set_gpr(&mut vcpu.regs, dest, new);
+            set_gpr(&mut vcpu.regs, dest, new);
         }
         MmioAccess::Write(store) => {
-            let data =
-                mmio_decode::write_data(&store, |r| super::exits::gpr_value(&vcpu.regs, rsp, r));
+            let data = mmio_decode::write_data(&store, |r| gpr_value(&vcpu.regs, rsp, r));
             vcpu.interrupts
                 .ioapic_access(offset, size, Some(data as u32), host);
         }
@@ -123,13 +122,12 @@ fn msix_access(
             if dest == Gpr::Rsp {
                 return Ok(stopped(format!("MSI-X read into RSP at rip {rip:#x}")));
             }
-            let old = super::exits::gpr_value(&vcpu.regs, rsp, dest);
+            let old = gpr_value(&vcpu.regs, rsp, dest);
             let new = mmio_decode::apply_read(old, &load, value);
-            super::exits::set_gpr(&mut vcpu.regs, dest, new);
+            set_gpr(&mut vcpu.regs, dest, new);
         }
         MmioAccess::Write(store) => {
-            let data =
-                mmio_decode::write_data(&store, |r| super::exits::gpr_value(&vcpu.regs, rsp, r));
+            let data = mmio_decode::write_data(&store, |r| gpr_value(&vcpu.regs, rsp, r));
             match vcpu.pci.msix_access(gpa, size, Some(data)) {
                 Some(MsixOutcome::Forward { hpa }) => {
                     host.device_mmio(hpa, size, Some(data));

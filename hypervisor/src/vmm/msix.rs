@@ -11,7 +11,7 @@
 //! access inside one entry, so a guest doing byte accesses is not stopped.
 
 use crate::pci::{Bar, BarKind, Bdf, MsixCapability};
-use crate::vmm::virtual_pci::MsiRequest;
+use crate::vmm::msi_request::MsiRequest;
 use crate::vtd::irte::MsiMessage;
 use alloc::vec::Vec;
 

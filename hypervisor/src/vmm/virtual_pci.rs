@@ -14,6 +14,7 @@ use crate::pci::mediation::{
     mediate_read, mediate_write, AccessSize, Hook, MediationTable, ReadDecision, WriteDecision,
 };
 use crate::pci::{Bar, BarKind, Bdf, ConfigAccess};
+use crate::vmm::msi_request::MsiRequest;
 use crate::vmm::msix::{GuestMsix, MsixOutcome, MsixRequest};
 use alloc::vec::Vec;
 
@@ -21,20 +22,6 @@ pub const CONFIG_ADDRESS: u16 = 0xCF8;
 pub const CONFIG_DATA: u16 = 0xCFC;
 /// CONFIG_ADDRESS bit 31: enable; bits 23:16 bus, 15:11 device, 10:8 function, 7:2 register.
 const ENABLE: u32 = 1 << 31;
-
-/// What the guest asked of an assigned function's MSI (PCI 3.0 6.8.1), in its own terms: the caller
-/// maps it to the physical interrupt (an interrupt-remapping entry carrying the guest's vector).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsiRequest {
-    pub bdf: Bdf,
-    pub enabled: bool,
-    /// Message Data bits 7:0.
-    pub vector: u8,
-    /// Message Address bits 19:12: the destination APIC ID (xAPIC format, SDM 11.11.1).
-    pub destination: u8,
-    /// Per-vector mask bit 0 (when the function has per-vector masking).
-    pub masked: bool,
-}
 
 /// The guest's view of an MSI capability: every register the guest may write, kept here.
 #[derive(Clone, Copy, Debug, Default)]

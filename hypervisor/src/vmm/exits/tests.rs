@@ -1,6 +1,8 @@
 //! Exit handling driven through a fake VMCS, as the CPU would leave it after each exit.
 
 use super::*;
+use crate::vmm::msi_request::MsiRequest;
+use crate::vmm::virtual_pci::VirtualPci;
 use crate::vmx::vmcs::FakeVmcs;
 use crate::vmx::vmcs_fields::Vmcs32Ro;
 use alloc::vec;
