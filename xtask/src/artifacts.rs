@@ -152,7 +152,13 @@ fn only(mut files: Vec<PathBuf>, package: &str) -> Result<PathBuf> {
 
 /// `cargo build --release` of one package for one target; returns the executables cargo reports.
 fn cargo_build(package: &str, target: &str, extra: &[&str]) -> Result<Vec<PathBuf>> {
-    eprintln!("xtask: building {package} for {target} (release)");
+    let features = extra
+        .iter()
+        .position(|a| *a == "--features")
+        .and_then(|at| extra.get(at + 1))
+        .map(|f| format!(", features {f}"))
+        .unwrap_or_default();
+    eprintln!("xtask: building {package} for {target} (release{features})");
     let mut child = Command::new(paths::cargo())
         .current_dir(paths::workspace_root())
         .args(["build", "--release", "-p", package, "--target", target])
