@@ -10,7 +10,9 @@ use exitless_abi::config_text::{items, Item};
 
 use crate::pci::Bdf;
 
-/// A self-test the kernel runs after the boot summary (for the test harness).
+/// A self-test the kernel runs after the boot summary (for the test harness). Only the test kernel,
+/// `hypervisor-selftest.elf` (feature `selftest`), has them; the production kernel parses the key,
+/// says it has no self-tests and boots as if it were `none`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SelfTest {
     #[default]
@@ -22,6 +24,18 @@ pub enum SelfTest {
     /// Gives an edu device to a guest's DMA domain exactly as the runner would (without VMX) and
     /// drives its DMA, suite `vtd-guest`.
     VtdGuest,
+}
+
+impl SelfTest {
+    /// The value `selftest = ...` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelfTest::None => "none",
+            SelfTest::Exception => "exception",
+            SelfTest::Vtd => "vtd",
+            SelfTest::VtdGuest => "vtd-guest",
+        }
+    }
 }
 
 /// How a guest's assigned-device interrupts are delivered.

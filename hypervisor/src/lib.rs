@@ -12,6 +12,8 @@ pub mod config;
 pub mod memory;
 pub mod pci;
 pub mod platform;
+/// Only in the test kernel (feature `selftest`) and host unit tests: the production kernel has none.
+#[cfg(any(test, feature = "selftest"))]
 pub mod selftest;
 pub mod summary;
 pub mod virq;

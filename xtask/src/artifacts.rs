@@ -1,11 +1,13 @@
 //! Cargo builds of the bare-metal crates, each for its own target, and the files they produce.
 
+use std::fs;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::config::SELFTEST_KERNEL_FILE;
 use crate::paths;
 
 /// What goes on the boot disk.
@@ -13,8 +15,12 @@ use crate::paths;
 pub struct Artifacts {
     /// The UEFI loader (becomes `\EFI\BOOT\BOOTX64.EFI`).
     pub boot_efi: PathBuf,
-    /// The hypervisor kernel (becomes `\exitless\hypervisor.elf`).
+    /// The production hypervisor kernel, without self-tests (becomes `\exitless\hypervisor.elf`).
     pub hypervisor_elf: PathBuf,
+    /// The test kernel: the same kernel built with feature `selftest` (becomes
+    /// `\exitless\hypervisor-selftest.elf` on images whose configuration names it). Built only
+    /// for the test boots that use a self-test.
+    pub hypervisor_selftest_elf: Option<PathBuf>,
     /// The guest-test kernels (become `\exitless\guests\NAME.elf`).
     pub guests: Vec<PathBuf>,
 }
@@ -23,6 +29,9 @@ impl Artifacts {
     pub fn print(&self) {
         println!("loader:     {}", paths::display(&self.boot_efi));
         println!("hypervisor: {}", paths::display(&self.hypervisor_elf));
+        if let Some(selftest) = &self.hypervisor_selftest_elf {
+            println!("self-tests: {}", paths::display(selftest));
+        }
         for guest in &self.guests {
             println!("guest:      {}", paths::display(guest));
         }
@@ -32,13 +41,94 @@ impl Artifacts {
     }
 }
 
-/// Builds the loader, the hypervisor and the guest tests in release mode.
-pub fn build_all() -> Result<Artifacts> {
+/// Which hypervisor kernels to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The production kernel only (`cargo xtask build`, `image`, `run` with a user's configuration).
+    Production,
+    /// The production kernel and the self-test kernel (`cargo xtask test`).
+    WithSelfTest,
+}
+
+impl Kernels {
+    /// What an image with this configuration needs: the self-test kernel too when it boots it
+    /// (a user's `kernel = hypervisor-selftest.elf`), else the production kernel alone.
+    pub fn for_config(config_text: &str) -> Self {
+        if exitless_abi::config_text::top_level(config_text, "kernel") == Some(SELFTEST_KERNEL_FILE)
+        {
+            Kernels::WithSelfTest
+        } else {
+            Kernels::Production
+        }
+    }
+}
+
+/// What only self-test code puts in a kernel ELF: the mangled path of the `selftest` module's
+/// symbols and the interrupt probe's names (its module and assembly labels). The production kernel
+/// must have none of them, the self-test kernel all of them (which shows the check can see them).
+pub const SELFTEST_MARKERS: &[&str] = &["10hypervisor8selftest", "irq_probe"];
+
+/// The markers of [`SELFTEST_MARKERS`] found in `elf`.
+pub fn selftest_markers_in(elf: &[u8]) -> Vec<&'static str> {
+    SELFTEST_MARKERS
+        .iter()
+        .copied()
+        .filter(|marker| elf.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        .collect()
+}
+
+/// Fails unless the production kernel has no self-test code and the test kernel has it.
+fn check_kernels(production: &Path, selftest: Option<&Path>) -> Result<()> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let found = selftest_markers_in(&read(production)?);
+    if !found.is_empty() {
+        bail!(
+            "the production kernel {} contains self-test code ({})",
+            paths::display(production),
+            found.join(", ")
+        );
+    }
+    if let Some(selftest) = selftest {
+        let found = selftest_markers_in(&read(selftest)?);
+        if found.len() != SELFTEST_MARKERS.len() {
+            bail!(
+                "the self-test kernel {} lacks self-test code (found only: {found:?})",
+                paths::display(selftest)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Builds the loader, the hypervisor kernel(s) and the guest tests in release mode.
+///
+/// Both kernels are the one `hypervisor` binary, the test kernel with feature `selftest`; they
+/// share every dependency's build. Cargo writes both to the same file, so the test kernel is built
+/// first and copied to `hypervisor-selftest.elf` beside it, and the production kernel last (the
+/// file cargo names `hypervisor` is then always the production kernel).
+pub fn build_all(kernels: Kernels) -> Result<Artifacts> {
+    let selftest = match kernels {
+        Kernels::Production => None,
+        Kernels::WithSelfTest => {
+            let built = cargo_build(
+                "hypervisor",
+                "x86_64-unknown-none",
+                &["--bin", "hypervisor", "--features", "selftest"],
+            )?;
+            let built = only(built, "hypervisor")?;
+            let copy = built.with_file_name(SELFTEST_KERNEL_FILE);
+            fs::copy(&built, &copy)
+                .with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
+            Some(copy)
+        }
+    };
     let hypervisor = cargo_build(
         "hypervisor",
         "x86_64-unknown-none",
         &["--bin", "hypervisor"],
     )?;
+    let hypervisor = only(hypervisor, "hypervisor")?;
+    check_kernels(&hypervisor, selftest.as_deref())?;
     let boot = cargo_build("boot", "x86_64-unknown-uefi", &["--bin", "boot"])?;
     let guests = if package_has_bins("guest-tests")? {
         cargo_build("guest-tests", "x86_64-unknown-none", &["--bins"])?
@@ -47,7 +137,8 @@ pub fn build_all() -> Result<Artifacts> {
     };
     Ok(Artifacts {
         boot_efi: only(boot, "boot")?,
-        hypervisor_elf: only(hypervisor, "hypervisor")?,
+        hypervisor_elf: hypervisor,
+        hypervisor_selftest_elf: selftest,
         guests,
     })
 }
@@ -61,7 +152,13 @@ fn only(mut files: Vec<PathBuf>, package: &str) -> Result<PathBuf> {
 
 /// `cargo build --release` of one package for one target; returns the executables cargo reports.
 fn cargo_build(package: &str, target: &str, extra: &[&str]) -> Result<Vec<PathBuf>> {
-    eprintln!("xtask: building {package} for {target} (release)");
+    let features = extra
+        .iter()
+        .position(|a| *a == "--features")
+        .and_then(|at| extra.get(at + 1))
+        .map(|f| format!(", features {f}"))
+        .unwrap_or_default();
+    eprintln!("xtask: building {package} for {target} (release{features})");
     let mut child = Command::new(paths::cargo())
         .current_dir(paths::workspace_root())
         .args(["build", "--release", "-p", package, "--target", target])
@@ -139,6 +236,35 @@ mod tests {
             None
         );
         assert_eq!(executable_of("not json"), None);
+    }
+
+    #[test]
+    fn selftest_markers_are_found_in_symbol_names() {
+        let production = b"\x7fELF _ZN10hypervisor3vmm6runner3run17h0E config8SelfTest selftest";
+        assert!(selftest_markers_in(production).is_empty());
+        let selftest = b"\x7fELF _ZN10hypervisor8selftest3vtd3run17h0E irq_probe_stubs";
+        assert_eq!(selftest_markers_in(selftest), SELFTEST_MARKERS);
+    }
+
+    #[test]
+    fn kernels_are_checked_for_selftest_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, data: &[u8]| {
+            let path = dir.path().join(name);
+            fs::write(&path, data).unwrap();
+            path
+        };
+        let clean = write("clean", b"\x7fELF _ZN10hypervisor6config5parse");
+        let tests = write(
+            "tests",
+            b"\x7fELF _ZN10hypervisor8selftest3vtd irq_probe_stubs",
+        );
+        assert!(check_kernels(&clean, Some(&tests)).is_ok());
+        assert!(check_kernels(&clean, None).is_ok());
+        let err = check_kernels(&tests, None).unwrap_err().to_string();
+        assert!(err.contains("contains self-test code"), "{err}");
+        let err = check_kernels(&clean, Some(&clean)).unwrap_err().to_string();
+        assert!(err.contains("lacks self-test code"), "{err}");
     }
 
     #[test]

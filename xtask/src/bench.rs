@@ -546,7 +546,7 @@ impl Results {
 pub fn bench(json_path: Option<PathBuf>, publish: bool) -> Result<ExitCode> {
     prereq::ensure_rust_targets()?;
     prereq::ensure_packages(&Emulator::Bochs.packages().iter().collect::<Vec<_>>())?;
-    let built = artifacts::build_all()?;
+    let built = artifacts::build_all(artifacts::Kernels::Production)?;
     let has_guest = built
         .guests
         .iter()

@@ -2,8 +2,12 @@
 
 use std::fmt::Write;
 
-/// The kernel file the loader starts by default, relative to `\exitless\`.
+/// The kernel file the loader starts by default, relative to `\exitless\`: the production kernel,
+/// which has no self-tests.
 pub const DEFAULT_KERNEL: &str = "hypervisor.elf";
+
+/// The test kernel's file name: the hypervisor built with its self-tests (feature `selftest`).
+pub const SELFTEST_KERNEL_FILE: &str = "hypervisor-selftest.elf";
 
 /// The run budget of test guests, in the kernel's TSC milliseconds (at the rate CPUID reports: in Bochs,
 /// whose TSC runs ~48x slower than its CPUID says, this is ~50 s of wall time, well inside a boot's
@@ -40,6 +44,18 @@ impl ImageConfig {
             emulator_exit: true,
             ..Self::server()
         }
+    }
+
+    /// For a test boot running self-test `name` (`selftest = NAME`): it boots the self-test kernel.
+    pub fn selftest(name: &str) -> Self {
+        Self::emulator()
+            .kernel(SELFTEST_KERNEL_FILE)
+            .with("selftest", name)
+    }
+
+    /// Whether the loader starts the self-test kernel.
+    pub fn boots_selftest_kernel(&self) -> bool {
+        self.kernel == SELFTEST_KERNEL_FILE
     }
 
     pub fn kernel(mut self, kernel: &str) -> Self {
@@ -129,6 +145,18 @@ mod tests {
         assert_eq!(top_level(&text, "kernel"), Some("missing.elf"));
         assert_eq!(top_level(&text, "emulator_exit"), Some("yes"));
         assert_eq!(top_level(&text, "selftest"), Some("exception"));
+    }
+
+    #[test]
+    fn selftest_configs_boot_the_selftest_kernel() {
+        let config = ImageConfig::selftest("vtd");
+        assert!(config.boots_selftest_kernel());
+        let text = config.render();
+        assert_eq!(top_level(&text, "kernel"), Some("hypervisor-selftest.elf"));
+        assert_eq!(top_level(&text, "selftest"), Some("vtd"));
+        assert_eq!(top_level(&text, "emulator_exit"), Some("yes"));
+        assert!(!ImageConfig::emulator().boots_selftest_kernel());
+        assert!(!ImageConfig::server().boots_selftest_kernel());
     }
 
     #[test]

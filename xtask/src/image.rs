@@ -24,7 +24,7 @@ use gpt::mbr::ProtectiveMBR;
 use gpt::partition_types;
 
 use crate::artifacts::Artifacts;
-use crate::config::ImageConfig;
+use crate::config::{ImageConfig, SELFTEST_KERNEL_FILE};
 use crate::fat_fixup;
 use crate::paths;
 
@@ -43,6 +43,8 @@ const FAT32_MIN_CLUSTERS: u64 = 66_000;
 
 pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 pub const HYPERVISOR_PATH: &str = "exitless/hypervisor.elf";
+/// The self-test kernel: only on images whose configuration's `kernel` names it (test boots).
+pub const SELFTEST_KERNEL_PATH: &str = "exitless/hypervisor-selftest.elf";
 pub const CONFIG_PATH: &str = "exitless/exitless.cfg";
 pub const GUESTS_DIR: &str = "exitless/guests";
 /// The FAT volume label (11 bytes, space-padded; in the boot sector and the root directory).
@@ -157,10 +159,21 @@ pub struct Layout {
     pub identity: Identity,
 }
 
-/// The ESP's files for these build outputs and configuration text.
+/// The ESP's files for these build outputs and configuration text. The self-test kernel is there
+/// only when the configuration's `kernel` names it: every other image holds no self-test code.
 pub fn esp_files(built: &Artifacts, config_text: &str) -> Result<Vec<EspFile>> {
     let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let mut files = vec![
+    let mut files = Vec::new();
+    if exitless_abi::config_text::top_level(config_text, "kernel") == Some(SELFTEST_KERNEL_FILE) {
+        let Some(selftest) = &built.hypervisor_selftest_elf else {
+            bail!("the configuration boots {SELFTEST_KERNEL_FILE}, which was not built");
+        };
+        files.push(EspFile {
+            path: SELFTEST_KERNEL_PATH.into(),
+            data: read(selftest)?,
+        });
+    }
+    files.extend([
         EspFile {
             path: LOADER_PATH.into(),
             data: read(&built.boot_efi)?,
@@ -173,7 +186,7 @@ pub fn esp_files(built: &Artifacts, config_text: &str) -> Result<Vec<EspFile>> {
             path: CONFIG_PATH.into(),
             data: config_text.as_bytes().to_vec(),
         },
-    ];
+    ]);
     for guest in &built.guests {
         let stem = guest
             .file_stem()
@@ -386,13 +399,13 @@ impl std::io::Seek for ReadOnly<'_> {
 /// `cargo xtask image`: build, then write the image for a real server (or the given config).
 pub fn image_command(out: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
     crate::prereq::ensure_rust_targets()?;
-    let built = crate::artifacts::build_all()?;
     let config_text = match &config {
         Some(path) => {
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         }
         None => ImageConfig::server().render(),
     };
+    let built = crate::artifacts::build_all(crate::artifacts::Kernels::for_config(&config_text))?;
     let out = out.unwrap_or_else(|| paths::xtask_dir().join("exitless.img"));
     let files = esp_files(&built, &config_text)?;
     let layout = write_image(&files, &out)?;
@@ -513,8 +526,39 @@ mod tests {
         Artifacts {
             boot_efi: write("boot.efi", b"MZ fake loader"),
             hypervisor_elf: write("hypervisor", hypervisor),
+            hypervisor_selftest_elf: Some(write("hypervisor-selftest.elf", b"\x7fELF self-tests")),
             guests,
         }
+    }
+
+    #[test]
+    fn only_selftest_images_hold_the_selftest_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = fake_artifacts(dir.path(), b"\x7fELF production", &["basic"]);
+        let paths_of = |config: &ImageConfig| -> Vec<String> {
+            esp_files(&built, &config.render())
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .collect()
+        };
+        for config in [ImageConfig::server(), ImageConfig::emulator()] {
+            let paths = paths_of(&config);
+            assert!(paths.iter().any(|p| p == HYPERVISOR_PATH));
+            assert!(
+                !paths.iter().any(|p| p == SELFTEST_KERNEL_PATH),
+                "{paths:?}"
+            );
+        }
+        let paths = paths_of(&ImageConfig::selftest("vtd"));
+        assert!(paths.iter().any(|p| p == SELFTEST_KERNEL_PATH), "{paths:?}");
+
+        let production_only = Artifacts {
+            hypervisor_selftest_elf: None,
+            ..built.clone()
+        };
+        let err = esp_files(&production_only, &ImageConfig::selftest("vtd").render()).unwrap_err();
+        assert!(err.to_string().contains("was not built"), "{err}");
     }
 
     fn image_of(dir: &Path, name: &str, built: &Artifacts) -> (Vec<u8>, Layout) {

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Build => prereq::ensure_rust_targets()
-            .and_then(|()| artifacts::build_all())
+            .and_then(|()| artifacts::build_all(artifacts::Kernels::Production))
             .map(|built| {
                 built.print();
                 ExitCode::SUCCESS

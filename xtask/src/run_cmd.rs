@@ -48,7 +48,6 @@ pub fn run(
     let emulator = choose(choice, accel, kvm::nested_vmx(&KvmReadings::read_host()))?;
     prereq::ensure_rust_targets()?;
     prereq::ensure_packages(&emulator.packages().iter().collect::<Vec<_>>())?;
-    let built = artifacts::build_all()?;
     let config_text = match &config_file {
         Some(path) => config::with_emulator_exit(
             &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -62,6 +61,7 @@ pub fn run(
             )
             .render(),
     };
+    let built = artifacts::build_all(artifacts::Kernels::for_config(&config_text))?;
     // Its own directory, target/xtask/run/<run-id>/ (target/xtask/run/latest names the newest).
     let dir = run_dirs::create(&paths::xtask_dir().join("run"))?;
     let image_path = dir.join("exitless.img");

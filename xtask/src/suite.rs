@@ -182,7 +182,7 @@ pub const BOOTS: &[Boot] = &[
     Boot {
         id: "qemu-tcg-exception",
         tier: Tier::QemuTcg,
-        config: || ImageConfig::emulator().with("selftest", "exception"),
+        config: || ImageConfig::selftest("exception"),
         stop: StopWhen::PowerOff,
         kernel_results: false,
         checks: &[Check {
@@ -190,10 +190,22 @@ pub const BOOTS: &[Boot] = &[
             check: ud_reported_then_poweroff,
         }],
     },
+    // The production kernel asked for a self-test it does not have: it must say so and boot on.
+    Boot {
+        id: "qemu-tcg-production-selftest",
+        tier: Tier::QemuTcg,
+        config: || ImageConfig::emulator().with("selftest", "exception"),
+        stop: StopWhen::PowerOff,
+        kernel_results: false,
+        checks: &[Check {
+            name: "production-has-no-selftest",
+            check: selftest_refused_then_clean_poweroff,
+        }],
+    },
     Boot {
         id: "qemu-tcg-vtd",
         tier: Tier::QemuTcg,
-        config: || ImageConfig::emulator().with("selftest", "vtd"),
+        config: || ImageConfig::selftest("vtd"),
         stop: StopWhen::PowerOff,
         kernel_results: true,
         checks: &[Check {
@@ -205,7 +217,7 @@ pub const BOOTS: &[Boot] = &[
     Boot {
         id: "qemu-tcg-vtd-guest",
         tier: Tier::QemuTcg,
-        config: || ImageConfig::emulator().with("selftest", "vtd-guest"),
+        config: || ImageConfig::selftest("vtd-guest"),
         stop: StopWhen::PowerOff,
         kernel_results: true,
         checks: &[Check {
@@ -601,6 +613,25 @@ fn ud_reported_then_poweroff(e: &Evidence<'_>) -> Result<(), String> {
     }
 }
 
+/// What the production kernel logs for `selftest = ...` (it has no self-test code).
+const NO_SELFTEST_MESSAGE: &str = "this kernel was built without self-tests";
+
+/// The production kernel with `selftest = exception`: it says it has no self-tests, runs none
+/// (no #UD) and powers off with 0 like a plain boot.
+fn selftest_refused_then_clean_poweroff(e: &Evidence<'_>) -> Result<(), String> {
+    if !e.boot.serial.contains(NO_SELFTEST_MESSAGE) {
+        return Err(format!("no line saying `{NO_SELFTEST_MESSAGE}`"));
+    }
+    if e.boot.serial.contains("EXCEPTION #") {
+        return Err("an exception was reported: the self-test ran".into());
+    }
+    match e.report.poweroff {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("EXITLESS-POWEROFF {code} (want 0)")),
+        None => Err("no EXITLESS-POWEROFF".into()),
+    }
+}
+
 /// What OVMF prints on the serial console once the boot option it ran has returned. Seen under
 /// QEMU 7.2 with Debian's OVMF 2022.11: `BdsDxe: failed to start Boot0002 "UEFI Misc Device" from
 /// PciRoot(0x0)/Pci(0x4,0x0): Not Found` (the loader's status), then iPXE, then the shell.
@@ -823,6 +854,42 @@ mod tests {
             "EXCEPTION #GP vector=13\nEXITLESS-POWEROFF 3\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn selftest_boots_use_the_selftest_kernel_and_no_other_boot_does() {
+        for boot in BOOTS {
+            let config = (boot.config)();
+            let selftest = config
+                .settings
+                .iter()
+                .any(|(k, v)| k == "selftest" && v != "none");
+            if boot.id == "qemu-tcg-production-selftest" {
+                assert!(selftest && !config.boots_selftest_kernel());
+            } else {
+                assert_eq!(config.boots_selftest_kernel(), selftest, "{}", boot.id);
+            }
+        }
+    }
+
+    #[test]
+    fn production_selftest_check_needs_the_message_no_exception_and_poweroff_0() {
+        let good =
+            "[WARN ] selftest = exception: this kernel was built without self-tests, so none \
+                    runs\nEXITLESS-POWEROFF 0\n";
+        assert_eq!(
+            run_check(selftest_refused_then_clean_poweroff, good),
+            Ok(())
+        );
+        let silent = "EXITLESS-POWEROFF 0\n";
+        assert!(run_check(selftest_refused_then_clean_poweroff, silent).is_err());
+        let ran = good.replace(
+            "EXITLESS-POWEROFF 0",
+            "EXCEPTION #UD vector=6\nEXITLESS-POWEROFF 3",
+        );
+        assert!(run_check(selftest_refused_then_clean_poweroff, &ran).is_err());
+        let failed = good.replace("POWEROFF 0", "POWEROFF 1");
+        assert!(run_check(selftest_refused_then_clean_poweroff, &failed).is_err());
     }
 
     #[test]

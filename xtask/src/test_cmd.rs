@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::artifacts::{self, Artifacts};
+use crate::artifacts::{self, Artifacts, Kernels};
 use crate::emulator::{self, BootOutput, BootRequest, Emulator, Ending};
 use crate::image;
 use crate::judge::{self, SerialReport, Verdict};
@@ -79,6 +79,15 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
     // Emulator tiers in order; one that cannot run here is skipped with its reason. The build
     // happens once, when the first tier that can run needs it.
     let mut built: Option<Result<Artifacts, String>> = None;
+    // The self-test kernel is built only when a boot of these tiers starts it.
+    let kernels = if BOOTS
+        .iter()
+        .any(|b| tiers.contains(&b.tier) && (b.config)().boots_selftest_kernel())
+    {
+        Kernels::WithSelfTest
+    } else {
+        Kernels::Production
+    };
     for &tier in tiers.iter().filter(|t| t.emulator().is_some()) {
         if let Some(reason) = tier_blocker(tier) {
             skip_tier(&mut tally, tier, &reason);
@@ -86,7 +95,7 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
         }
         let built = built.get_or_insert_with(|| {
             prereq::ensure_rust_targets()
-                .and_then(|()| artifacts::build_all())
+                .and_then(|()| artifacts::build_all(kernels))
                 .map_err(|e| format!("build failed: {e:#}"))
         });
         let packages: Vec<_> = tier
@@ -298,6 +307,21 @@ const LINTS: &[(&str, &[&str])] = &[
             "hypervisor",
             "--target",
             "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    (
+        "clippy-hypervisor-selftest-none",
+        &[
+            "clippy",
+            "-p",
+            "hypervisor",
+            "--target",
+            "x86_64-unknown-none",
+            "--features",
+            "selftest",
             "--",
             "-D",
             "warnings",

@@ -7,6 +7,8 @@ pub mod exceptions;
 pub mod gdt;
 pub mod guest_cpu_state;
 pub mod host_irq;
+/// The self-tests' interrupt counter: only in the test kernel (feature `selftest`) and host tests.
+#[cfg(any(test, feature = "selftest"))]
 pub mod irq_probe;
 pub mod power;
 pub mod serial;
