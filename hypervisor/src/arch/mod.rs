@@ -8,6 +8,7 @@ pub mod gdt;
 pub mod guest_cpu_state;
 pub mod host_irq;
 pub mod irq_probe;
+pub mod msr;
 pub mod power;
 pub mod serial;
 pub mod vmx;
