@@ -1,8 +1,9 @@
 //! CPU state that VMX does not switch between host and guest, and that a guest therefore owns while it
 //! runs: DR0-DR3 and DR6, CR2, the x87/SSE/AVX registers and XCR0, and the SYSCALL/SWAPGS/RDTSCP
 //! MSRs (which the MSR bitmap passes through, `vmx::msr_policy`). The host kernel uses none of it
-//! (it is built without SSE, never executes SYSCALL or SWAPGS and sets no breakpoints), so a guest's values can stay in the CPU across
-//! its exits; [`reset_for_next_guest`] wipes them before a guest starts, so no guest sees another's.
+//! (it is built without SSE, never executes SYSCALL or SWAPGS and sets no breakpoints), so a
+//! guest's values can stay in the CPU across its exits; [`reset_for_next_guest`] wipes them before
+//! a guest starts, so no guest sees another's.
 
 use crate::vmx::msr_policy;
 use x86_64::registers::control::{Cr4, Cr4Flags};

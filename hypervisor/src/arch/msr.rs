@@ -8,6 +8,8 @@ pub const TSC: u32 = 0x10;
 pub const PLATFORM_ID: u32 = 0x17;
 /// IA32_APIC_BASE (Table 2-2; SDM Vol. 3A 11.4.4, 11.12.1).
 pub const APIC_BASE: u32 = 0x1B;
+/// IA32_FEATURE_CONTROL (Table 2-2; SDM Vol. 3C 24.7).
+pub const FEATURE_CONTROL: u32 = 0x3A;
 /// IA32_BIOS_SIGN_ID, the microcode update signature (Table 2-2).
 pub const BIOS_SIGN_ID: u32 = 0x8B;
 /// IA32_MISC_ENABLE (Table 2-2).
@@ -66,4 +68,28 @@ pub mod x2apic {
     pub const TIMER_CURRENT_COUNT: u32 = 0x839;
     pub const TIMER_DIVIDE: u32 = 0x83E;
     pub const SELF_IPI: u32 = 0x83F;
+}
+
+/// IA32_FEATURE_CONTROL and the VMX capability MSRs (Table 2-2; SDM Vol. 3D Appendix A), under
+/// the names `caps::vmx` reads them by.
+pub mod vmx {
+    pub use super::FEATURE_CONTROL as IA32_FEATURE_CONTROL;
+
+    pub const IA32_VMX_BASIC: u32 = 0x480;
+    pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
+    pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
+    pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
+    pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+    pub const IA32_VMX_MISC: u32 = 0x485;
+    pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+    pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
+    pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+    pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
+    pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48B;
+    pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48C;
+    pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48D;
+    pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48E;
+    pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48F;
+    pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+    pub const IA32_VMX_VMFUNC: u32 = 0x491;
 }
