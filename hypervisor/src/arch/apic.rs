@@ -1,30 +1,13 @@
 //! The host's own interrupt hardware: the local APIC in x2APIC mode (SDM Vol. 3A 11.12), the IOAPIC's
 //! redirection table (82093AA datasheet), and the legacy 8259 PICs (masked for good).
 
+use super::msr::{self, x2apic};
 use crate::virq::vector_set::VectorSet;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
-const IA32_APIC_BASE: u32 = 0x1B;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const APIC_BASE_X2APIC: u64 = 1 << 10;
-const X2APIC_ID: u32 = 0x802;
-const X2APIC_TPR: u32 = 0x808;
-/// The x2APIC TPR's MSR, which guests reach directly (`vmm::runner`).
-pub const X2APIC_TPR_MSR: u32 = X2APIC_TPR;
-const X2APIC_EOI: u32 = 0x80B;
-const X2APIC_SVR: u32 = 0x80F;
-const X2APIC_LVT_TIMER: u32 = 0x832;
-const X2APIC_LVT_LINT0: u32 = 0x835;
-const X2APIC_LVT_LINT1: u32 = 0x836;
-const X2APIC_LVT_ERROR: u32 = 0x837;
-const X2APIC_TIMER_INITIAL: u32 = 0x838;
-/// ISR, TMR and IRR: eight 32-bit words each, vectors 32*i..32*i+31 in word i (SDM Table 11-6).
-const X2APIC_ISR0: u32 = 0x810;
-const X2APIC_TMR0: u32 = 0x818;
-const X2APIC_IRR0: u32 = 0x820;
-const X2APIC_SELF_IPI: u32 = 0x83F;
-const X2APIC_TIMER_DIVIDE: u32 = 0x83E;
 const SVR_ENABLE: u64 = 1 << 8;
 const LVT_MASKED: u64 = 1 << 16;
 const LVT_TIMER_PERIODIC: u64 = 1 << 17;
@@ -59,17 +42,17 @@ pub unsafe fn enable_x2apic() -> u32 {
     // so the MSR accesses are allowed and switching to x2APIC mode (SDM 11.12.1 order) cannot
     // strand an interrupt; WRMSR and RDMSR touch no memory.
     unsafe {
-        let mut base = Msr::new(IA32_APIC_BASE);
+        let mut base = Msr::new(msr::APIC_BASE);
         // SDM 11.12.1: xAPIC enabled first (or together), then EXTD.
         let value = base.read() | APIC_BASE_ENABLE;
         base.write(value);
         base.write(value | APIC_BASE_X2APIC);
-        Msr::new(X2APIC_SVR).write(SVR_ENABLE | u64::from(SPURIOUS_VECTOR));
-        for lvt in [X2APIC_LVT_LINT0, X2APIC_LVT_LINT1, X2APIC_LVT_ERROR] {
+        Msr::new(x2apic::SVR).write(SVR_ENABLE | u64::from(SPURIOUS_VECTOR));
+        for lvt in [x2apic::LVT_LINT0, x2apic::LVT_LINT1, x2apic::LVT_ERROR] {
             Msr::new(lvt).write(LVT_MASKED);
         }
-        Msr::new(X2APIC_TPR).write(0);
-        Msr::new(X2APIC_ID).read() as u32
+        Msr::new(x2apic::TPR).write(0);
+        Msr::new(x2apic::ID).read() as u32
     }
 }
 
@@ -77,28 +60,28 @@ pub unsafe fn enable_x2apic() -> u32 {
 #[inline(always)]
 pub fn eoi() {
     // SAFETY: x2APIC mode is on (enable_x2apic ran before any interrupt was unmasked); writing 0 is EOI.
-    unsafe { Msr::new(X2APIC_EOI).write(0) }
+    unsafe { Msr::new(x2apic::EOI).write(0) }
 }
 
 /// The task-priority register.
 pub fn tpr() -> u8 {
     // SAFETY: x2APIC mode is on; reading TPR has no effect.
-    unsafe { Msr::new(X2APIC_TPR).read() as u8 }
+    unsafe { Msr::new(x2apic::TPR).read() as u8 }
 }
 
 /// Sets the task-priority register (only vectors of a higher priority class are delivered).
 pub fn set_tpr(tpr: u8) {
     // SAFETY: x2APIC mode is on; TPR only gates delivery.
-    unsafe { Msr::new(X2APIC_TPR).write(u64::from(tpr)) }
+    unsafe { Msr::new(x2apic::TPR).write(u64::from(tpr)) }
 }
 
 /// Starts the periodic host timer: `count` timer ticks (bus clock / 16) between interrupts.
 pub fn start_periodic_timer(count: u32) {
     // SAFETY: x2APIC mode is on; the host owns the LAPIC timer (guests cannot reach it: its MSRs exit).
     unsafe {
-        Msr::new(X2APIC_TIMER_DIVIDE).write(TIMER_DIVIDE_BY_16);
-        Msr::new(X2APIC_LVT_TIMER).write(LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR));
-        Msr::new(X2APIC_TIMER_INITIAL).write(u64::from(count));
+        Msr::new(x2apic::TIMER_DIVIDE).write(TIMER_DIVIDE_BY_16);
+        Msr::new(x2apic::LVT_TIMER).write(LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR));
+        Msr::new(x2apic::TIMER_INITIAL_COUNT).write(u64::from(count));
     }
 }
 
@@ -107,7 +90,7 @@ pub fn start_periodic_timer(count: u32) {
 pub fn mask_timer(masked: bool) {
     // SAFETY: x2APIC mode is on; the host owns the LAPIC timer.
     unsafe {
-        let mut lvt = Msr::new(X2APIC_LVT_TIMER);
+        let mut lvt = Msr::new(x2apic::LVT_TIMER);
         let value = lvt.read();
         lvt.write(if masked {
             value | LVT_MASKED
@@ -126,17 +109,17 @@ fn read_vector_bits(first: u32) -> VectorSet {
 
 /// In-service register.
 pub fn in_service() -> VectorSet {
-    read_vector_bits(X2APIC_ISR0)
+    read_vector_bits(x2apic::ISR0)
 }
 
 /// Interrupt request register (accepted, not yet delivered).
 pub fn requested() -> VectorSet {
-    read_vector_bits(X2APIC_IRR0)
+    read_vector_bits(x2apic::IRR0)
 }
 
 /// Trigger mode register (set: the vector was last accepted level-triggered).
 pub fn trigger_mode() -> VectorSet {
-    read_vector_bits(X2APIC_TMR0)
+    read_vector_bits(x2apic::TMR0)
 }
 
 /// Whether a host vector is requested or in service, reading only the word that holds them.
@@ -144,8 +127,8 @@ pub fn host_vector_pending() -> bool {
     // SAFETY: as in `read_vector_bits`.
     let (isr, irr) = unsafe {
         (
-            Msr::new(X2APIC_ISR0 + 7).read(),
-            Msr::new(X2APIC_IRR0 + 7).read(),
+            Msr::new(x2apic::ISR0 + 7).read(),
+            Msr::new(x2apic::IRR0 + 7).read(),
         )
     };
     (isr | irr) & (0xFFFF << 16) != 0
@@ -154,7 +137,7 @@ pub fn host_vector_pending() -> bool {
 /// A fixed, edge-triggered interrupt on `vector` to this CPU (x2APIC SELF IPI, SDM 11.12.11).
 pub fn self_ipi(vector: u8) {
     // SAFETY: x2APIC mode is on; the host IDT has a gate for every vector it sends itself.
-    unsafe { Msr::new(X2APIC_SELF_IPI).write(u64::from(vector)) }
+    unsafe { Msr::new(x2apic::SELF_IPI).write(u64::from(vector)) }
 }
 
 /// Masks both 8259 PICs: interrupts come through the IOAPIC only.

@@ -1,23 +1,13 @@
 //! CPU state that VMX does not switch between host and guest, and that a guest therefore owns while it
-//! runs: DR0-DR3 and DR6, CR2, the x87/SSE/AVX registers and XCR0, and the SYSCALL/SWAPGS MSRs (which
-//! the MSR bitmap passes through). The host kernel uses none of it (it is built without SSE, never
-//! executes SYSCALL or SWAPGS and sets no breakpoints), so a guest's values can stay in the CPU across
-//! its exits; [`reset_for_next_guest`] wipes them before a guest starts, so no guest sees another's.
+//! runs: DR0-DR3 and DR6, CR2, the x87/SSE/AVX registers and XCR0, and the SYSCALL/SWAPGS/RDTSCP
+//! MSRs (which the MSR bitmap passes through, `vmx::msr_policy`). The host kernel uses none of it
+//! (it is built without SSE, never executes SYSCALL or SWAPGS and sets no breakpoints), so a
+//! guest's values can stay in the CPU across its exits; [`reset_for_next_guest`] wipes them before
+//! a guest starts, so no guest sees another's.
 
+use crate::vmx::msr_policy;
 use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
-
-/// MSRs the guest reads and writes directly (SDM Vol. 4 Table 2-2): SYSCALL's targets and flag mask,
-/// SWAPGS's other GS base and RDTSCP's TSC_AUX. A non-canonical LSTAR/CSTAR/KERNEL_GS_BASE write faults
-/// in the guest with #GP, as on bare metal, because the write is the CPU's own.
-pub const GUEST_OWNED_MSRS: [u32; 6] = [
-    0xC000_0081, // IA32_STAR
-    0xC000_0082, // IA32_LSTAR
-    0xC000_0083, // IA32_CSTAR
-    0xC000_0084, // IA32_FMASK
-    0xC000_0102, // IA32_KERNEL_GS_BASE
-    0xC000_0103, // IA32_TSC_AUX
-];
 
 /// XCR0 components the host enables so that one XRSTOR can put all of them in their initial state: x87,
 /// SSE, AVX and the three AVX-512 components (SDM Vol. 1 13.1), those the CPU supports.
@@ -70,8 +60,8 @@ pub fn enable_for_host() {
 /// next guest what it would have after reset.
 pub fn reset_for_next_guest() {
     // SAFETY: CPL 0. Debug registers and CR2 hold no host state; the MSRs are the guest-owned ones
-    // above (0 is valid for each); the initial-state area is aligned and valid for FXRSTOR/XRSTOR, and
-    // the CR4 bits they need were set by `enable_for_host`.
+    // of `vmx::msr_policy` (0 is valid for each); the initial-state area is aligned and valid for
+    // FXRSTOR/XRSTOR, and the CR4 bits they need were set by `enable_for_host`.
     unsafe {
         core::arch::asm!(
             "mov dr0, {zero}",
@@ -84,7 +74,7 @@ pub fn reset_for_next_guest() {
             dr6 = in(reg) DR6_CLEAR,
             options(nostack),
         );
-        for msr in GUEST_OWNED_MSRS {
+        for msr in msr_policy::zeroed_by_guest_cpu_state() {
             Msr::new(msr).write(0);
         }
         if Cr4::read().contains(Cr4Flags::OSXSAVE) {

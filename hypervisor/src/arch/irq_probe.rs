@@ -25,7 +25,6 @@ const STUBS: usize = 256 - FIRST_VECTOR as usize;
 const STUB_SIZE: usize = 16;
 
 /// xAPIC register offsets (SDM Vol. 3A Table 11-1).
-const IA32_APIC_BASE: u32 = 0x1B;
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
 const APIC_X2APIC_MODE: u64 = 1 << 10;
 const TPR: u64 = 0x80;
@@ -102,7 +101,7 @@ impl IrqProbe {
     /// until the probe is dropped.
     pub unsafe fn install() -> Option<IrqProbe> {
         // SAFETY: IA32_APIC_BASE exists on every CPU with a local APIC (SDM Vol. 3A 11.4.4).
-        let apic_base = unsafe { Msr::new(IA32_APIC_BASE).read() };
+        let apic_base = unsafe { Msr::new(super::msr::APIC_BASE).read() };
         if apic_base & APIC_GLOBAL_ENABLE == 0 || apic_base & APIC_X2APIC_MODE != 0 {
             return None;
         }

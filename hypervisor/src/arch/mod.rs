@@ -10,6 +10,7 @@ pub mod host_irq;
 /// The self-tests' interrupt counter: only in the test kernel (feature `selftest`) and host tests.
 #[cfg(any(test, feature = "selftest"))]
 pub mod irq_probe;
+pub mod msr;
 pub mod power;
 pub mod serial;
 pub mod vmx;

@@ -10,27 +10,7 @@ use super::yes_no;
 use bitflags::Flags;
 use core::fmt;
 
-/// MSR indices (SDM Vol. 4, Table 2-2).
-pub mod msr {
-    pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
-    pub const IA32_VMX_BASIC: u32 = 0x480;
-    pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
-    pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-    pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
-    pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
-    pub const IA32_VMX_MISC: u32 = 0x485;
-    pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
-    pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
-    pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-    pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
-    pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
-    pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48c;
-    pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
-    pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
-    pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
-    pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
-    pub const IA32_VMX_VMFUNC: u32 = 0x491;
-}
+pub use crate::arch::msr::vmx as msr;
 
 /// IA32_FEATURE_CONTROL bits (SDM Vol. 3C 24.7).
 pub mod feature_control {

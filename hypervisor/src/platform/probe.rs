@@ -42,7 +42,7 @@ impl HardwareProbe {
 impl PlatformProbe for HardwareProbe {
     fn read_apic_base_msr(&self) -> u64 {
         // SAFETY: CPL 0 (constructor contract); IA32_APIC_BASE exists on every x86_64 CPU.
-        unsafe { x86_64::registers::model_specific::Msr::new(0x1b).read() }
+        unsafe { x86_64::registers::model_specific::Msr::new(crate::arch::msr::APIC_BASE).read() }
     }
 
     fn current_apic_id(&self) -> u32 {

@@ -1,9 +1,9 @@
-//! Virtual interrupt controllers a guest sees: its local APIC in x2APIC mode, a mediated IOAPIC
-//! whose assigned pins are mirrored onto the physical IOAPIC, and the x2APIC MSR exit policy of
-//! the ELI mode. Pure state machines: the exit handlers feed them accesses and act on what they
-//! return (inject #GP, program a physical redirection entry, refuse an IPI, forward an EOI).
+//! Virtual interrupt controllers a guest sees: its local APIC in x2APIC mode and a mediated IOAPIC
+//! whose assigned pins are mirrored onto the physical IOAPIC (the MSR exit policy, ELI's EOI
+//! passthrough included, is `vmx::msr_policy`). Pure state machines: the exit handlers feed them
+//! accesses and act on what they return (inject #GP, program a physical redirection entry, refuse
+//! an IPI, forward an EOI).
 
 pub mod ioapic;
-pub mod msr_policy;
 pub mod vector_set;
 pub mod x2apic;

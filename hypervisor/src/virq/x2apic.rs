@@ -10,33 +10,7 @@
 use core::fmt;
 
 /// x2APIC register MSR addresses (SDM Vol. 3A Table 11-6).
-pub mod msr {
-    pub const ID: u32 = 0x802;
-    pub const VERSION: u32 = 0x803;
-    pub const TPR: u32 = 0x808;
-    pub const PPR: u32 = 0x80A;
-    pub const EOI: u32 = 0x80B;
-    pub const LDR: u32 = 0x80D;
-    pub const SVR: u32 = 0x80F;
-    pub const ISR0: u32 = 0x810;
-    pub const TMR0: u32 = 0x818;
-    pub const IRR0: u32 = 0x820;
-    pub const ESR: u32 = 0x828;
-    pub const ICR: u32 = 0x830;
-    pub const LVT_TIMER: u32 = 0x832;
-    pub const LVT_THERMAL: u32 = 0x833;
-    pub const LVT_PERFMON: u32 = 0x834;
-    pub const LVT_LINT0: u32 = 0x835;
-    pub const LVT_LINT1: u32 = 0x836;
-    pub const LVT_ERROR: u32 = 0x837;
-    pub const TIMER_INITIAL_COUNT: u32 = 0x838;
-    pub const TIMER_CURRENT_COUNT: u32 = 0x839;
-    pub const TIMER_DIVIDE: u32 = 0x83E;
-    pub const SELF_IPI: u32 = 0x83F;
-    /// First and last MSR of the x2APIC range (11.12.1.2).
-    pub const FIRST: u32 = 0x800;
-    pub const LAST: u32 = 0x8FF;
-}
+pub use crate::arch::msr::x2apic as msr;
 
 /// Version register: version 0x14 (integrated APIC), max LVT entry 5 (six LVTs: timer, thermal,
 /// perfmon, LINT0, LINT1, error; no CMCI), bit 24 = 0: no EOI-broadcast suppression (11.4.8).

@@ -26,19 +26,7 @@ use exitless_abi::hypercall::{Hypercall, HypercallError, ABI_VERSION, EXIT_REASO
 
 const APIC_BASE_WRITABLE: u64 = (1 << 11) | (1 << 10);
 
-mod msr {
-    pub const TSC: u32 = 0x10;
-    pub const PLATFORM_ID: u32 = 0x17;
-    pub const APIC_BASE: u32 = 0x1B;
-    pub const BIOS_SIGN_ID: u32 = 0x8B;
-    pub const MISC_ENABLE: u32 = 0x1A0;
-    pub const PAT: u32 = 0x277;
-    pub const EFER: u32 = 0xC000_0080;
-    pub const FS_BASE: u32 = 0xC000_0100;
-    pub const GS_BASE: u32 = 0xC000_0101;
-    pub const X2APIC_FIRST: u32 = 0x800;
-    pub const X2APIC_LAST: u32 = 0x8FF;
-}
+use crate::arch::msr;
 
 const RFLAGS_IF: u64 = 1 << 9;
 /// Guest activity state HLT (SDM 25.4.2).

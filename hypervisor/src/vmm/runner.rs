@@ -33,7 +33,7 @@ use crate::pci::{BarKind, ConfigAccess, PciFunction, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::ept::{Ept, EptPerms, Leaf, PageSizes};
 use crate::vmx::io_bitmap::IoBitmaps;
-use crate::vmx::msr_bitmap::MsrBitmap;
+use crate::vmx::msr_policy;
 use crate::vmx::vmcs::{self, CurrentVmcs, VmcsAccess};
 use crate::vmx::vmcs_fields::Vmcs32Ro;
 use crate::vtd::regs::MmioRegisters;
@@ -304,18 +304,8 @@ impl VmxCpu {
                 "ioapic_pins are configured but no IOAPIC was found",
             ));
         }
-        let mut msrs = MsrBitmap::intercept_all();
-        // The x2APIC TPR is the guest's too, the same register its CR8 reaches (SDM Vol. 3A 11.8.6.1
-        // ties CR8 to TPR[7:4]): no host interrupt is armed while it runs, so it gates only the
-        // guest's own interrupts; the scrub puts it back to 0 when the guest ends.
-        for msr in guest_cpu_state::GUEST_OWNED_MSRS
-            .into_iter()
-            .chain([apic::X2APIC_TPR_MSR])
-        {
-            msrs.pass_read(msr)
-                .and_then(|()| msrs.pass_write(msr))
-                .map_err(|_| format!("MSR {msr:#x} is outside the MSR bitmap"))?;
-        }
+        // Every guest starts with the EOI write intercepted; `vmm::interrupts` flips it for ELI.
+        let msrs = msr_policy::bitmap(false);
         let msr_bitmap = copy_to_frames(frames, msrs.as_bytes())?;
         let mut io = IoBitmaps::intercept_all();
         for &(first, last) in &config.ports {
@@ -646,11 +636,6 @@ impl<'a, 'f> MachineServices<'a, 'f> {
     }
 }
 
-/// Byte and bit of the x2APIC EOI MSR's write-intercept in the MSR bitmap (SDM 25.6.9: write-low
-/// bitmap at 0x800; MSR 0x80B is bit 0x80B of it).
-const EOI_WRITE_BYTE: u64 = 0x800 + 0x80B / 8;
-const EOI_WRITE_BIT: u8 = 1 << (0x80B % 8);
-
 impl InterruptHardware for MachineServices<'_, '_> {
     fn eoi(&mut self) {
         apic::eoi();
@@ -687,12 +672,14 @@ impl InterruptHardware for MachineServices<'_, '_> {
         host_irq::dma_fault_event();
     }
     fn intercept_eoi(&mut self, intercept: bool) {
-        // SAFETY: the guest's MSR bitmap frame, identity-mapped; the CPU reads it at each RDMSR/WRMSR.
-        let byte = unsafe { &mut *((self.msr_bitmap + EOI_WRITE_BYTE) as *mut u8) };
+        let (offset, bit) = const { msr_policy::eoi_write_bit() };
+        // SAFETY: the guest's MSR bitmap frame (4 KiB, `offset` lies inside it), identity-mapped;
+        // the CPU reads it at each RDMSR/WRMSR.
+        let byte = unsafe { &mut *((self.msr_bitmap + offset as u64) as *mut u8) };
         if intercept {
-            *byte |= EOI_WRITE_BIT;
+            *byte |= 1 << bit;
         } else {
-            *byte &= !EOI_WRITE_BIT;
+            *byte &= !(1 << bit);
         }
     }
 }
