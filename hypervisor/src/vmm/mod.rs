@@ -13,6 +13,7 @@ pub mod guest_msi;
 pub mod host_clock;
 pub mod interrupts;
 pub mod irq_exits;
+pub mod machine;
 pub mod mmio_decode;
 pub mod msi_request;
 pub mod msix;

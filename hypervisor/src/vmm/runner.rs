@@ -4,17 +4,18 @@
 
 use super::assignment::AssignedDevice;
 use super::controls::{self, Controls};
-use super::dma_domains::{self, DmaRemapping, DomainHandle};
+use super::dma_domains::{self, DmaRemapping};
 use super::events;
 use super::exits;
 use super::guest_layout;
 use super::guest_memory::GuestMemory;
-use super::guest_msi::{self, HostCpu, MsiRoute};
+use super::guest_msi;
 use super::host_clock::HostClock;
-use super::interrupts::{GuestInterrupts, InterruptHardware, InterruptStats};
+use super::interrupts::{GuestInterrupts, InterruptStats};
 use super::irq_exits;
-use super::msi_request::MsiRequest;
-use super::msix::{self, GuestMsix, MsixRequest};
+
+use super::machine::{GuestRouting, HostIrq, MachineServices, PciHost, HOST_TIMER_PERIOD_TSC};
+use super::msix::{self, GuestMsix};
 use super::vcpu::{ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
 use super::virtual_pci::{AssignedFunction, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
@@ -63,26 +64,6 @@ pub struct VmxCpu {
     /// The host's interrupt hardware, when the CPU has an x2APIC (guests with devices need it).
     irq: Option<HostIrq>,
 }
-
-/// The host's view of PCI, lent to guests' virtual buses.
-pub struct PciHost {
-    pub topology: PciTopology,
-    pub access: Box<dyn ConfigAccess>,
-}
-
-/// What the host learned bringing its interrupt hardware up.
-#[derive(Clone, Copy)]
-struct HostIrq {
-    apic_id: u32,
-    /// The IOAPIC guests' pins are on (its id names it in DMAR); base 0 when there is none.
-    ioapic_id: u8,
-    ioapic_base: u64,
-}
-
-/// Host timer period, in TSC ticks (the LAPIC timer's outside guests, the host clock's while one runs):
-/// long enough that it adds well under one exit per 100 guest device interrupts to a workload (the
-/// bench's ceiling), short enough to keep the host responsive.
-const HOST_TIMER_PERIOD_TSC: u64 = 5_000_000;
 
 /// Guest RAM is aligned so EPT (and VT-d) can map it with 2 MiB pages.
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -520,14 +501,6 @@ pub fn assigned_function(function: &PciFunction) -> Result<AssignedFunction, Str
     Ok(assigned)
 }
 
-/// What a running guest's MSI changes are applied with: the machine's VT-d units (when up), the
-/// guest's DMA domain on them, and its planned devices.
-struct GuestRouting<'a> {
-    remapping: Option<&'a mut DmaRemapping<MmioRegisters>>,
-    domain: Option<DomainHandle>,
-    devices: &'a [AssignedDevice],
-}
-
 /// TSC ticks per millisecond, at the rate CPUID reports (leaf 0x15, else 0x16, else an assumed 3 GHz).
 /// An emulator's TSC may run slower than it says (Bochs: ~48x, shared/emulators.md), which only
 /// makes waits and run budgets longer in real time.
@@ -573,303 +546,6 @@ struct Guest {
     irq: Option<HostIrq>,
     /// The guest's run budget in TSC ticks (`timeout_ms`).
     timeout_tsc: Option<u64>,
-}
-
-/// The machine as exit handlers see it while one guest runs.
-struct MachineServices<'a, 'f> {
-    guest: &'a str,
-    frames: &'f mut FrameAllocator,
-    msr_bitmap: u64,
-    irq: Option<HostIrq>,
-    pci: Option<&'a PciHost>,
-    routing: Option<GuestRouting<'a>>,
-    /// The compatibility-format warning was logged (once per guest).
-    warned_compatibility: bool,
-    /// The host's tick and the guest's budget while it runs.
-    clock: HostClock,
-}
-
-impl<'a, 'f> MachineServices<'a, 'f> {
-    /// `ticks` host ticks fell due while the guest ran: count them, read the VT-d fault records (the
-    /// fault event is masked while a guest runs), and make sure no host vector is waiting in the LAPIC,
-    /// where the guest's IDT would receive it (none should be: nothing of the host's is armed).
-    fn host_tick(&mut self, ticks: u64) {
-        host_irq::add_timer_ticks(ticks);
-        self.drain_dma_faults();
-        if self.irq.is_some() && apic::host_vector_pending() {
-            let windows = host_irq::drain_host_vectors();
-            log::error!(
-                "guest {}: a host vector was pending in the LAPIC while the guest ran (taken in {windows} window(s)): a host interrupt source was left armed",
-                self.guest
-            );
-        }
-    }
-
-    /// A VT-d unit raised its fault event: log the faults and quarantine the devices behind them
-    /// now, while the guest runs, not when it ends.
-    fn drain_dma_faults(&mut self) {
-        if let Some(remapping) = self
-            .routing
-            .as_mut()
-            .and_then(|r| r.remapping.as_deref_mut())
-        {
-            remapping.drain_faults(self.frames);
-        }
-    }
-
-    fn new(
-        guest: &'a str,
-        frames: &'f mut FrameAllocator,
-        msr_bitmap: u64,
-        irq: Option<HostIrq>,
-    ) -> Self {
-        Self {
-            guest,
-            frames,
-            msr_bitmap,
-            irq,
-            pci: None,
-            routing: None,
-            warned_compatibility: false,
-            clock: HostClock::start(0, HOST_TIMER_PERIOD_TSC, None),
-        }
-    }
-}
-
-impl InterruptHardware for MachineServices<'_, '_> {
-    fn eoi(&mut self) {
-        apic::eoi();
-    }
-    fn route_pin(&mut self, routing: PhysicalRouting) {
-        let Some(irq) = self.irq else { return };
-        // This CPU is in x2APIC mode (HostIrq exists only then).
-        let host = (irq.apic_id, true);
-        let remapping = self
-            .routing
-            .as_mut()
-            .and_then(|r| r.remapping.as_deref_mut());
-        let entry = match remapping {
-            Some(dma) => dma.ioapic_pin_entry(irq.ioapic_id, routing, host, self.frames),
-            None => u8::try_from(irq.apic_id)
-                .map(|id| routing.compatibility_entry(id))
-                .map_err(|_| format!("APIC ID {} needs interrupt remapping", irq.apic_id)),
-        };
-        let entry = entry.unwrap_or_else(|why| {
-            log::error!(
-                "guest {}: IOAPIC pin {} left masked: {why}",
-                self.guest,
-                routing.pin
-            );
-            PhysicalRouting::MASKED_ENTRY
-        });
-        // SAFETY: the base is the platform's IOAPIC, identity-mapped; only this CPU programs it.
-        unsafe { PhysicalIoapic::new(irq.ioapic_base) }.set_entry(routing.pin, entry);
-    }
-    fn host_timer_tick(&mut self) {
-        host_irq::timer_tick();
-    }
-    fn dma_fault_event(&mut self) {
-        host_irq::dma_fault_event();
-    }
-    fn intercept_eoi(&mut self, intercept: bool) {
-        let (offset, bit) = const { msr_policy::eoi_write_bit() };
-        // SAFETY: the guest's MSR bitmap frame (4 KiB, `offset` lies inside it), identity-mapped;
-        // the CPU reads it at each RDMSR/WRMSR.
-        let byte = unsafe { &mut *((self.msr_bitmap + offset as u64) as *mut u8) };
-        if intercept {
-            *byte |= 1 << bit;
-        } else {
-            *byte &= !(1 << bit);
-        }
-    }
-}
-
-impl HostServices for MachineServices<'_, '_> {
-    fn console_line(&mut self, line: &str) {
-        crate::println!("[guest {}] {}", self.guest, line);
-    }
-    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-    fn rdtsc(&self) -> u64 {
-        // SAFETY: RDTSC is available at CPL 0.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    fn host_timer_ticks(&self) -> u64 {
-        host_irq::timer_ticks()
-    }
-    fn next_host_deadline(&self) -> u64 {
-        self.clock.next_deadline()
-    }
-    fn guest_tpr(&self) -> u8 {
-        if self.irq.is_some() {
-            apic::tpr()
-        } else {
-            0
-        }
-    }
-    fn pci_config(&self) -> Option<&dyn ConfigAccess> {
-        self.pci.map(|host| host.access.as_ref())
-    }
-    fn route_guest_msi(&mut self, req: MsiRequest) -> Option<u8> {
-        let guest = self.guest;
-        let (Some(host), Some(routing)) = (self.pci, self.routing.as_mut()) else {
-            return None;
-        };
-        let function = host.topology.find(req.bdf)?;
-        let Some(irq) = self.irq else {
-            log::warn!(
-                "guest {guest}: {}'s MSI not routed: this CPU has no x2APIC",
-                req.bdf
-            );
-            return None;
-        };
-        let cpu = HostCpu {
-            apic_id: irq.apic_id,
-            x2apic: true,
-        };
-        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
-        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
-            (Some(remapping), Some(handle)) => Some((remapping, handle)),
-            _ => None,
-        };
-        let route = guest_msi::route_guest_msi(
-            &req,
-            function,
-            device,
-            dma,
-            cpu,
-            host.access.as_ref(),
-            self.frames,
-        );
-        match &route {
-            Ok(MsiRoute::Remapped(m)) => log::info!(
-                "guest {guest}: {} MSI vector {:#x} -> remapped (address {:#x})",
-                req.bdf,
-                req.vector,
-                m.address
-            ),
-            Ok(MsiRoute::Compatibility(_)) if !self.warned_compatibility => {
-                self.warned_compatibility = true;
-                log::warn!(
-                    "guest {guest}: {}'s MSI programmed in compatibility format (vector {:#x} to this CPU): \
-                     no interrupt remapping covers it (no IOMMU, or remapping left off for IOAPIC pins), \
-                     so nothing confines which vectors the device can raise",
-                    req.bdf,
-                    req.vector
-                );
-            }
-            Ok(_) => {}
-            Err(why) => log::warn!(
-                "guest {guest}: {}'s MSI (vector {:#x}) left disabled: {why}",
-                req.bdf,
-                req.vector
-            ),
-        }
-        route.ok()?.guest_vector(&req)
-    }
-    fn route_guest_msix(&mut self, req: MsixRequest) -> Option<u8> {
-        let guest = self.guest;
-        let (Some(host), Some(routing)) = (self.pci, self.routing.as_mut()) else {
-            return None;
-        };
-        let function = host.topology.find(req.bdf)?;
-        let cap = function.capabilities.msix?;
-        let Some(irq) = self.irq else {
-            log::warn!(
-                "guest {guest}: {}'s MSI-X not routed: this CPU has no x2APIC",
-                req.bdf
-            );
-            return None;
-        };
-        let table_at = function
-            .bars
-            .iter()
-            .find(|b| b.index == cap.table.bir)?
-            .base
-            + u64::from(cap.table.offset);
-        // SAFETY: the table lies in the function's memory BAR, identity-mapped like all MMIO.
-        let mut table = unsafe { msix::PhysicalMsixTable::new(table_at) };
-        let cpu = HostCpu {
-            apic_id: irq.apic_id,
-            x2apic: true,
-        };
-        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
-        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
-            (Some(remapping), Some(handle)) => Some((remapping, handle)),
-            _ => None,
-        };
-        let route = guest_msi::route_guest_msix(
-            &req,
-            function,
-            device,
-            dma,
-            cpu,
-            host.access.as_ref(),
-            &mut table,
-            self.frames,
-        );
-        match &route {
-            Ok(MsiRoute::Remapped(m)) => log::info!(
-                "guest {guest}: {} MSI-X entry {} vector {:#x} -> remapped (address {:#x})",
-                req.bdf,
-                req.entry,
-                req.vector,
-                m.address
-            ),
-            Ok(_) => {}
-            Err(why) => log::warn!(
-                "guest {guest}: {}'s MSI-X entry {} (vector {:#x}) left masked: {why}",
-                req.bdf,
-                req.entry,
-                req.vector
-            ),
-        }
-        route.ok()?.guest_vector(&req.as_msi())
-    }
-    fn device_mmio(&mut self, hpa: u64, size: u8, write: Option<u64>) -> u64 {
-        // SAFETY: `hpa` comes from the guest's MSI-X model, which forwards only accesses inside an
-        // assigned function's memory BAR (identity-mapped); the size is the instruction's.
-        unsafe {
-            if let Some(v) = write {
-                match size {
-                    1 => core::ptr::write_volatile(hpa as *mut u8, v as u8),
-                    2 => core::ptr::write_volatile(hpa as *mut u16, v as u16),
-                    4 => core::ptr::write_volatile(hpa as *mut u32, v as u32),
-                    8 => core::ptr::write_volatile(hpa as *mut u64, v),
-                    _ => {}
-                }
-                return 0;
-            }
-            match size {
-                1 => u64::from(core::ptr::read_volatile(hpa as *const u8)),
-                2 => u64::from(core::ptr::read_volatile(hpa as *const u16)),
-                4 => u64::from(core::ptr::read_volatile(hpa as *const u32)),
-                8 => core::ptr::read_volatile(hpa as *const u64),
-                _ => u64::MAX,
-            }
-        }
-    }
-    fn read_dr6(&self) -> u64 {
-        crate::arch::debug_regs::read_dr6()
-    }
-    fn write_dr6(&mut self, value: u64) {
-        // SAFETY: CPL 0; `events::merge_dr6` keeps bits 63:32 clear; the host never uses DR6.
-        unsafe { crate::arch::debug_regs::write_dr6(value) }
-    }
-    fn xsetbv(&mut self, xcr0: u64) {
-        if crate::arch::xcr::host_osxsave() {
-            // SAFETY: CR4.OSXSAVE is set and `validate::xcr0_write` accepted the value against this
-            // CPU's CPUID leaf 0xD (or it is the reset value, x87 only).
-            unsafe { crate::arch::xcr::xsetbv0(xcr0) }
-        } else {
-            log::error!(
-                "guest {}: XSETBV {xcr0:#x} not performed: the host's CR4.OSXSAVE is clear",
-                self.guest
-            );
-        }
-    }
 }
 
 impl Guest {
