@@ -14,6 +14,8 @@ mod fat_fixup;
 mod image;
 mod judge;
 mod kvm;
+#[cfg(test)]
+mod layering;
 mod paths;
 mod prereq;
 mod run_cmd;
