@@ -14,7 +14,7 @@ use super::vcpu::HostServices;
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::host_irq;
 use crate::memory::frames::FrameAllocator;
-use crate::pci::{ConfigAccess, PciTopology};
+use crate::pci::{Bdf, ConfigAccess, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::msr_policy;
 use crate::vtd::regs::MmioRegisters;
@@ -47,6 +47,25 @@ pub(super) struct GuestRouting<'a> {
     pub(super) remapping: Option<&'a mut DmaRemapping<MmioRegisters>>,
     pub(super) domain: Option<DomainHandle>,
     pub(super) devices: &'a [AssignedDevice],
+}
+
+impl GuestRouting<'_> {
+    /// What routing one of the guest's functions needs: its planned device (requester ID, unit) and,
+    /// when remapping is up and the guest has a domain, the units and that domain.
+    fn for_device(
+        &mut self,
+        bdf: Bdf,
+    ) -> (
+        Option<&AssignedDevice>,
+        Option<(&mut DmaRemapping<MmioRegisters>, DomainHandle)>,
+    ) {
+        let device = self.devices.iter().find(|d| d.bdf == bdf);
+        let dma = match (self.remapping.as_deref_mut(), self.domain) {
+            (Some(remapping), Some(handle)) => Some((remapping, handle)),
+            _ => None,
+        };
+        (device, dma)
+    }
 }
 
 /// The machine as exit handlers see it while one guest runs.
@@ -203,11 +222,7 @@ impl HostServices for MachineServices<'_, '_> {
             apic_id: irq.apic_id,
             x2apic: true,
         };
-        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
-        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
-            (Some(remapping), Some(handle)) => Some((remapping, handle)),
-            _ => None,
-        };
+        let (device, dma) = routing.for_device(req.bdf);
         let route = guest_msi::route_guest_msi(
             &req,
             function,
@@ -269,11 +284,7 @@ impl HostServices for MachineServices<'_, '_> {
             apic_id: irq.apic_id,
             x2apic: true,
         };
-        let device = routing.devices.iter().find(|d| d.bdf == req.bdf);
-        let dma = match (routing.remapping.as_deref_mut(), routing.domain) {
-            (Some(remapping), Some(handle)) => Some((remapping, handle)),
-            _ => None,
-        };
+        let (device, dma) = routing.for_device(req.bdf);
         let route = guest_msi::route_guest_msix(
             &req,
             function,
