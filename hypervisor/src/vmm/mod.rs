@@ -10,6 +10,7 @@ pub mod guest_events;
 pub mod guest_layout;
 pub mod guest_memory;
 pub mod guest_msi;
+pub mod guest_platform;
 pub mod host_clock;
 pub mod interrupts;
 pub mod irq_exits;
