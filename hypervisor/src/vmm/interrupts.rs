@@ -67,6 +67,9 @@ pub struct GuestInterrupts {
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
+    /// Baseline: level-triggered device vectors still in the physical ISR, EOI'd when the guest
+    /// EOIs them (see [`Self::external_interrupt`]).
+    owed_physical_eois: VectorSet,
 }
 
 impl Default for GuestInterrupts {
@@ -104,6 +107,7 @@ impl GuestInterrupts {
             msi_vectors: Vec::new(),
             stats: InterruptStats::default(),
             eoi_passthrough: false,
+            owed_physical_eois: VectorSet::new(),
         }
     }
 
@@ -150,11 +154,28 @@ impl GuestInterrupts {
         if vector >= HOST_PRIORITY_FLOOR || !self.device_vectors.contains(vector) {
             return self.host_vector(vector, hw);
         }
-        // Edge-triggered device interrupt: complete it physically now, deliver it virtually.
-        hw.eoi();
-        if self.apic.request(vector, false).is_err() {
+        // An edge-triggered interrupt is completed physically now and delivered virtually. A
+        // level-triggered one stays in the physical ISR until the guest's EOI: completing it now
+        // would let the IOAPIC send it again at once, the line still asserted (82093AA 3.4.2:
+        // remote IRR clears on the EOI), and the guest would never run to quiet its device.
+        let level = self.is_level_pin_vector(vector);
+        if level {
+            self.owed_physical_eois.insert(vector);
+        } else {
+            hw.eoi();
+        }
+        if self.apic.request(vector, level).is_err() {
             self.stats.stray += 1;
         }
+    }
+
+    /// Whether `vector` is where one of the guest's level-triggered pins is routed.
+    fn is_level_pin_vector(&self, vector: u8) -> bool {
+        self.ioapic.assigned().iter().any(|pin| {
+            self.ioapic
+                .routing(pin)
+                .is_some_and(|r| r.level && !r.masked && r.vector == vector)
+        })
     }
 
     /// The vector to inject now, if any (the caller checks the guest can take it, then calls
@@ -198,7 +219,11 @@ impl GuestInterrupts {
     ) -> Result<(), GuestFault> {
         self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
-            WriteEffect::Eoi(_) => {
+            WriteEffect::Eoi(done) => {
+                if let Some(done) = done.filter(|d| self.owed_physical_eois.contains(d.vector)) {
+                    self.owed_physical_eois.remove(done.vector);
+                    hw.eoi();
+                }
                 if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
                     self.set_eoi_passthrough(true, hw);
                 }
@@ -349,6 +374,26 @@ mod tests {
         g.write_msr(EOI, 0, 0, &mut hw).unwrap();
         assert!(!g.apic.is_in_service(0x40));
         assert_eq!(g.stats.injected, 1);
+    }
+
+    #[test]
+    fn baseline_level_interrupt_stays_in_the_physical_isr_until_the_guest_eois_it() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[3]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        // Level-triggered (bit 15), active low (bit 13), vector 0x40.
+        route_pin3(&mut g, &mut hw, (1 << 15) | (1 << 13) | 0x40);
+        g.external_interrupt(0x40, &mut hw);
+        assert_eq!(hw.eois, 0, "still asserted: not completed physically yet");
+        assert_eq!(g.pending(), Some(0x40));
+        g.injected(0x40, &mut hw);
+        assert_eq!(g.read_msr(0x818 + 2, 0), Ok(1), "virtual TMR says level");
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
+        assert_eq!(hw.eois, 1, "the guest's EOI completes it physically");
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
+        assert_eq!(hw.eois, 1, "and only once");
     }
 
     #[test]

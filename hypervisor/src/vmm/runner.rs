@@ -286,7 +286,7 @@ impl VmxCpu {
             ));
         }
         // Every guest starts with the EOI write intercepted; `vmm::interrupts` flips it for ELI.
-        let msrs = msr_policy::bitmap(false);
+        let msrs = msr_policy::bitmap(config.interrupts == InterruptMode::Eli, false);
         let msr_bitmap = copy_to_frames(frames, msrs.as_bytes())?;
         let mut io = IoBitmaps::intercept_all();
         for &(first, last) in &config.ports {

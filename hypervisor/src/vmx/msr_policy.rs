@@ -12,6 +12,10 @@
 //!   physical ISR. `vmm::interrupts` passes it only while the interrupt in service is the guest's
 //!   own, never while an injected (virtual) or a host interrupt is, by flipping the one bit
 //!   [`eoi_write_bit`] names.
+//! - [`ELI_TMR`]: in ELI mode, reads of the trigger-mode register. The guest's level-triggered
+//!   device interrupts are accepted by the physical LAPIC, so only its TMR says they were level;
+//!   Linux reads it on every level interrupt's EOI (`ioapic_ack_level`) and, finding the bit clear,
+//!   would also EOI the IOAPIC by hand: an exit per interrupt.
 //!
 //! The guest must never send IPIs/INIT/SIPI (ICR, self IPI) or touch the host's timer or LVTs:
 //! [`ALWAYS_EXIT`] lists those, and a const assertion keeps them out of the passthrough lists.
@@ -25,6 +29,8 @@ pub enum Accesses {
     ReadWrite,
     /// WRMSR only; RDMSR exits.
     Write,
+    /// RDMSR only; WRMSR exits.
+    Read,
 }
 
 impl Accesses {
@@ -33,6 +39,7 @@ impl Accesses {
         match self {
             Accesses::ReadWrite => true,
             Accesses::Write => matches!(access, MsrAccess::Write),
+            Accesses::Read => matches!(access, MsrAccess::Read),
         }
     }
 }
@@ -128,6 +135,30 @@ pub const ELI_EOI: Passthrough = Passthrough {
           anyway (11.12.1.2), so only the write is passed",
 };
 
+const fn eli_tmr(word: u32) -> Passthrough {
+    Passthrough {
+        msr: x2apic::TMR0 + word,
+        name: "IA32_X2APIC_TMR",
+        accesses: Accesses::Read,
+        reset: Reset::LapicScrub,
+        why: "ELI: the trigger mode of the interrupts the physical LAPIC accepted for the guest \
+              (SDM Vol. 3A 11.8.4); the host's own vectors are all edge-triggered, so it tells \
+              the guest nothing of the host's; read-only (11.12.1.2), so only reads pass",
+    }
+}
+
+/// Passed through in ELI mode, for reads: the eight TMR words.
+pub const ELI_TMR: [Passthrough; 8] = [
+    eli_tmr(0),
+    eli_tmr(1),
+    eli_tmr(2),
+    eli_tmr(3),
+    eli_tmr(4),
+    eli_tmr(5),
+    eli_tmr(6),
+    eli_tmr(7),
+];
+
 /// MSRs whose reads and writes exit in every mode: the ICR and self IPI (IPIs, INIT, SIPI), the
 /// timer (LVT timer, initial/current count, divide) and the LVTs, which belong to the host; and
 /// the MSRs VMX switches or the host emulates (SDM Vol. 3C 25.7.1, 25.8.1).
@@ -151,32 +182,42 @@ pub const ALWAYS_EXIT: [u32; 17] = [
     msr::GS_BASE,
 ];
 
-/// Whether the policy lets `access` to `msr_index` through. `eoi_passthrough` is the ELI state:
-/// on while the interrupt in service is the guest's, off in baseline mode and while an injected
-/// or host interrupt is in service.
-pub const fn passes(msr_index: u32, access: MsrAccess, eoi_passthrough: bool) -> bool {
+/// Whether the policy lets `access` to `msr_index` through. `eli` is the guest's interrupt mode;
+/// `eoi_passthrough` the ELI state: on while the interrupt in service is the guest's, off in
+/// baseline mode and while an injected or host interrupt is in service.
+pub const fn passes(msr_index: u32, access: MsrAccess, eli: bool, eoi_passthrough: bool) -> bool {
     let mut i = 0;
+    while eli && i < ELI_TMR.len() {
+        if ELI_TMR[i].msr == msr_index && ELI_TMR[i].accesses.includes(access) {
+            return true;
+        }
+        i += 1;
+    }
+    i = 0;
     while i < ALWAYS.len() {
         if ALWAYS[i].msr == msr_index && ALWAYS[i].accesses.includes(access) {
             return true;
         }
         i += 1;
     }
-    eoi_passthrough && ELI_EOI.msr == msr_index && ELI_EOI.accesses.includes(access)
+    eli && eoi_passthrough && ELI_EOI.msr == msr_index && ELI_EOI.accesses.includes(access)
 }
 
-/// The MSR bitmap for a guest in the given EOI-passthrough state: every declared access passes,
-/// everything else exits. A guest starts with `eoi_passthrough` off in every interrupt mode
-/// (`vmm::interrupts` turns it on for ELI).
-pub fn bitmap(eoi_passthrough: bool) -> MsrBitmap {
+/// The MSR bitmap for a guest in the given mode (`eli`) and EOI-passthrough state: every declared
+/// access passes, everything else exits. A guest starts with `eoi_passthrough` off in every
+/// interrupt mode (`vmm::interrupts` turns it on for ELI).
+pub fn bitmap(eli: bool, eoi_passthrough: bool) -> MsrBitmap {
     let mut bitmap = MsrBitmap::intercept_all();
-    let eli = eoi_passthrough.then_some(ELI_EOI);
-    for p in ALWAYS.iter().chain(eli.iter()) {
+    let eoi = (eli && eoi_passthrough).then_some(ELI_EOI);
+    let tmr: &[Passthrough] = if eli { &ELI_TMR } else { &[] };
+    for p in ALWAYS.iter().chain(eoi.iter()).chain(tmr) {
         // Every entry lies inside the bitmap (const assertion below), so neither call fails.
         if p.accesses.includes(MsrAccess::Read) {
             let _ = bitmap.pass_read(p.msr);
         }
-        let _ = bitmap.pass_write(p.msr);
+        if p.accesses.includes(MsrAccess::Write) {
+            let _ = bitmap.pass_write(p.msr);
+        }
     }
     bitmap
 }
@@ -202,8 +243,10 @@ pub fn zeroed_by_guest_cpu_state() -> impl Iterator<Item = u32> {
 const _: () = {
     let all = [
         ALWAYS[0], ALWAYS[1], ALWAYS[2], ALWAYS[3], ALWAYS[4], ALWAYS[5], ALWAYS[6], ELI_EOI,
+        ELI_TMR[0], ELI_TMR[1], ELI_TMR[2], ELI_TMR[3], ELI_TMR[4], ELI_TMR[5], ELI_TMR[6],
+        ELI_TMR[7],
     ];
-    assert!(all.len() == ALWAYS.len() + 1);
+    assert!(all.len() == ALWAYS.len() + 1 + ELI_TMR.len());
     let mut i = 0;
     while i < all.len() {
         assert!(MsrBitmap::bit_location(all[i].msr, MsrAccess::Write).is_some());
@@ -228,7 +271,12 @@ mod tests {
     use alloc::vec::Vec;
 
     fn every_passthrough() -> Vec<Passthrough> {
-        ALWAYS.iter().copied().chain([ELI_EOI]).collect()
+        ALWAYS
+            .iter()
+            .copied()
+            .chain([ELI_EOI])
+            .chain(ELI_TMR)
+            .collect()
     }
 
     /// A sample of every range: low MSRs, the 0xC000_0000 range, the x2APIC range, and MSRs
@@ -253,26 +301,36 @@ mod tests {
 
     #[test]
     fn bitmap_passes_exactly_the_declared_msrs() {
-        for eoi_passthrough in [false, true] {
-            let b = bitmap(eoi_passthrough);
+        for (eli, eoi_passthrough) in [(false, false), (true, false), (true, true)] {
+            let b = bitmap(eli, eoi_passthrough);
             for m in samples() {
                 for access in [MsrAccess::Read, MsrAccess::Write] {
                     assert_eq!(
                         b.exits(m, access),
-                        !passes(m, access, eoi_passthrough),
-                        "MSR {m:#x} {access:?}, EOI passthrough {eoi_passthrough}"
+                        !passes(m, access, eli, eoi_passthrough),
+                        "MSR {m:#x} {access:?}, ELI {eli}, EOI passthrough {eoi_passthrough}"
                     );
                 }
             }
             // The same, counted over the whole page: one bit per declared access.
             let cleared: u32 = b.as_bytes().iter().map(|x| x.count_zeros()).sum();
-            assert_eq!(cleared, 2 * 7 + u32::from(eoi_passthrough));
+            let eli_bits = if eli {
+                8 + u32::from(eoi_passthrough)
+            } else {
+                0
+            };
+            assert_eq!(cleared, 2 * 7 + eli_bits);
         }
+        // Baseline never passes the EOI, whatever the flag says.
+        assert_eq!(
+            bitmap(false, true).as_bytes(),
+            bitmap(false, false).as_bytes()
+        );
     }
 
     #[test]
     fn the_declared_msrs_by_number() {
-        let b = bitmap(false);
+        let b = bitmap(false, false);
         for m in [
             0xC000_0081,
             0xC000_0082,
@@ -301,10 +359,16 @@ mod tests {
             assert!(b.exits(m, MsrAccess::Read), "{m:#x}");
             assert!(b.exits(m, MsrAccess::Write), "{m:#x}");
         }
-        let eli = bitmap(true);
+        assert!(b.exits(0x818, MsrAccess::Read), "baseline: the virtual TMR");
+        let eli = bitmap(true, true);
         assert!(!eli.exits(0x80B, MsrAccess::Write));
         assert!(eli.exits(0x80B, MsrAccess::Read));
         assert!(eli.exits(0x830, MsrAccess::Write));
+        for m in 0x818..=0x81F {
+            assert!(!eli.exits(m, MsrAccess::Read), "{m:#x}");
+            assert!(eli.exits(m, MsrAccess::Write), "{m:#x}");
+        }
+        assert!(eli.exits(0x817, MsrAccess::Read) && eli.exits(0x820, MsrAccess::Read));
     }
 
     #[test]
@@ -317,10 +381,10 @@ mod tests {
         assert_eq!(eoi_write_bit(), (0x901, 3));
         // Flipping that bit is the whole difference between the two states.
         let (byte, bit) = eoi_write_bit();
-        let mut off = *bitmap(false).as_bytes();
+        let mut off = *bitmap(true, false).as_bytes();
         assert_eq!(off[byte] & (1 << bit), 1 << bit);
         off[byte] &= !(1 << bit);
-        assert_eq!(&off, bitmap(true).as_bytes());
+        assert_eq!(&off, bitmap(true, true).as_bytes());
     }
 
     #[test]
@@ -328,7 +392,7 @@ mod tests {
         let mut msrs: Vec<u32> = every_passthrough().iter().map(|p| p.msr).collect();
         msrs.sort_unstable();
         msrs.dedup();
-        assert_eq!(msrs.len(), ALWAYS.len() + 1);
+        assert_eq!(msrs.len(), ALWAYS.len() + 1 + ELI_TMR.len());
         let mut exits = ALWAYS_EXIT.to_vec();
         exits.sort_unstable();
         exits.dedup();
