@@ -36,10 +36,32 @@ pub struct GuestDevices {
     pub guest: String,
     /// The configured functions that exist and may be assigned at all (refused guests included).
     pub devices: Vec<AssignedDevice>,
+    /// The INTx lines of its functions that raise one, as the guest's platform describes them.
+    pub intx: Vec<IntxLine>,
     /// Whether the guest asked for any device (`pci =` not empty).
     pub requested: bool,
     /// A refusal names this guest: it must not run.
     pub refused: bool,
+}
+
+/// A function's legacy interrupt: its pin and the IOAPIC input it reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntxLine {
+    pub bdf: Bdf,
+    /// Interrupt Pin: 1..=4 for INTA#..INTD# (PCI 3.0 6.2.4).
+    pub pin: u8,
+    /// The IOAPIC input (GSI). Taken from the Interrupt Line firmware wrote: on PIIX/i440fx
+    /// machines (Bochs) the PIRQ router's IRQ is also the IOAPIC pin. Machines whose INTx reach
+    /// other pins (ICH9: GSI 16-23) describe that only in AML `_PRT`, which Exitless does not
+    /// interpret: there `ioapic_pins` must name the pin.
+    pub gsi: u8,
+}
+
+/// Interrupt Line values that name no IRQ: 0 (unset) and 0xFF ("unknown or no connection",
+/// PCI 3.0 6.2.4). The IOAPIC has 24 pins.
+fn intx_gsi(function: &PciFunction) -> Option<u8> {
+    (function.interrupt_pin != 0 && (1..24).contains(&function.interrupt_line))
+        .then_some(function.interrupt_line)
 }
 
 /// Why a bridge may not be assigned.
@@ -82,6 +104,14 @@ pub enum Refusal {
     NoIommu { guest: String, devices: Vec<Bdf> },
     /// No DRHD names the function and no INCLUDE_PCI_ALL unit serves its segment (VT-d 8.3.1).
     NotCovered { guest: String, bdf: Bdf },
+    /// An assigned function's INTx line is also the line of a function the guest is not given:
+    /// the guest would take (and could mask or starve) the other one's interrupts.
+    SharedInterruptLine {
+        guest: String,
+        bdf: Bdf,
+        gsi: u8,
+        other: Bdf,
+    },
 }
 
 impl Refusal {
@@ -91,7 +121,8 @@ impl Refusal {
             Refusal::NoSuchDevice { guest, .. }
             | Refusal::Bridge { guest, .. }
             | Refusal::NoIommu { guest, .. }
-            | Refusal::NotCovered { guest, .. } => (guest, None),
+            | Refusal::NotCovered { guest, .. }
+            | Refusal::SharedInterruptLine { guest, .. } => (guest, None),
             Refusal::AssignedTwice { first, second, .. } => (first, Some(second)),
             Refusal::SharedRequesterId { first, second, .. } => (&first.0, Some(&second.0)),
         };
@@ -172,6 +203,17 @@ impl fmt::Display for Refusal {
                  firmware's VT-d setting or remove it from `pci =` in [guest {guest}]",
                 bdf.segment()
             ),
+            Refusal::SharedInterruptLine {
+                guest,
+                bdf,
+                gsi,
+                other,
+            } => write!(
+                f,
+                "guest {guest}: PCI device {bdf} shares interrupt line {gsi} with {other}, which \
+                 it is not given: assign {other} to guest {guest} too, or move {bdf} to a slot \
+                 whose INTx reaches another line"
+            ),
         }
     }
 }
@@ -250,6 +292,14 @@ impl AssignmentPlan {
             .map_or(&[], |g| &g.devices)
     }
 
+    /// The INTx lines planned for `guest`.
+    pub fn intx(&self, guest: &str) -> &[IntxLine] {
+        self.guests
+            .iter()
+            .find(|g| g.guest == guest)
+            .map_or(&[], |g| &g.intx)
+    }
+
     /// One `summary: assignment guest=NAME refused=yes|no devices=BDF:unitN,... requesters=BDF,...`
     /// line per guest that asked for devices (`unitN` is `summary: drhd index=N`; `none` when no
     /// unit translates for it).
@@ -300,6 +350,7 @@ pub fn plan(
     // Per function: it must exist and not be a bridge.
     for guest in guests {
         let mut devices = Vec::new();
+        let mut intx = Vec::new();
         let mut seen = BTreeSet::new();
         for &bdf in guest.pci.iter().filter(|bdf| seen.insert(**bdf)) {
             let Some(function) = topology.find(bdf) else {
@@ -323,10 +374,31 @@ pub fn plan(
                 requester: topology.iommu_requester(bdf).unwrap_or(bdf),
                 unit: covering_unit(bdf, topology, units),
             });
+            if let Some(gsi) = intx_gsi(function) {
+                intx.push(IntxLine {
+                    bdf,
+                    pin: function.interrupt_pin,
+                    gsi,
+                });
+            }
+        }
+        // A line is the guest's only if every function on it is.
+        for line in &intx {
+            for other in topology.functions.iter().filter(|f| {
+                intx_gsi(f) == Some(line.gsi) && !devices.iter().any(|d| d.bdf == f.bdf)
+            }) {
+                plan.refusals.push(Refusal::SharedInterruptLine {
+                    guest: guest.name.clone(),
+                    bdf: line.bdf,
+                    gsi: line.gsi,
+                    other: other.bdf,
+                });
+            }
         }
         plan.guests.push(GuestDevices {
             guest: guest.name.clone(),
             devices,
+            intx,
             requested: !guest.pci.is_empty(),
             refused: false,
         });
@@ -705,6 +777,56 @@ mod tests {
               remove it from `pci =` in [guest a] or [guest b]"]
         );
         assert!(plan.is_refused("a") && plan.is_refused("b"));
+    }
+
+    #[test]
+    fn an_intx_line_shared_with_a_function_the_guest_is_not_given_is_refused() {
+        // Bochs' shape: the PIIX4 power-management function and a NIC on PIRQ line 10, the
+        // NIC alone on line 11 after a slot change.
+        let with_lines = |lines: [(&str, u8); 3]| {
+            let mut t = topology();
+            for (at, line) in lines {
+                t.functions
+                    .iter_mut()
+                    .find(|f| f.bdf == bdf(at))
+                    .unwrap()
+                    .interrupt_line = line;
+            }
+            t
+        };
+        let one = guests("[guest a]\nimage = a.elf\npci = 00:03.0\n");
+        let shared = with_lines([("00:03.0", 10), ("00:08.0", 10), ("00:1f.0", 0xFF)]);
+        let p = plan(&one, &shared, &two_units(), false);
+        assert!(p.is_refused("a"));
+        assert_eq!(
+            messages(&p),
+            ["guest a: PCI device 00:03.0 shares interrupt line 10 with 00:08.0, which it is not \
+              given: assign 00:08.0 to guest a too, or move 00:03.0 to a slot whose INTx reaches \
+              another line"]
+        );
+        // Both functions in the guest: the line is its own, and both are described.
+        let both = guests("[guest a]\nimage = a.elf\npci = 00:03.0, 00:08.0\n");
+        let p = plan(&both, &shared, &two_units(), false);
+        assert!(!p.is_refused("a"), "{:?}", messages(&p));
+        assert_eq!(
+            p.intx("a")
+                .iter()
+                .map(|l| (l.pin, l.gsi))
+                .collect::<Vec<_>>(),
+            [(1, 10), (1, 10)]
+        );
+        // Alone on its line; 0xFF and 0 name no line and are neither shared nor described.
+        let alone = with_lines([("00:03.0", 11), ("00:08.0", 10), ("00:1f.0", 0xFF)]);
+        let p = plan(&one, &alone, &two_units(), false);
+        assert!(!p.is_refused("a"));
+        assert_eq!(
+            p.intx("a"),
+            [IntxLine {
+                bdf: bdf("00:03.0"),
+                pin: 1,
+                gsi: 11
+            }]
+        );
     }
 
     #[test]
