@@ -338,6 +338,7 @@ mod kernel {
             let guest_dma = GuestDma {
                 remapping: dma.as_deref_mut(),
                 devices: plan.devices(&guest.name),
+                intx: plan.intx(&guest.name),
             };
             let report = cpu.run(guest, modules, frames, index as u16 + 1, guest_dma);
             match &report.end {

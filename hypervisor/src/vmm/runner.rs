@@ -2,7 +2,7 @@
 //! it until it powers off or is stopped. This is the machine-facing half of the VMM (the exit logic it
 //! drives is host-tested in `exits`).
 
-use super::assignment::AssignedDevice;
+use super::assignment::{AssignedDevice, IntxLine};
 use super::controls::{self, Controls};
 use super::dma_domains::{self, DmaRemapping};
 use super::events;
@@ -86,6 +86,8 @@ pub fn allocate_guest_ram(
 pub struct GuestDma<'a> {
     pub remapping: Option<&'a mut DmaRemapping<MmioRegisters>>,
     pub devices: &'a [AssignedDevice],
+    /// The INTx lines of those devices: their IOAPIC pins become the guest's.
+    pub intx: &'a [IntxLine],
 }
 
 impl VmxCpu {
