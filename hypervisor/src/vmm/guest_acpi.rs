@@ -432,3 +432,6 @@ fn com1() -> Vec<u8> {
         ],
     )
 }
+
+#[cfg(test)]
+mod tests;
