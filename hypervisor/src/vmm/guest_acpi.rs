@@ -300,10 +300,11 @@ fn fadt(dsdt: u64) -> Vec<u8> {
 /// The MADT (ACPI 5.2.12), revision 5; flags 0: no 8259s (PCAT_COMPAT clear).
 ///
 /// Each vCPU gets one structure: a Processor Local APIC (type 0) when its ID is below 255, a
-/// Local x2APIC (type 9) otherwise, as 5.2.12.12 requires. Listing a CPU in both breaks kernels
-/// that count both (Linux before "x86/acpi: Ignore invalid x2APIC entries" registers the CPU
-/// twice; later ones drop x2APIC entries below 255 once type-0 entries exist); Linux 6.1 parses
-/// both types whatever APIC mode it then runs in. The LINT1 NMI entry follows the same split.
+/// Local x2APIC (type 9) otherwise, as 5.2.12.12 requires. Listing a CPU as both would count it
+/// twice in kernels before "x86/acpi: Ignore invalid x2APIC entries" (6.1 among them), and later
+/// ones drop x2APIC entries below 255 once type-0 entries exist. Linux 6.1 reads both types
+/// (`acpi_parse_madt_lapic_entries`) whichever APIC mode it then runs in. The LINT1 NMI entry
+/// follows the same split (type 4 for type-0 processors, type 10 for x2APIC ones).
 ///
 /// No override for ISA IRQ 0: there is no PIT. Each PCI INTx GSI below 16 gets an Interrupt
 /// Source Override to level, active low, or the ISA default (edge, high) would apply to it.
@@ -371,8 +372,9 @@ fn dsdt(desc: &GuestPlatformDescription, routes: &[PciInterrupt]) -> Vec<u8> {
 /// extended space, and Linux then expects no `_OSC`. No `_ADR`: a device has `_HID` or `_ADR`,
 /// not both (ACPI 6.1.5).
 ///
-/// `_CRS` is needed: Linux 6.1 on x86 uses `_CRS` (`pci_use_crs`, true for unknown or recent
-/// BIOS dates), and a root bus whose `_CRS` has no windows gets none, so no BAR can be claimed.
+/// `_CRS` is needed: Linux 6.1 on x86_64 trusts `_CRS` (`pci_use_crs` is only cleared for
+/// pre-2008 BIOSes with 32-bit address spaces), and a root bus whose `_CRS` lists no windows gets
+/// none (`pci_acpi_root_prepare_resources` adds no defaults then), so no BAR could be claimed.
 /// Bus range 0-0xFF, all I/O but the configuration ports 0xCF8-0xCFF, and the description's
 /// memory windows.
 fn pci_host_bridge(desc: &GuestPlatformDescription, routes: &[PciInterrupt]) -> Vec<u8> {
