@@ -6,6 +6,7 @@ pub mod cpuid;
 pub mod dma_domains;
 pub mod events;
 pub mod exits;
+pub mod guest_acpi;
 pub mod guest_events;
 pub mod guest_layout;
 pub mod guest_memory;
