@@ -331,6 +331,7 @@ impl VmxCpu {
         let vcpu = Vcpu {
             regs: GuestRegisters {
                 rdi: start.rdi,
+                rsi: start.rsi,
                 ..Default::default()
             },
             apic_base: APIC_BASE_RESET,
