@@ -582,6 +582,12 @@ pub struct LinuxLayout {
     pub initrd: Option<Range<u64>>,
 }
 
+/// Whether `boot` fits in `ram_len` bytes of RAM, as [`build`] will find: for a caller to check
+/// before it allocates the RAM.
+pub fn check(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<(), LinuxBootError> {
+    place(ram_len, boot).map(|_| ())
+}
+
 /// Where the kernel and initrd go in `ram_len` bytes of RAM, and that everything fits.
 fn place(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<Option<Range<u64>>, LinuxBootError> {
     use LinuxBootError::*;
