@@ -157,7 +157,8 @@ pub enum LinuxBootError {
         have: u64,
     },
     MemoryTooSmall {
-        kernel: (u64, u64),
+        kernel_start: u64,
+        kernel_len: u64,
         initrd_len: u64,
         have: u64,
     },
@@ -191,7 +192,7 @@ impl fmt::Display for LinuxBootError {
             Self::KernelBelow1Mib { start } => write!(f, "kernel loads at {start:#x}, below 1 MiB where the boot structures and the BIOS area are: build it with a higher CONFIG_PHYSICAL_START"),
             Self::KernelBeyondRamLimit { end } => write!(f, "kernel reaches {end:#x}, beyond the {} MiB a Linux guest's RAM may have: it is not a kernel this loader can place", MAX_RAM_LEN >> 20),
             Self::MemoryTooLarge { have } => write!(f, "guest memory of {} MiB reaches the MMIO hole at {} MiB: lower memory_mib to {} at most", have >> 20, MAX_RAM_LEN >> 20, MAX_RAM_LEN >> 20),
-            Self::MemoryTooSmall { kernel: (start, len), initrd_len, have } => {
+            Self::MemoryTooSmall { kernel_start: start, kernel_len: len, initrd_len, have } => {
                 write!(f, "guest memory too small ({} MiB): kernel needs {} MiB from {} MiB", have >> 20, mib_ceil(len), start >> 20)?;
                 if initrd_len != 0 {
                     write!(f, " plus initrd {} MiB", mib_ceil(initrd_len))?;
@@ -615,7 +616,8 @@ fn place(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<Option<Range<u64>>, Linux
     let kernel = boot.kernel.footprint();
     let initrd_len = boot.initrd.map_or(0, |i| i.len() as u64);
     let too_small = MemoryTooSmall {
-        kernel: (kernel.start, kernel.end - kernel.start),
+        kernel_start: kernel.start,
+        kernel_len: kernel.end - kernel.start,
         initrd_len,
         have: ram_len,
     };
