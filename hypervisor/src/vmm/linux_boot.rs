@@ -25,6 +25,10 @@
 //!
 //! Everything below 0x9FC00 is usable RAM in e820: Linux 6.1 needs some below 1 MiB for its real-mode
 //! trampoline, and it has copied the zero page and command line before it allocates any.
+//!
+//! Use: [`Kernel::parse`] the image, [`check`] that it fits the guest's memory (before allocating
+//! it), [`build`] into the guest's RAM (one range at GPA 0), then start the vCPU from
+//! [`LinuxLayout::start`], loading its `rsi` into the guest's RSI.
 
 use core::fmt;
 use core::ops::Range;
