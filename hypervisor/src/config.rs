@@ -54,8 +54,10 @@ pub enum InterruptMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestConfig {
     pub name: String,
-    /// Module path under `\exitless\`, e.g. `guests/basic.elf`.
+    /// Module path under `\exitless\`, e.g. `guests/basic.elf`; empty for a Linux guest.
     pub image: String,
+    /// A Linux guest (`linux = PATH`), booted by `vmm::linux_boot` instead of `image`.
+    pub linux: Option<LinuxConfig>,
     pub memory_mib: u64,
     pub interrupts: InterruptMode,
     /// I/O port ranges (inclusive) passed through to the guest.
@@ -74,6 +76,16 @@ pub struct GuestConfig {
     pub timeout_ms: Option<u64>,
 }
 
+/// `linux = PATH`, `initrd = PATH`, `cmdline = TEXT` of a guest section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinuxConfig {
+    /// Module path under `\exitless\` of a bzImage or an ELF vmlinux.
+    pub kernel: String,
+    pub initrd: Option<String>,
+    /// The rest of the `cmdline =` line, spaces and `=` included (a `#` starts a comment).
+    pub cmdline: String,
+}
+
 impl GuestConfig {
     pub const DEFAULT_MEMORY_MIB: u64 = 32;
 
@@ -81,6 +93,7 @@ impl GuestConfig {
         Self {
             name: String::from(name),
             image: String::new(),
+            linux: None,
             memory_mib: Self::DEFAULT_MEMORY_MIB,
             interrupts: InterruptMode::Baseline,
             ports: Vec::new(),
@@ -128,6 +141,8 @@ impl Config {
     pub fn parse(text: &str) -> (Self, Vec<Problem>) {
         let mut config = Self::default();
         let mut problems = Vec::new();
+        // Where each guest's section and boot keys are, for the checks once it is complete.
+        let mut lines: Vec<BootKeyLines> = Vec::new();
         for (line, item) in items(text) {
             let mut problem = |message: String| problems.push(Problem { line, message });
             match item {
@@ -144,15 +159,18 @@ impl Config {
                         ));
                     }
                     config.guests.push(GuestConfig::new(name));
+                    lines.push(BootKeyLines::at(line));
                 }
                 Item::Section { kind, name } => {
                     problem(format!("[{kind} {name}]: the only section is [guest NAME]"));
                     config.guests.push(GuestConfig::new(INVALID_SECTION));
+                    lines.push(BootKeyLines::at(line));
                 }
                 Item::Setting { key, value } if !config.guests.is_empty() => {
                     let guest = config.guests.last_mut().expect("checked");
-                    if let Err(message) = guest.set(key, value) {
-                        problem(message);
+                    match guest.set(key, value) {
+                        Ok(()) => lines.last_mut().expect("one per guest").saw(key, line),
+                        Err(message) => problem(message),
                     }
                 }
                 Item::Setting { key, value } => match key {
@@ -187,23 +205,82 @@ impl Config {
                 },
             }
         }
-        for guest in config.guests.iter().filter(|g| g.name != INVALID_SECTION) {
-            if guest.image.is_empty() {
-                let message = format!("[guest {}] has no `image = guests/NAME.elf`", guest.name);
-                problems.push(Problem { line: 0, message });
-            }
+        let mut keep = Vec::new();
+        for (guest, at) in config.guests.iter_mut().zip(&lines) {
+            keep.push(guest.name != INVALID_SECTION && guest.check_boot_keys(at, &mut problems));
         }
+        let mut keep = keep.into_iter();
         config
             .guests
-            .retain(|g| g.name != INVALID_SECTION && !g.image.is_empty());
+            .retain(|_| keep.next().expect("one per guest"));
         (config, problems)
     }
 }
 
+/// Lines of a guest's section header and of its last `image`, `linux` and first `initrd`/`cmdline`.
+#[derive(Clone, Copy, Default)]
+struct BootKeyLines {
+    section: usize,
+    image: Option<usize>,
+    linux: Option<usize>,
+    linux_option: Option<usize>,
+}
+
+impl BootKeyLines {
+    fn at(section: usize) -> Self {
+        Self {
+            section,
+            ..Self::default()
+        }
+    }
+
+    fn saw(&mut self, key: &str, line: usize) {
+        match key {
+            "image" => self.image = Some(line),
+            "linux" => self.linux = Some(line),
+            "initrd" | "cmdline" => {
+                self.linux_option.get_or_insert(line);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl GuestConfig {
+    /// A guest boots exactly one of `image` and `linux`; `initrd` and `cmdline` only go with `linux`.
+    /// Reports what is wrong and returns whether the guest can be kept.
+    fn check_boot_keys(&mut self, at: &BootKeyLines, problems: &mut Vec<Problem>) -> bool {
+        let name = &self.name;
+        let mut problem = |line, message| problems.push(Problem { line, message });
+        let has_linux = self.linux.as_ref().is_some_and(|l| !l.kernel.is_empty());
+        if let (false, Some(line)) = (has_linux, at.linux_option) {
+            problem(line, format!("[guest {name}]: initrd and cmdline are for Linux guests: add `linux = PATH` or remove them"));
+        }
+        if !has_linux {
+            self.linux = None;
+        }
+        match (self.image.is_empty(), has_linux, at.image, at.linux) {
+            (true, false, _, _) => {
+                problem(
+                    at.section,
+                    format!("[guest {name}] has no `image = guests/NAME.elf` or `linux = PATH`"),
+                );
+                false
+            }
+            (false, true, Some(image), Some(linux)) => {
+                problem(image.max(linux), format!("[guest {name}] has both `image` (line {image}) and `linux` (line {linux}): a guest boots one of them, remove the other"));
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key {
             "image" => self.image = String::from(value),
+            "linux" => self.linux.get_or_insert_default().kernel = String::from(value),
+            "initrd" => self.linux.get_or_insert_default().initrd = Some(String::from(value)),
+            "cmdline" => self.linux.get_or_insert_default().cmdline = String::from(value),
             "memory_mib" => match value.parse::<u64>() {
                 Ok(mib) if (4..=65536).contains(&mib) => self.memory_mib = mib,
                 _ => return Err(format!("memory_mib = {value}: write a number of MiB from 4 to 65536")),
@@ -262,7 +339,7 @@ impl GuestConfig {
             }
             _ => {
                 return Err(format!(
-                    "unknown guest setting `{key}` (known: image, memory_mib, interrupts, ports, ioapic_pins, expect_stop, pci, timeout_ms)"
+                    "unknown guest setting `{key}` (known: image, linux, initrd, cmdline, memory_mib, interrupts, ports, ioapic_pins, expect_stop, pci, timeout_ms)"
                 ))
             }
         }
@@ -404,7 +481,68 @@ mod tests {
         let (config, problems) =
             Config::parse("[guest a]\nmemory_mib = lots\nports = 0x300-0x2ff\ncolour = red\n[guest a]\n[disk x]\n");
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
-        assert_eq!(lines, [2, 3, 4, 5, 6, 0, 0]);
+        // The last two: both `[guest a]` sections (lines 1 and 5) have nothing to boot.
+        assert_eq!(lines, [2, 3, 4, 5, 6, 1, 5]);
+        assert!(problems[5].message.contains("no `image"));
         assert!(config.guests.is_empty());
+    }
+
+    #[test]
+    fn linux_guests_are_read_with_initrd_and_the_whole_cmdline() {
+        let (config, problems) = Config::parse(
+            "[guest linux]\nlinux = linux/bzImage\ninitrd = linux/initrd.cpio\n\
+             cmdline = console=ttyS0,115200 root=/dev/ram0  rdinit=/init quiet\nmemory_mib = 256\n\
+             [guest bare]\nimage = guests/basic.elf\n[guest v]\ncmdline = a=b\nlinux = vmlinux\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let linux = config.guests[0].linux.as_ref().unwrap();
+        assert_eq!(linux.kernel, "linux/bzImage");
+        assert_eq!(linux.initrd.as_deref(), Some("linux/initrd.cpio"));
+        assert_eq!(
+            linux.cmdline,
+            "console=ttyS0,115200 root=/dev/ram0  rdinit=/init quiet"
+        );
+        assert_eq!(config.guests[0].image, "");
+        assert_eq!(config.guests[1].linux, None);
+        let v = config.guests[2].linux.as_ref().unwrap();
+        assert_eq!(
+            (v.kernel.as_str(), v.initrd.as_deref(), v.cmdline.as_str()),
+            ("vmlinux", None, "a=b")
+        );
+    }
+
+    #[test]
+    fn a_guest_boots_exactly_one_of_image_and_linux() {
+        let (config, problems) = Config::parse(
+            "[guest both]\nimage = a.elf\nlinux = bzImage\n[guest neither]\nmemory_mib = 64\n\
+             [guest stray]\nimage = b.elf\ninitrd = initrd.img\ncmdline = quiet\n[guest ok]\nlinux = k\n",
+        );
+        let found: Vec<(usize, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].0, 3);
+        assert!(
+            found[0]
+                .1
+                .contains("both `image` (line 2) and `linux` (line 3)"),
+            "{}",
+            found[0].1
+        );
+        assert_eq!(found[1].0, 4);
+        assert!(found[1]
+            .1
+            .contains("[guest neither] has no `image = guests/NAME.elf` or `linux = PATH`"));
+        assert_eq!(found[2].0, 8, "the first initrd/cmdline line");
+        assert!(found[2].1.contains("add `linux = PATH`"));
+        let names: Vec<&str> = config.guests.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["stray", "ok"],
+            "the stray initrd is dropped, the guest kept"
+        );
+        assert_eq!(config.guests[0].linux, None);
+        assert_eq!(config.guests[0].image, "b.elf");
     }
 }

@@ -209,6 +209,7 @@ impl<'f> Bench<'f> {
         let guest = GuestConfig {
             name: String::from(GUEST),
             image: String::new(),
+            linux: None,
             memory_mib: GUEST_MIB,
             interrupts: Default::default(),
             ports: Vec::new(),
@@ -312,6 +313,7 @@ impl<'f> Bench<'f> {
         let guest = GuestConfig {
             name: String::from(NIC_GUEST),
             image: String::new(),
+            linux: None,
             memory_mib: GUEST_MIB,
             interrupts: Default::default(),
             ports: Vec::new(),

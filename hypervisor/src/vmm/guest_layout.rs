@@ -29,6 +29,12 @@ const IDENTITY_PDPT_GPA: u64 = 0x11000;
 /// Four page directories: 4 GiB of 2 MiB pages.
 const IDENTITY_PD_GPA: u64 = 0x12000;
 const IMAGE_PDPT_GPA: u64 = 0x16000;
+// `write_identity_map` puts the PDPT and PDs in the pages after the PML4.
+const _: () = assert!(
+    IDENTITY_PDPT_GPA == PML4_GPA + 0x1000
+        && IDENTITY_PD_GPA == PML4_GPA + 0x2000
+        && IMAGE_PDPT_GPA == PML4_GPA + IDENTITY_MAP_TABLES_LEN
+);
 const IMAGE_PD_GPA: u64 = 0x17000;
 pub const IMAGE_GPA: u64 = 0x20_0000;
 /// Guest-physical memory identity-mapped by the guest's initial page tables.
@@ -42,6 +48,8 @@ pub const DATA_SELECTOR: u16 = 0x10;
 pub const TSS_SELECTOR: u16 = 0x18;
 pub const GDT_LIMIT: u16 = 5 * 8 - 1;
 pub const TSS_LIMIT: u32 = 0x67;
+/// Page tables for the identity map: PML4, PDPT, four PDs (see [`write_identity_map`]).
+pub const IDENTITY_MAP_TABLES_LEN: u64 = 6 * 4096;
 
 const MIB2: u64 = 2 << 20;
 // Page-table entry bits (SDM Vol. 3A 4.5, Tables 4-15..4-18).
@@ -51,13 +59,41 @@ const WRITE_THROUGH: u64 = 1 << 3;
 const CACHE_DISABLE: u64 = 1 << 4;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 
-/// Everything the VMCS needs to start the guest.
+/// Everything the VMCS needs to start the guest: our own guests (this module) and Linux
+/// (`linux_boot`) start in 64-bit mode the same way and differ only in these values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestStart {
     pub rip: u64,
     pub rsp: u64,
     pub rdi: u64,
+    pub rsi: u64,
     pub cr3: u64,
+    pub gdt: GuestGdt,
+}
+
+/// The guest's GDT: where it is and which of its descriptors CS, the data segments and TR hold.
+/// [`write_gdt`] writes the descriptors at these selectors, null everywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestGdt {
+    pub base: u64,
+    pub limit: u16,
+    pub code_selector: u16,
+    pub data_selector: u16,
+    /// VM entry needs a usable TR in 64-bit mode (SDM Vol. 3C 27.3.1.2), whatever the guest wants.
+    pub tss_selector: u16,
+    pub tss_base: u64,
+}
+
+impl GuestGdt {
+    /// Our own guests' GDT (guest boot protocol).
+    pub const EXITLESS: Self = Self {
+        base: GDT_GPA,
+        limit: GDT_LIMIT,
+        code_selector: CODE_SELECTOR,
+        data_selector: DATA_SELECTOR,
+        tss_selector: TSS_SELECTOR,
+        tss_base: TSS_GPA,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +150,7 @@ pub fn build(ram: &mut [u8], image: &ElfImage<'_>) -> Result<GuestStart, LayoutE
     debug_assert!(loaded, "span checked above");
 
     write_page_tables(ram, span.start, image_len);
-    write_gdt(ram);
+    write_gdt(ram, &GuestGdt::EXITLESS);
 
     let regions = [
         region(0, 0x10_0000, MemoryKind::Loader),
@@ -150,7 +186,9 @@ pub fn build(ram: &mut [u8], image: &ElfImage<'_>) -> Result<GuestStart, LayoutE
         rip: image.entry(),
         rsp: INITIAL_STACK_TOP,
         rdi: BOOT_INFO_GPA,
+        rsi: 0,
         cr3: PML4_GPA,
+        gdt: GuestGdt::EXITLESS,
     })
 }
 
@@ -172,29 +210,8 @@ fn put_u64(ram: &mut [u8], gpa: u64, value: u64) {
 }
 
 fn write_page_tables(ram: &mut [u8], image_virt: u64, image_len: u64) {
+    write_identity_map(ram, PML4_GPA);
     let table = PRESENT | WRITABLE;
-    // Identity map: PML4[0] -> PDPT -> four PDs of 2 MiB pages.
-    put_u64(ram, PML4_GPA, IDENTITY_PDPT_GPA | table);
-    for pd in 0..4u64 {
-        put_u64(
-            ram,
-            IDENTITY_PDPT_GPA + pd * 8,
-            (IDENTITY_PD_GPA + pd * 4096) | table,
-        );
-        for entry in 0..512u64 {
-            let gpa = (pd * 512 + entry) * MIB2;
-            let cache = if gpa >= MMIO_HOLE_START {
-                CACHE_DISABLE | WRITE_THROUGH
-            } else {
-                0
-            };
-            put_u64(
-                ram,
-                IDENTITY_PD_GPA + pd * 4096 + entry * 8,
-                gpa | table | PAGE_SIZE_BIT | cache,
-            );
-        }
-    }
     // The image's link addresses: PML4[i4] -> PDPT[i3] -> PD[i2..] of 2 MiB pages onto IMAGE_GPA.
     let (i4, i3, i2) = (
         (image_virt >> 39) & 511,
@@ -212,18 +229,56 @@ fn write_page_tables(ram: &mut [u8], image_virt: u64, image_len: u64) {
     }
 }
 
-fn write_gdt(ram: &mut [u8]) {
+/// Identity-maps guest-physical 0..[`IDENTITY_MAP_END`] with 2 MiB pages, uncached from
+/// [`MMIO_HOLE_START`]: the PML4 at `pml4_gpa`, then its PDPT and four PDs in the next pages
+/// ([`IDENTITY_MAP_TABLES_LEN`] in all, which the caller has zeroed). Returns the CR3 value.
+pub fn write_identity_map(ram: &mut [u8], pml4_gpa: u64) -> u64 {
+    let table = PRESENT | WRITABLE;
+    let pdpt_gpa = pml4_gpa + 0x1000;
+    let pd_gpa = pml4_gpa + 0x2000;
+    put_u64(ram, pml4_gpa, pdpt_gpa | table);
+    for pd in 0..4u64 {
+        put_u64(ram, pdpt_gpa + pd * 8, (pd_gpa + pd * 4096) | table);
+        for entry in 0..512u64 {
+            let gpa = (pd * 512 + entry) * MIB2;
+            let cache = if gpa >= MMIO_HOLE_START {
+                CACHE_DISABLE | WRITE_THROUGH
+            } else {
+                0
+            };
+            put_u64(
+                ram,
+                pd_gpa + pd * 4096 + entry * 8,
+                gpa | table | PAGE_SIZE_BIT | cache,
+            );
+        }
+    }
+    pml4_gpa
+}
+
+/// Writes `gdt`'s descriptors (flat 64-bit code, flat data, a 64-bit TSS of [`TSS_LIMIT`]) at its
+/// selectors; the caller has zeroed the rest of the table.
+pub fn write_gdt(ram: &mut [u8], gdt: &GuestGdt) {
     // SDM Vol. 3A 3.4.5: code64 = L|P|S|type 0xB, data = P|S|type 0x3|D/B|G; 64-bit TSS (16 bytes) type 0xB.
-    put_u64(ram, GDT_GPA, 0);
-    put_u64(ram, GDT_GPA + 8, 0x00AF_9B00_0000_FFFF);
-    put_u64(ram, GDT_GPA + 16, 0x00CF_9300_0000_FFFF);
-    let base = TSS_GPA;
+    put_u64(ram, gdt.base, 0);
+    put_u64(
+        ram,
+        gdt.base + u64::from(gdt.code_selector),
+        0x00AF_9B00_0000_FFFF,
+    );
+    put_u64(
+        ram,
+        gdt.base + u64::from(gdt.data_selector),
+        0x00CF_9300_0000_FFFF,
+    );
+    let base = gdt.tss_base;
     let low = u64::from(TSS_LIMIT)
         | ((base & 0xFF_FFFF) << 16)
         | (0x8B << 40)
         | (((base >> 24) & 0xFF) << 56);
-    put_u64(ram, GDT_GPA + 24, low);
-    put_u64(ram, GDT_GPA + 32, base >> 32);
+    let tss = gdt.base + u64::from(gdt.tss_selector);
+    put_u64(ram, tss, low);
+    put_u64(ram, tss + 8, base >> 32);
 }
 
 #[cfg(test)]
@@ -295,7 +350,9 @@ mod tests {
                 rip: KERNEL,
                 rsp: INITIAL_STACK_TOP,
                 rdi: BOOT_INFO_GPA,
-                cr3: PML4_GPA
+                rsi: 0,
+                cr3: PML4_GPA,
+                gdt: GuestGdt::EXITLESS,
             }
         );
         assert_eq!(

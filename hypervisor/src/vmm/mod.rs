@@ -15,6 +15,7 @@ pub mod guest_platform;
 pub mod host_clock;
 pub mod interrupts;
 pub mod irq_exits;
+pub mod linux_boot;
 pub mod machine;
 pub mod mmio_decode;
 pub mod msi_request;

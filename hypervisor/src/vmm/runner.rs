@@ -7,12 +7,13 @@ use super::controls::{self, Controls};
 use super::dma_domains::{self, DmaRemapping};
 use super::events;
 use super::exits;
-use super::guest_layout;
+use super::guest_layout::{self, GuestStart};
 use super::guest_memory::GuestMemory;
 use super::guest_msi;
 use super::host_clock::HostClock;
 use super::interrupts::{GuestInterrupts, InterruptStats};
 use super::irq_exits;
+use super::linux_boot::{self, Kernel, LinuxBoot, LinuxBootError};
 
 use super::machine::{GuestRouting, HostIrq, MachineServices, PciHost, HOST_TIMER_PERIOD_TSC};
 use super::msix::{self, GuestMsix};
@@ -237,25 +238,7 @@ impl VmxCpu {
         controls: Controls,
         vpid: u16,
     ) -> Result<Guest, String> {
-        let module = modules
-            .iter()
-            .find(|m| m.name() == config.image)
-            .ok_or_else(|| {
-                format!(
-                    "image `{}` is not on the boot volume under \\exitless\\",
-                    config.image
-                )
-            })?;
-        // SAFETY: modules are Loader memory, identity-mapped, never reused.
-        let bytes =
-            unsafe { core::slice::from_raw_parts(module.phys as *const u8, module.len as usize) };
-        let image = ElfImage::parse(bytes, AddressWindow::UPPER_HALF)
-            .map_err(|e| format!("{}: {e}", config.image))?;
-
-        let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
-        // SAFETY: the frames were just allocated to this guest and are identity-mapped.
-        let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
-        let start = guest_layout::build(ram, &image).map_err(|e| format!("{e}"))?;
+        let (ram_base, ram_len, start, booted) = load_guest(config, modules, frames)?;
 
         let mut ept = Ept::new(frames).map_err(|e| format!("EPT: {e:?}"))?;
         let sizes = PageSizes {
@@ -333,6 +316,7 @@ impl VmxCpu {
         let vcpu = Vcpu {
             regs: GuestRegisters {
                 rdi: start.rdi,
+                rsi: start.rsi,
                 ..Default::default()
             },
             apic_base: APIC_BASE_RESET,
@@ -349,10 +333,9 @@ impl VmxCpu {
             ..Default::default()
         };
         log::info!(
-            "guest {}: {} MiB at host {ram_base:#x}, image {} entry {:#x}, interrupts {:?}",
+            "guest {}: {} MiB at host {ram_base:#x}, {booted} entry {:#x}, interrupts {:?}",
             config.name,
             config.memory_mib,
-            config.image,
             start.rip,
             config.interrupts
         );
@@ -370,6 +353,76 @@ impl VmxCpu {
         guest.vcpu.interrupts.start(&mut services);
         Ok(guest)
     }
+}
+
+/// The bytes of module `path` (under `\exitless\`); `what` names it in the error.
+fn module_bytes<'m>(modules: &'m [Module], path: &str, what: &str) -> Result<&'m [u8], String> {
+    let module = modules
+        .iter()
+        .find(|m| m.name() == path)
+        .ok_or_else(|| format!("{what} `{path}` is not on the boot volume under \\exitless\\"))?;
+    // SAFETY: modules are Loader memory, identity-mapped, never reused.
+    Ok(unsafe { core::slice::from_raw_parts(module.phys as *const u8, module.len as usize) })
+}
+
+/// Allocates the guest's RAM and lays out what it boots: its `image` (our guest boot protocol) or
+/// its `linux` kernel (Linux's 64-bit boot protocol). Returns the RAM, the start state and what was
+/// booted, for the log. The kernel is parsed and checked to fit before RAM is allocated.
+fn load_guest(
+    config: &GuestConfig,
+    modules: &[Module],
+    frames: &mut FrameAllocator,
+) -> Result<(u64, u64, GuestStart, String), String> {
+    let Some(linux) = &config.linux else {
+        let bytes = module_bytes(modules, &config.image, "image")?;
+        let image = ElfImage::parse(bytes, AddressWindow::UPPER_HALF)
+            .map_err(|e| format!("{}: {e}", config.image))?;
+        let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
+        // SAFETY: the frames were just allocated to this guest and are identity-mapped.
+        let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
+        let start = guest_layout::build(ram, &image).map_err(|e| format!("{e}"))?;
+        return Ok((ram_base, ram_len, start, format!("image {}", config.image)));
+    };
+    let bytes = module_bytes(modules, &linux.kernel, "linux kernel")?;
+    let kernel = Kernel::parse(bytes).map_err(|e| format!("{}: {e}", linux.kernel))?;
+    let initrd = match &linux.initrd {
+        Some(path) => Some(module_bytes(modules, path, "initrd")?),
+        None => None,
+    };
+    let acpi_tables = linux_acpi_tables(config);
+    let boot = LinuxBoot {
+        kernel: &kernel,
+        initrd,
+        cmdline: &linux.cmdline,
+        acpi_tables: acpi_tables.as_deref(),
+    };
+    let refused = |e: LinuxBootError| format!("{}: {e}", linux.kernel);
+    linux_boot::check(config.memory_mib << 20, &boot).map_err(refused)?;
+    let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
+    // SAFETY: the frames were just allocated to this guest and are identity-mapped.
+    let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
+    let layout = linux_boot::build(ram, &boot).map_err(refused)?;
+    let initrd = match &layout.initrd {
+        Some(range) => format!(", initrd at {:#x}..{:#x}", range.start, range.end),
+        None => String::new(),
+    };
+    let booted = format!(
+        "linux {} ({} at {:#x}..{:#x}{initrd}, ACPI {})",
+        linux.kernel,
+        kernel.kind(),
+        layout.kernel.start,
+        layout.kernel.end,
+        if acpi_tables.is_some() { "yes" } else { "none" },
+    );
+    Ok((ram_base, ram_len, layout.start, booted))
+}
+
+/// The guest's ACPI tables for a Linux guest, RSDP first, to be copied to
+/// `guest_platform::ACPI_TABLES_GPA` (`linux_boot` reserves the area in e820 and points the zero
+/// page's acpi_rsdp_addr at it). The one place the guest ACPI builder plugs in; until it does, Linux
+/// guests boot without ACPI.
+fn linux_acpi_tables(_config: &GuestConfig) -> Option<Vec<u8>> {
+    None
 }
 
 impl VmxCpu {

@@ -129,7 +129,8 @@ pub fn write_host_state(vmcs: &mut impl VmcsAccess, host: &HostState) -> Result<
     vmcs.write_natural(VmcsNatural::HostRip, host.rip)
 }
 
-/// The guest's state at its first instruction (guest boot protocol, `guest_layout`).
+/// The guest's state at its first instruction (guest boot protocol, `guest_layout`; Linux's 64-bit
+/// boot protocol, `linux_boot`). RDI and RSI are general registers, the caller's to load.
 pub fn write_guest_start(
     vmcs: &mut impl VmcsAccess,
     caps: &VmxCaps,
@@ -157,14 +158,8 @@ pub fn write_guest_start(
     vmcs.write64(Vmcs64::GuestIa32Efer, GUEST_EFER)?;
 
     let flat = 0xFFFF_FFFF;
-    write_segment(
-        vmcs,
-        Segment::Cs,
-        guest_layout::CODE_SELECTOR,
-        0,
-        flat,
-        AR_CODE64,
-    )?;
+    let gdt = &start.gdt;
+    write_segment(vmcs, Segment::Cs, gdt.code_selector, 0, flat, AR_CODE64)?;
     for seg in [
         Segment::Ss,
         Segment::Ds,
@@ -172,19 +167,19 @@ pub fn write_guest_start(
         Segment::Fs,
         Segment::Gs,
     ] {
-        write_segment(vmcs, seg, guest_layout::DATA_SELECTOR, 0, flat, AR_DATA)?;
+        write_segment(vmcs, seg, gdt.data_selector, 0, flat, AR_DATA)?;
     }
     write_segment(vmcs, Segment::Ldtr, 0, 0, 0, AR_UNUSABLE)?;
     write_segment(
         vmcs,
         Segment::Tr,
-        guest_layout::TSS_SELECTOR,
-        guest_layout::TSS_GPA,
+        gdt.tss_selector,
+        gdt.tss_base,
         guest_layout::TSS_LIMIT,
         AR_TSS_BUSY64,
     )?;
-    vmcs.write_natural(VmcsNatural::GuestGdtrBase, guest_layout::GDT_GPA)?;
-    vmcs.write32(Vmcs32::GuestGdtrLimit, u32::from(guest_layout::GDT_LIMIT))?;
+    vmcs.write_natural(VmcsNatural::GuestGdtrBase, gdt.base)?;
+    vmcs.write32(Vmcs32::GuestGdtrLimit, u32::from(gdt.limit))?;
     vmcs.write_natural(VmcsNatural::GuestIdtrBase, 0)?;
     vmcs.write32(Vmcs32::GuestIdtrLimit, 0)?;
 
@@ -278,6 +273,7 @@ fn write_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::guest_layout::GuestGdt;
     use crate::vmx::vmcs::FakeVmcs;
 
     fn caps() -> VmxCaps {
@@ -296,10 +292,20 @@ mod tests {
             rip: 0xffff_ffff_8000_0000,
             rsp: 0x8000,
             rdi: 0x1000,
+            rsi: 0,
             cr3: 0x10000,
+            gdt: GuestGdt::EXITLESS,
         };
         write_guest_start(&mut vmcs, &caps(), &start).unwrap();
         assert_eq!(vmcs.get(VmcsNatural::GuestRip as u32), Some(start.rip));
+        assert_eq!(vmcs.get(Vmcs16::GuestCsSelector as u32), Some(0x08));
+        assert_eq!(vmcs.get(Vmcs16::GuestSsSelector as u32), Some(0x10));
+        assert_eq!(vmcs.get(Vmcs16::GuestTrSelector as u32), Some(0x18));
+        assert_eq!(
+            vmcs.get(VmcsNatural::GuestGdtrBase as u32),
+            Some(guest_layout::GDT_GPA)
+        );
+        assert_eq!(vmcs.get(Vmcs32::GuestGdtrLimit as u32), Some(39));
         assert_eq!(
             vmcs.get(Vmcs32::GuestCsAccessRights as u32),
             Some(0xA09B),
@@ -337,6 +343,40 @@ mod tests {
             Some(2),
             "interrupts off"
         );
+    }
+
+    #[test]
+    fn a_guest_gdt_other_than_ours_is_used_as_given() {
+        let mut vmcs = FakeVmcs::new();
+        let gdt = GuestGdt {
+            base: 0x5000,
+            limit: 47,
+            code_selector: 0x10,
+            data_selector: 0x18,
+            tss_selector: 0x20,
+            tss_base: 0x6000,
+        };
+        let start = GuestStart {
+            rip: 0x100_0200,
+            rsp: 0x8000,
+            rdi: 0,
+            rsi: 0x7000,
+            cr3: 0x10000,
+            gdt,
+        };
+        write_guest_start(&mut vmcs, &caps(), &start).unwrap();
+        assert_eq!(vmcs.get(Vmcs16::GuestCsSelector as u32), Some(0x10));
+        for ds in [
+            Vmcs16::GuestDsSelector,
+            Vmcs16::GuestEsSelector,
+            Vmcs16::GuestSsSelector,
+        ] {
+            assert_eq!(vmcs.get(ds as u32), Some(0x18));
+        }
+        assert_eq!(vmcs.get(Vmcs16::GuestTrSelector as u32), Some(0x20));
+        assert_eq!(vmcs.get(VmcsNatural::GuestTrBase as u32), Some(0x6000));
+        assert_eq!(vmcs.get(VmcsNatural::GuestGdtrBase as u32), Some(0x5000));
+        assert_eq!(vmcs.get(Vmcs32::GuestGdtrLimit as u32), Some(47));
     }
 
     #[test]
