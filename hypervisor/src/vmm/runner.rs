@@ -7,6 +7,7 @@ use super::controls::{self, Controls};
 use super::dma_domains::{self, DmaRemapping};
 use super::events;
 use super::exits;
+use super::guest_acpi::{self, GuestPlatformDescription, MemoryWindow, PciInterrupt};
 use super::guest_layout::{self, GuestStart};
 use super::guest_memory::GuestMemory;
 use super::guest_msi;
@@ -178,7 +179,7 @@ impl VmxCpu {
             Ok(c) => c,
             Err(e) => return report(GuestEnd::Stopped(format!("{e}"))),
         };
-        match self.build(config, modules, frames, controls, vpid) {
+        match self.build(config, modules, frames, controls, vpid, dma.intx) {
             Ok(mut guest) => {
                 let attached = dma_domains::prepare_guest_dma(
                     dma.remapping.as_deref_mut(),
@@ -237,8 +238,10 @@ impl VmxCpu {
         frames: &mut FrameAllocator,
         controls: Controls,
         vpid: u16,
+        intx: &[IntxLine],
     ) -> Result<Guest, String> {
-        let (ram_base, ram_len, start, booted) = load_guest(config, modules, frames)?;
+        let platform = self.guest_platform(config, intx);
+        let (ram_base, ram_len, start, booted) = load_guest(config, modules, frames, &platform)?;
 
         let mut ept = Ept::new(frames).map_err(|e| format!("EPT: {e:?}"))?;
         let sizes = PageSizes {
@@ -372,6 +375,7 @@ fn load_guest(
     config: &GuestConfig,
     modules: &[Module],
     frames: &mut FrameAllocator,
+    platform: &GuestPlatformDescription,
 ) -> Result<(u64, u64, GuestStart, String), String> {
     let Some(linux) = &config.linux else {
         let bytes = module_bytes(modules, &config.image, "image")?;
@@ -389,12 +393,13 @@ fn load_guest(
         Some(path) => Some(module_bytes(modules, path, "initrd")?),
         None => None,
     };
-    let acpi_tables = linux_acpi_tables(config);
+    let acpi_tables = guest_acpi::build(platform)
+        .map_err(|e| format!("guest {}: its ACPI tables: {e}", config.name))?;
     let boot = LinuxBoot {
         kernel: &kernel,
         initrd,
         cmdline: &linux.cmdline,
-        acpi_tables: acpi_tables.as_deref(),
+        acpi_tables: Some(&acpi_tables),
     };
     let refused = |e: LinuxBootError| format!("{}: {e}", linux.kernel);
     linux_boot::check(config.memory_mib << 20, &boot).map_err(refused)?;
@@ -407,25 +412,49 @@ fn load_guest(
         None => String::new(),
     };
     let booted = format!(
-        "linux {} ({} at {:#x}..{:#x}{initrd}, ACPI {})",
+        "linux {} ({} at {:#x}..{:#x}{initrd}, ACPI tables {} bytes)",
         linux.kernel,
         kernel.kind(),
         layout.kernel.start,
         layout.kernel.end,
-        if acpi_tables.is_some() { "yes" } else { "none" },
+        acpi_tables.len(),
     );
     Ok((ram_base, ram_len, layout.start, booted))
 }
 
-/// The guest's ACPI tables for a Linux guest, RSDP first, to be copied to
-/// `guest_platform::ACPI_TABLES_GPA` (`linux_boot` reserves the area in e820 and points the zero
-/// page's acpi_rsdp_addr at it). The one place the guest ACPI builder plugs in; until it does, Linux
-/// guests boot without ACPI.
-fn linux_acpi_tables(_config: &GuestConfig) -> Option<Vec<u8>> {
-    None
-}
-
 impl VmxCpu {
+    /// What a Linux guest's ACPI tables describe: one vCPU (x2APIC ID 0, as `GuestInterrupts`
+    /// numbers it), its assigned functions' INTx lines, a host-bridge memory window per memory
+    /// BAR (BARs stay where the firmware put them), and COM1.
+    fn guest_platform(&self, config: &GuestConfig, intx: &[IntxLine]) -> GuestPlatformDescription {
+        let functions = self
+            .pci
+            .iter()
+            .flat_map(|host| config.pci.iter().filter_map(|&bdf| host.topology.find(bdf)));
+        let pci_memory_windows = functions
+            .flat_map(|f| f.bars.iter())
+            .filter(|bar| bar.kind != BarKind::Io && bar.size != 0)
+            .map(|bar| MemoryWindow {
+                base: bar.base,
+                len: bar.size,
+            })
+            .collect();
+        GuestPlatformDescription {
+            apic_ids: alloc::vec![0],
+            pci_interrupts: intx
+                .iter()
+                .map(|line| PciInterrupt {
+                    device: line.bdf.device(),
+                    function: line.bdf.function(),
+                    pin: line.pin,
+                    gsi: line.gsi.into(),
+                })
+                .collect(),
+            pci_memory_windows,
+            com1: true,
+        }
+    }
+
     /// Gives `config`'s PCI functions to the guest: each is reset, its MMIO BARs are mapped 1:1 and
     /// uncached in EPT (except the pages holding an MSI-X table or PBA, which must never be the guest's
     /// to write: they stay unmapped), its I/O BARs are passed through, and its configuration space is
