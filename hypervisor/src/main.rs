@@ -125,6 +125,7 @@ mod kernel {
 
         let cpu = CpuInfo::read();
         let _ = cpu.write_summary(&mut console);
+        let _ = hypervisor::arch::tsc_calibration::calibrate().write_summary(&mut console);
         // SAFETY: CPL 0; reads only the VMX capability MSRs that CPUID says exist.
         let vmx = VmxCaps::decode(unsafe { hypervisor::caps::vmx::read_vmx_msrs() }.as_ref());
         let _ = vmx.write_summary(&mut console);

@@ -546,7 +546,8 @@ fn hostile_guest(
     settings
 }
 
-/// The guest that never gives the CPU back, with a short run budget (~1 s of Bochs wall time).
+/// The guest that never gives the CPU back, with a short run budget (20 ms of emulated time: 1e6 TSC
+/// ticks in Bochs).
 fn stuck_guest(mode: &'static str) -> Vec<(&'static str, &'static str)> {
     let mut settings = hostile_guest("guests/hostile_spin.elf", mode, Some("run budget spent"));
     settings.push(("timeout_ms", "20"));

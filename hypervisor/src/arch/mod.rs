@@ -13,6 +13,7 @@ pub mod irq_probe;
 pub mod msr;
 pub mod power;
 pub mod serial;
+pub mod tsc_calibration;
 pub mod vmx;
 pub mod xcr;
 

@@ -12,8 +12,15 @@ pub const APIC_BASE: u32 = 0x1B;
 pub const FEATURE_CONTROL: u32 = 0x3A;
 /// IA32_BIOS_SIGN_ID, the microcode update signature (Table 2-2).
 pub const BIOS_SIGN_ID: u32 = 0x8B;
+/// IA32_MCG_CAP, machine-check global capabilities: bank count in bits 7:0 (Table 2-2; SDM Vol. 3B
+/// 16.3.1.1).
+pub const MCG_CAP: u32 = 0x179;
+/// IA32_MCG_STATUS (Table 2-2; SDM Vol. 3B 16.3.1.2).
+pub const MCG_STATUS: u32 = 0x17A;
 /// IA32_MISC_ENABLE (Table 2-2).
 pub const MISC_ENABLE: u32 = 0x1A0;
+/// IA32_TSC_DEADLINE, the LAPIC timer's TSC-deadline mode target (Table 2-2; SDM Vol. 3A 11.5.4.1).
+pub const TSC_DEADLINE: u32 = 0x6E0;
 /// IA32_PAT (Table 2-2; SDM Vol. 3A 12.12.2).
 pub const PAT: u32 = 0x277;
 /// IA32_EFER (Table 2-2).

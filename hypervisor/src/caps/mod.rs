@@ -4,6 +4,7 @@
 //! `read_*` accessors touch the hardware.
 
 pub mod cpu;
+pub mod tsc;
 pub mod vmx;
 pub mod vmx_controls;
 pub mod vtd;

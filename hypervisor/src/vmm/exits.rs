@@ -4,7 +4,7 @@
 //! Everything here goes through [`VmcsAccess`], [`GuestMemory`] and [`HostServices`], so it is
 //! unit-tested on the host with a fake VMCS.
 
-use super::cpuid::guest_cpuid;
+use super::cpuid::{guest_cpuid, LEAF7_ECX_OSPKE};
 use super::events;
 use super::guest_memory::GuestMemory;
 use super::irq_exits;
@@ -180,7 +180,10 @@ fn refuse(vmcs: &mut impl VmcsAccess, refusal: Refusal) -> Result<Handled, VmFai
 
 /// The CPU features the guest's CPUID shows.
 fn guest_features(host: &impl HostServices) -> GuestFeatures {
-    GuestFeatures::from_cpuid(|leaf, subleaf| guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf)))
+    let ctx = host.cpuid_context();
+    GuestFeatures::from_cpuid(|leaf, subleaf| {
+        guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf), &ctx)
+    })
 }
 
 /// CR4 as the guest sees it: host-owned bits (the guest/host mask) from the read shadow, the rest
@@ -195,6 +198,8 @@ fn guest_cr4(vmcs: &impl VmcsAccess) -> Result<u64, VmFail> {
 /// CPUID.1:ECX bit 27, OSXSAVE: "reflects CR4.OSXSAVE" (SDM Vol. 2A CPUID), the guest's CR4, not the
 /// host's (which sets it to run XSETBV for its guests).
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// CR4.PKE (bit 22), which CPUID.(7,0):ECX.OSPKE reflects the same way.
+const CR4_PKE: u64 = 1 << 22;
 
 fn cpuid(
     vmcs: &impl VmcsAccess,
@@ -202,11 +207,19 @@ fn cpuid(
     host: &impl HostServices,
 ) -> Result<Handled, VmFail> {
     let (leaf, subleaf) = (vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
-    let [a, b, mut c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf));
+    let ctx = host.cpuid_context();
+    let [a, b, mut c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf), &ctx);
     if leaf == 1 {
         c &= !LEAF1_ECX_OSXSAVE;
         if guest_cr4(vmcs)? & validate::CR4_OSXSAVE != 0 {
             c |= LEAF1_ECX_OSXSAVE;
+        }
+    }
+    // OSPKE likewise follows the guest's CR4.PKE (which `validate` allows only with PKU shown).
+    if (leaf, subleaf) == (7, 0) {
+        c &= !LEAF7_ECX_OSPKE;
+        if guest_cr4(vmcs)? & CR4_PKE != 0 {
+            c |= LEAF7_ECX_OSPKE;
         }
     }
     (vcpu.regs.rax, vcpu.regs.rbx, vcpu.regs.rcx, vcpu.regs.rdx) =
@@ -234,6 +247,16 @@ fn xsetbv(
     }
 }
 
+/// IA32_MISC_ENABLE as guests read it (SDM Vol. 4 Table 2-2): fast strings enabled (bit 0), which keeps
+/// Linux's ERMS and so makes the FSRM that CPUID shows safe (`cpuid`, `early_init_intel`); branch
+/// trace storage (11) and PEBS (12) unavailable, as CPUID hides DS. Nothing else (no speedstep, no
+/// MONITOR, no thermal control), and writes change nothing.
+pub(super) const GUEST_MISC_ENABLE: u64 = 1 | 1 << 11 | 1 << 12;
+
+/// RDMSR of the MSRs guests reach only through exits. Any other MSR is #GP(0), as on a CPU that lacks
+/// it: Linux probes optional MSRs with `rdmsr_safe`, and every MSR whose CPUID feature `cpuid` hides
+/// (APERF/MPERF, HWP, IA32_ARCH_CAPABILITIES, IA32_PERF_CAPABILITIES, IA32_SPEC_CTRL, TSC_ADJUST,
+/// MTRRs, MSR_KVM_*, ...) is absent here.
 fn rdmsr(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
@@ -243,9 +266,15 @@ fn rdmsr(
     let value = match vcpu.regs.rcx as u32 {
         msr::TSC => host.rdtsc(),
         msr::APIC_BASE => vcpu.apic_base,
-        // Fast strings on (bit 0), consistent with CPUID's ERMS; nothing else enabled.
-        msr::MISC_ENABLE => 1,
+        msr::MISC_ENABLE => GUEST_MISC_ENABLE,
+        // No microcode update loaded, platform ID 0.
         msr::PLATFORM_ID | msr::BIOS_SIGN_ID => 0,
+        // CPUID shows MCE and MCA with no banks (bits 7:0 = 0) and no machine check in progress.
+        msr::MCG_CAP | msr::MCG_STATUS => 0,
+        msr::TSC_DEADLINE => {
+            vcpu.interrupts.advance_to(host.rdtsc());
+            vcpu.interrupts.apic.tsc_deadline()
+        }
         msr::PAT => soft.pat,
         msr::EFER => vmcs.read64(Vmcs64::GuestIa32Efer)?,
         msr::FS_BASE => vmcs.read_natural(VmcsNatural::GuestFsBase)?,
@@ -263,6 +292,8 @@ fn rdmsr(
     Ok(Handled::Skip)
 }
 
+/// WRMSR of the MSRs guests reach only through exits; read-only (IA32_PLATFORM_ID, IA32_MCG_CAP) and
+/// unknown MSRs are #GP(0), as on hardware.
 fn wrmsr(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
@@ -279,6 +310,15 @@ fn wrmsr(
             vcpu.apic_base = value;
         }
         msr::MISC_ENABLE => {}
+        // Linux writes 0 before reading the microcode revision (SDM Vol. 3A 10.11.7.1).
+        msr::BIOS_SIGN_ID => {}
+        // Software may clear IA32_MCG_STATUS; other values are #GP (SDM Vol. 3B 16.3.1.2).
+        msr::MCG_STATUS if value == 0 => {}
+        // The virtual x2APIC's timer: ignored outside TSC-deadline mode (SDM Vol. 3A 11.5.4.1).
+        msr::TSC_DEADLINE => {
+            vcpu.interrupts.advance_to(host.rdtsc());
+            vcpu.interrupts.apic.set_tsc_deadline(value);
+        }
         msr::PAT if !validate::pat_valid(value) => return inject_gp(vmcs),
         msr::PAT => soft.pat = value,
         msr::EFER => {

@@ -4,6 +4,7 @@
 //! with fakes of).
 
 use super::assignment::AssignedDevice;
+use super::cpuid::CpuidContext;
 use super::dma_domains::{DmaRemapping, DomainHandle};
 use super::guest_msi::{self, HostCpu, MsiRoute};
 use super::host_clock::HostClock;
@@ -13,6 +14,7 @@ use super::msix::{self, MsixRequest};
 use super::vcpu::HostServices;
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::host_irq;
+use crate::arch::tsc_calibration;
 use crate::memory::frames::FrameAllocator;
 use crate::pci::{Bdf, ConfigAccess, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
@@ -80,6 +82,9 @@ pub(super) struct MachineServices<'a, 'f> {
     pub(super) warned_compatibility: bool,
     /// The host's tick and the guest's budget while it runs.
     pub(super) clock: HostClock,
+    /// The CPUID policy's inputs: this host's XSAVE layout and measured TSC rate, and the guest's
+    /// only vCPU (x2APIC ID 0).
+    cpuid: CpuidContext,
 }
 
 impl<'a, 'f> MachineServices<'a, 'f> {
@@ -125,8 +130,14 @@ impl<'a, 'f> MachineServices<'a, 'f> {
             routing: None,
             warned_compatibility: false,
             clock: HostClock::start(0, HOST_TIMER_PERIOD_TSC, None),
+            cpuid: CpuidContext::new(host_cpuid, tsc_calibration::tsc_hz(), 0, 1),
         }
     }
+}
+
+fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
 }
 
 impl InterruptHardware for MachineServices<'_, '_> {
@@ -182,8 +193,10 @@ impl HostServices for MachineServices<'_, '_> {
         crate::println!("[guest {}] {}", self.guest, line);
     }
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
+        host_cpuid(leaf, subleaf)
+    }
+    fn cpuid_context(&self) -> CpuidContext {
+        self.cpuid
     }
     fn rdtsc(&self) -> u64 {
         // SAFETY: RDTSC is available at CPL 0.

@@ -585,20 +585,11 @@ pub fn assigned_function(function: &PciFunction) -> Result<AssignedFunction, Str
     Ok(assigned)
 }
 
-/// TSC ticks per millisecond, at the rate CPUID reports (leaf 0x15, else 0x16, else an assumed 3 GHz).
-/// An emulator's TSC may run slower than it says (Bochs: ~48x, shared/emulators.md), which only
-/// makes waits and run budgets longer in real time.
+/// TSC ticks per millisecond, at the rate measured at boot (`arch::tsc_calibration`: against the
+/// PIT, which in an emulator runs in the same emulated time as its TSC), so waits and run budgets are
+/// real (emulated) milliseconds.
 fn tsc_per_ms() -> u64 {
-    let leaf15 = core::arch::x86_64::__cpuid(0x15);
-    let leaf16 = core::arch::x86_64::__cpuid(0x16);
-    let hz = if leaf15.eax != 0 && leaf15.ebx != 0 && leaf15.ecx != 0 {
-        u64::from(leaf15.ecx) * u64::from(leaf15.ebx) / u64::from(leaf15.eax)
-    } else if leaf16.eax != 0 {
-        u64::from(leaf16.eax) * 1_000_000
-    } else {
-        3_000_000_000
-    };
-    hz / 1000
+    (crate::arch::tsc_calibration::tsc_hz() / 1000).max(1)
 }
 
 /// Busy-waits about `ms` milliseconds of TSC time.

@@ -3,6 +3,7 @@
 //! ([`Handled`], then [`Next`]). Kept apart from the handlers so that `exits`, `irq_exits` and
 //! `events` depend on it and not on each other.
 
+use super::cpuid::CpuidContext;
 use super::guest_events::EventState;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::msi_request::MsiRequest;
@@ -21,6 +22,8 @@ pub trait HostServices: InterruptHardware {
     fn console_line(&mut self, line: &str);
     /// The host CPU's CPUID.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// What the guest's CPUID is computed from besides the host's (`cpuid::guest_cpuid`).
+    fn cpuid_context(&self) -> CpuidContext;
     fn rdtsc(&self) -> u64;
     /// Host timer ticks so far.
     fn host_timer_ticks(&self) -> u64;

@@ -64,18 +64,26 @@ impl HostServices for FakeHost {
         self.lines.push(String::from(line));
     }
     /// Bochs `tigerlake` where it matters (shared/emulators.md; leaf 1 ECX with OSXSAVE set, as
-    /// the host sets CR4.OSXSAVE): NX, 48-bit linear addresses, x87/SSE/AVX/AVX-512 XSAVE state.
+    /// the host sets CR4.OSXSAVE): NX, 48-bit linear addresses, x87/SSE/AVX/AVX-512 XSAVE state,
+    /// PKU with a PKRU state of size 0 (so the guest gets neither).
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         match (leaf, subleaf) {
             (0, _) => [0x16, 0, 0, 0],
             (1, _) => [0x806C1, 0, 0x77FA_F3BF | 1 << 27, 0xBFEB_FBFF],
             (7, 0) => [0, 0x0000_0081, 0x0001_000C, 0],
-            (0xD, 0) => [0xE7, 0x340, 0xA88, 0],
+            (0xD, 0) => [0x2E7, 0x340, 0xA88, 0],
+            (0xD, 2) => [256, 576, 0, 0],
+            (0xD, 5) => [64, 1088, 0, 0],
+            (0xD, 6) => [512, 1152, 0, 0],
+            (0xD, 7) => [1024, 1664, 0, 0],
             (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
             (0x8000_0001, _) => [0, 0, 1, 1 << 20 | 1 << 29],
             (0x8000_0008, _) => [0x3027, 0, 0, 0],
             _ => [0; 4],
         }
+    }
+    fn cpuid_context(&self) -> crate::vmm::cpuid::CpuidContext {
+        crate::vmm::cpuid::CpuidContext::new(|l, s| self.cpuid(l, s), 50_000_000, 0, 1)
     }
     fn read_dr6(&self) -> u64 {
         self.dr6
@@ -875,4 +883,113 @@ fn xsetbv_is_checked_then_performed_in_the_host() {
     vcpu.regs.rax = 1;
     run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
     assert_ne!(vcpu.regs.rcx & 1 << 27, 0);
+}
+
+fn rdmsr(vcpu: &mut Vcpu, msr: u32) -> (FakeVmcs, u64) {
+    let (mut ram, mut host) = (ram(), FakeHost::default());
+    let mut vmcs = exited(31, 0, 2);
+    vcpu.regs.rcx = msr.into();
+    assert_eq!(run(&mut vmcs, vcpu, &mut ram, &mut host), Next::Resume);
+    let value = vcpu.regs.rdx << 32 | vcpu.regs.rax;
+    (vmcs, value)
+}
+
+#[test]
+fn msrs_linux_reads_agree_with_cpuid() {
+    let mut vcpu = Vcpu::default();
+    // Fast strings on (ERMS and FSRM stay valid), BTS and PEBS unavailable.
+    assert_eq!(rdmsr(&mut vcpu, 0x1A0).1, 0x1801);
+    // Writes change nothing (Linux may try to clear bits it finds set).
+    wrmsr(&mut vcpu, 0x1A0, 0);
+    assert_eq!(rdmsr(&mut vcpu, 0x1A0).1, 0x1801);
+    // No microcode, no machine-check banks: read 0; the microcode probe's write of 0 is taken.
+    for msr in [0x17, 0x8B, 0x179, 0x17A] {
+        let (vmcs, value) = rdmsr(&mut vcpu, msr);
+        assert_eq!((value, rip(&vmcs)), (0, RIP + 2), "MSR {msr:#x}");
+    }
+    assert_eq!(rip(&wrmsr(&mut vcpu, 0x8B, 0)), RIP + 2);
+    assert_eq!(rip(&wrmsr(&mut vcpu, 0x17A, 0)), RIP + 2);
+    assert!(injected_gp(&wrmsr(&mut vcpu, 0x17A, 1)));
+    assert!(
+        injected_gp(&wrmsr(&mut vcpu, 0x179, 0)),
+        "MCG_CAP is read-only"
+    );
+    assert!(
+        injected_gp(&wrmsr(&mut vcpu, 0x17, 0)),
+        "PLATFORM_ID is read-only"
+    );
+}
+
+#[test]
+fn msrs_of_hidden_features_are_gp() {
+    let mut vcpu = Vcpu::default();
+    // TSC_ADJUST, SPEC_CTRL, PRED_CMD, ARCH_CAPABILITIES, FLUSH_CMD, PLATFORM_INFO, APERF, MPERF,
+    // MTRRcap, PERF_CAPABILITIES, HWP (PM_ENABLE, CAPABILITIES, REQUEST), MTRRdefType, KVM's
+    // system time and wall clock (both ranges).
+    for msr in [
+        0x3B,
+        0x48,
+        0x49,
+        0x10A,
+        0x10B,
+        0xCE,
+        0xE7,
+        0xE8,
+        0xFE,
+        0x345,
+        0x770,
+        0x771,
+        0x774,
+        0x2FF,
+        0x11,
+        0x12,
+        0x4B56_4D00,
+        0x4B56_4D01,
+    ] {
+        let (vmcs, _) = rdmsr(&mut vcpu, msr);
+        assert!(injected_gp(&vmcs), "RDMSR {msr:#x}");
+        assert_eq!(rip(&vmcs), RIP);
+        assert!(injected_gp(&wrmsr(&mut vcpu, msr, 0)), "WRMSR {msr:#x}");
+    }
+}
+
+#[test]
+fn tsc_deadline_msr_reaches_the_virtual_x2apic() {
+    let mut vcpu = Vcpu::default();
+    let now = FakeHost::default().rdtsc();
+    // Outside TSC-deadline mode the MSR reads 0 and ignores writes (SDM Vol. 3A 11.5.4.1).
+    wrmsr(&mut vcpu, 0x6E0, now + 1000);
+    assert_eq!(rdmsr(&mut vcpu, 0x6E0).1, 0);
+    // APIC software-enabled (SVR bit 8), LVT timer in TSC-deadline mode (bits 18:17 = 10), vector
+    // 0xEC.
+    wrmsr(&mut vcpu, 0x80F, 0x1FF);
+    assert_eq!(rip(&wrmsr(&mut vcpu, 0x832, 0x4_00EC)), RIP + 2);
+    let vmcs = wrmsr(&mut vcpu, 0x6E0, now + 1000);
+    assert_eq!(rip(&vmcs), RIP + 2);
+    assert_eq!(rdmsr(&mut vcpu, 0x6E0).1, now + 1000);
+    assert_eq!(vcpu.interrupts.next_timer_due(), Some(now + 1000));
+    // A deadline already past fires at once and reads 0 again.
+    wrmsr(&mut vcpu, 0x6E0, now - 1);
+    assert_eq!(rdmsr(&mut vcpu, 0x6E0).1, 0);
+}
+
+#[test]
+fn cpuid_exit_uses_the_policy_and_ospke_follows_cr4() {
+    let (mut ram, mut host) = (ram(), FakeHost::default());
+    let mut vcpu = Vcpu::default();
+    let mut cpuid = |vcpu: &mut Vcpu, leaf: u64, subleaf: u64, cr4: u64| {
+        let mut vmcs = exited(10, 0, 2);
+        vmcs.set(VmcsNatural::GuestCr4 as u32, cr4);
+        (vcpu.regs.rax, vcpu.regs.rcx) = (leaf, subleaf);
+        run(&mut vmcs, vcpu, &mut ram, &mut host);
+        [vcpu.regs.rax, vcpu.regs.rbx, vcpu.regs.rcx, vcpu.regs.rdx]
+    };
+    // The measured 50 MHz, crystal = TSC.
+    assert_eq!(cpuid(&mut vcpu, 0x15, 0, 0), [1, 1, 50_000_000, 0]);
+    // PKRU has size 0 on this host: no PKRU state, no PKU; OSPKE still reflects CR4.PKE.
+    assert_eq!(cpuid(&mut vcpu, 0xD, 0, 0)[0], 0xE7);
+    assert_eq!(cpuid(&mut vcpu, 7, 0, 0)[2] & (1 << 3 | 1 << 4), 0);
+    assert_ne!(cpuid(&mut vcpu, 7, 0, 1 << 22)[2] & 1 << 4, 0);
+    let kvm = cpuid(&mut vcpu, 0x4000_0100, 0, 0);
+    assert_eq!(kvm[1], u32::from_le_bytes(*b"KVMK").into());
 }
