@@ -258,7 +258,14 @@ impl VmxCpu {
         )
         .map_err(|e| format!("EPT: {e:?}"))?;
 
-        let needs_irq = !config.ioapic_pins.is_empty() || config.interrupts == InterruptMode::Eli;
+        // The guest's IOAPIC pins: those configured, and its functions' INTx lines.
+        let mut pins = config.ioapic_pins.clone();
+        pins.extend(intx.iter().map(|line| line.gsi));
+        pins.sort_unstable();
+        pins.dedup();
+        let needs_irq = !pins.is_empty()
+            || config.interrupts == InterruptMode::Eli
+            || config.linux.is_some();
         let irq = match (self.irq, needs_irq) {
             (Some(irq), _) => Some(irq),
             (None, true) => {
@@ -268,9 +275,9 @@ impl VmxCpu {
             }
             (None, false) => None,
         };
-        if irq.is_some_and(|i| i.ioapic_base == 0) && !config.ioapic_pins.is_empty() {
+        if irq.is_some_and(|i| i.ioapic_base == 0) && !pins.is_empty() {
             return Err(String::from(
-                "ioapic_pins are configured but no IOAPIC was found",
+                "the guest has IOAPIC pins (ioapic_pins, or its devices' INTx) but no IOAPIC was found",
             ));
         }
         // Every guest starts with the EOI write intercepted; `vmm::interrupts` flips it for ELI.
@@ -325,7 +332,7 @@ impl VmxCpu {
             apic_base: APIC_BASE_RESET,
             cr0_fixed: (self.caps.cr0_fixed0, self.caps.cr0_fixed1),
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
-            interrupts: GuestInterrupts::new(config.interrupts, &config.ioapic_pins),
+            interrupts: GuestInterrupts::new(config.interrupts, &pins),
             preemption_shift,
             // Not the value the VMCS holds (0), so the first entry writes the real deadline.
             preemption_written: u32::MAX,
