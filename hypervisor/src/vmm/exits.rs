@@ -7,12 +7,12 @@
 use super::cpuid::guest_cpuid;
 use super::events;
 use super::guest_memory::GuestMemory;
+use super::guest_platform::COM1_PORT as COM1;
 use super::irq_exits;
 use super::validate::{self, GuestFeatures, Refusal};
 use super::vcpu::{
     gpr_value, ExitCounters, GuestEnd, Handled, HostServices, Next, Vcpu, APIC_BASE_RESET,
 };
-use super::virtual_console::COM1;
 use super::virtual_pci::{CONFIG_ADDRESS, CONFIG_DATA};
 use crate::vmx::exit::{
     CrAccess, CrAccessKind, ExitReason, ExitReasonField, InterruptionInfo, IoDirection,

@@ -7,7 +7,7 @@ use super::guest_events::EventState;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
 use super::msi_request::MsiRequest;
 use super::msix::MsixRequest;
-use super::virtual_console::VirtualConsole;
+use super::uart16550::Uart16550;
 use super::virtual_pci::VirtualPci;
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
@@ -94,7 +94,8 @@ impl ExitCounters {
 pub struct Vcpu {
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
-    pub console: VirtualConsole,
+    /// COM1.
+    pub console: Uart16550,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
     /// MSRs kept in software (never loaded into the CPU).
