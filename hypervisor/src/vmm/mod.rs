@@ -14,6 +14,7 @@ pub mod guest_platform;
 pub mod host_clock;
 pub mod interrupts;
 pub mod irq_exits;
+pub mod legacy_ports;
 pub mod machine;
 pub mod mmio_decode;
 pub mod msi_request;
