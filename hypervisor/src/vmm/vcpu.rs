@@ -5,6 +5,7 @@
 
 use super::guest_events::EventState;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
+use super::legacy_ports::LegacyPorts;
 use super::msi_request::MsiRequest;
 use super::msix::MsixRequest;
 use super::uart16550::Uart16550;
@@ -96,6 +97,8 @@ pub struct Vcpu {
     pub counters: ExitCounters,
     /// COM1.
     pub console: Uart16550,
+    /// The legacy PC ports (absent devices, ACPI sleep and reset).
+    pub legacy: LegacyPorts,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
     /// MSRs kept in software (never loaded into the CPU).
