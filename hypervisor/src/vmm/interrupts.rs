@@ -1,4 +1,5 @@
-//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC, host interrupts that arrive while it
+//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC (with emulated pins that device
+//! models such as COM1 drive), host interrupts that arrive while it
 //! runs (baseline only, and only if something other than the host clock raised one), and injection
 //! (the `baseline` path, and ELI's path for virtual interrupts such as the virtual LAPIC timer and
 //! self-IPIs). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
