@@ -1,7 +1,9 @@
 //! A mediated IOAPIC (Intel 82093AA datasheet, ICH/PCH datasheets "I/O APIC" chapter): the guest
 //! programs its redirection entries through the usual MMIO window, exactly as on bare metal, and
 //! for each pin assigned to it the model tells the caller how to program the physical entry.
-//! Pins not assigned to the guest read as masked and ignore writes.
+//! Emulated pins have no physical pin behind them: a device model drives their input line
+//! ([`VirtualIoapic::assert`]/[`VirtualIoapic::deassert`]). Other pins read as masked and ignore
+//! writes.
 //!
 //! Register window (offsets from the base): IOREGSEL +0x00, IOWIN +0x10, EOI +0x40 (version
 //! 0x20 and later). Indirect registers: 0 ID, 1 version, 2 arbitration, 0x10 + 2 * pin (low
@@ -202,6 +204,9 @@ pub enum IoapicWriteEffect {
     Routing(PhysicalRouting),
     /// Dropped; worth a log line.
     Ignored(IgnoredWrite),
+    /// An emulated pin whose level-triggered line is asserted became deliverable (unmasked, remote
+    /// IRR clear): send this interrupt, as the 82093AA sends an asserted level input.
+    Deliver(IoapicInterrupt),
     /// The EOI register was written: forward to the physical IOAPIC for `outcome.cleared`.
     Eoi {
         vector: u8,
@@ -232,6 +237,8 @@ pub struct VirtualIoapic {
     id: u8,
     pins: u8,
     assigned: PinSet,
+    /// Pins whose input a device model drives (never also assigned).
+    emulated: PinSet,
     ioregsel: u8,
     entries: [RedirectionEntry; MAX_PINS],
     /// Input lines currently asserted (for level-triggered re-sending after EOI).
@@ -252,6 +259,7 @@ impl VirtualIoapic {
             id: id & 0xF,
             pins,
             assigned: owned,
+            emulated: PinSet::empty(),
             ioregsel: 0,
             entries: [RedirectionEntry::MASKED; MAX_PINS],
             asserted: PinSet::empty(),
@@ -264,6 +272,30 @@ impl VirtualIoapic {
 
     pub fn assigned(&self) -> PinSet {
         self.assigned
+    }
+
+    /// Makes `pin` an emulated pin: the guest programs it, a device model drives it. Refused
+    /// (false) for a pin out of range or assigned to a physical pin.
+    pub fn emulate(&mut self, pin: u8) -> bool {
+        if pin >= self.pins || self.assigned.contains(pin) {
+            return false;
+        }
+        self.emulated.insert(pin);
+        true
+    }
+
+    pub fn emulated(&self) -> PinSet {
+        self.emulated
+    }
+
+    /// Whether the guest owns `pin`, assigned or emulated.
+    fn owns(&self, pin: u8) -> bool {
+        self.assigned.contains(pin) || self.emulated.contains(pin)
+    }
+
+    /// Whether `pin`'s input line is asserted.
+    pub fn line(&self, pin: u8) -> bool {
+        self.asserted.contains(pin)
     }
 
     /// The entry of `pin` as the guest reads it (masked for unassigned pins).
@@ -366,7 +398,7 @@ impl VirtualIoapic {
         let Some((pin, high)) = self.redirection_slot(index) else {
             return IoapicWriteEffect::Ignored(IgnoredWrite::ReadOnlyOrReserved(index));
         };
-        if !self.assigned.contains(pin) {
+        if !self.owns(pin) {
             return IoapicWriteEffect::Ignored(IgnoredWrite::UnassignedPin(pin));
         }
         let slot = &mut self.entries[usize::from(pin)];
@@ -380,6 +412,16 @@ impl VirtualIoapic {
         let keep = RedirectionEntry::READ_ONLY_BITS;
         *slot = RedirectionEntry::from_bits((written & !keep) | (bits & keep));
         let (before, after) = (Self::route(pin, old), Self::route(pin, *slot));
+        if self.emulated.contains(pin) {
+            // Nothing physical to program; a level input held while masked is sent on unmask.
+            let level = slot.level_triggered && !slot.remote_irr;
+            if level && !after.masked && self.asserted.contains(pin) {
+                return self
+                    .assert(pin)
+                    .map_or(IoapicWriteEffect::None, IoapicWriteEffect::Deliver);
+            }
+            return IoapicWriteEffect::None;
+        }
         if before != after {
             IoapicWriteEffect::Routing(after)
         } else {
@@ -391,7 +433,7 @@ impl VirtualIoapic {
     /// unassigned pin, nor for a level-triggered pin whose remote IRR is still set (it waits
     /// for the EOI). A level-triggered send sets remote IRR.
     pub fn assert(&mut self, pin: u8) -> Option<IoapicInterrupt> {
-        if !self.assigned.contains(pin) {
+        if !self.owns(pin) {
             return None;
         }
         self.asserted.insert(pin);
@@ -409,7 +451,7 @@ impl VirtualIoapic {
 
     /// The device dropped `pin` (matters for level-triggered pins only).
     pub fn deassert(&mut self, pin: u8) {
-        if self.assigned.contains(pin) {
+        if self.owns(pin) {
             self.asserted.0 &= !(1 << pin);
         }
     }
@@ -712,5 +754,52 @@ mod tests {
         assert_eq!(io.eoi(0x41), EoiOutcome::default());
         write(&mut io, 0x24, 0x1_0041);
         assert_eq!(io.assert(10), None);
+    }
+
+    #[test]
+    fn emulated_pins_are_programmed_by_the_guest_and_driven_by_a_model() {
+        let mut io = ioapic();
+        assert!(!io.emulate(3), "assigned pins stay physical");
+        assert!(!io.emulate(24), "beyond the last pin");
+        assert!(io.emulate(4));
+        assert_eq!(io.emulated(), PinSet::from_pins(&[4]));
+        // Pin 4 (index 0x18): edge, vector 0x31; programmable, nothing physical to route.
+        assert_eq!(write(&mut io, 0x18, 0x31), IoapicWriteEffect::None);
+        assert_eq!(read(&mut io, 0x18), 0x31);
+        assert_eq!(io.routing(4), None);
+        let edge = IoapicInterrupt {
+            pin: 4,
+            vector: 0x31,
+            level: false,
+        };
+        assert_eq!(io.assert(4), Some(edge));
+        assert!(io.line(4));
+        io.deassert(4);
+        assert!(!io.line(4));
+        // Level, masked: an assertion is held, and sent when the guest unmasks.
+        write(&mut io, 0x18, 0x1_8031);
+        assert_eq!(io.assert(4), None);
+        let level = IoapicInterrupt {
+            level: true,
+            ..edge
+        };
+        assert_eq!(
+            write(&mut io, 0x18, 0x8031),
+            IoapicWriteEffect::Deliver(level)
+        );
+        assert_eq!(read(&mut io, 0x18), 0xC031, "remote IRR set");
+        assert_eq!(write(&mut io, 0x18, 0x8031), IoapicWriteEffect::None);
+        // EOI with the line still high: sent again.
+        let pin4 = PinSet::from_pins(&[4]);
+        assert_eq!(
+            io.eoi(0x31),
+            EoiOutcome {
+                cleared: pin4,
+                resent: pin4
+            }
+        );
+        io.deassert(4);
+        assert_eq!(io.eoi(0x31).resent, PinSet::empty());
+        assert_eq!(read(&mut io, 0x18), 0x8031);
     }
 }

@@ -7,12 +7,13 @@
 use super::cpuid::{guest_cpuid, LEAF7_ECX_OSPKE};
 use super::events;
 use super::guest_memory::GuestMemory;
+use super::guest_platform::{COM1_GSI, COM1_PORT as COM1};
 use super::irq_exits;
+use super::legacy_ports::GuestRequest;
 use super::validate::{self, GuestFeatures, Refusal};
 use super::vcpu::{
     gpr_value, ExitCounters, GuestEnd, Handled, HostServices, Next, Vcpu, APIC_BASE_RESET,
 };
-use super::virtual_console::COM1;
 use super::virtual_pci::{CONFIG_ADDRESS, CONFIG_DATA};
 use crate::vmx::exit::{
     CrAccess, CrAccessKind, ExitReason, ExitReasonField, InterruptionInfo, IoDirection,
@@ -393,19 +394,22 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             .pci_config()
             .and_then(|config| vcpu.pci.read(access.port, access.size, config))
             .unwrap_or(u32::MAX),
+        // The emulated devices are byte-wide, as on the ISA bus: a wider access reaches
+        // consecutive ports, low byte first.
         IoDirection::Out => {
-            if (COM1..COM1 + 8).contains(&access.port) {
-                if let Some(line) = vcpu.console.write(access.port - COM1, vcpu.regs.rax as u8) {
-                    host.console_line(&line);
+            let value = vcpu.regs.rax as u32;
+            for i in 0..access.size {
+                let port = access.port.wrapping_add(i.into());
+                if let Some(end) = port_write(vcpu, host, port, (value >> (8 * i)) as u8) {
+                    return Handled::End(end);
                 }
             }
             return Handled::Skip;
         }
-        IoDirection::In if (COM1..COM1 + 8).contains(&access.port) => {
-            u32::from(vcpu.console.read(access.port - COM1))
-        }
-        // Nothing decodes an unassigned port: the bus floats to all ones.
-        IoDirection::In => u32::MAX,
+        IoDirection::In => (0..access.size).fold(0, |value, i| {
+            let port = access.port.wrapping_add(i.into());
+            value | u32::from(port_read(vcpu, port)) << (8 * i)
+        }),
     };
     let rax = &mut vcpu.regs.rax;
     *rax = match access.size {
@@ -415,6 +419,47 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
         _ => u64::from(value),
     };
     Handled::Skip
+}
+
+fn com1_register(port: u16) -> Option<u16> {
+    port.checked_sub(COM1).filter(|offset| *offset < 8)
+}
+
+/// A byte read of `port` from COM1, a legacy port, or nothing (all ones).
+fn port_read(vcpu: &mut Vcpu, port: u16) -> u8 {
+    let Some(offset) = com1_register(port) else {
+        return vcpu.legacy.read(port);
+    };
+    let value = vcpu.console.read(offset);
+    com1_interrupt(vcpu);
+    value
+}
+
+/// A byte write to `port`; `Some` if it ends the guest.
+fn port_write(
+    vcpu: &mut Vcpu,
+    host: &mut impl HostServices,
+    port: u16,
+    value: u8,
+) -> Option<GuestEnd> {
+    let Some(offset) = com1_register(port) else {
+        return vcpu.legacy.write(port, value).map(|request| match request {
+            GuestRequest::PowerOff => GuestEnd::PoweredOff(0),
+            GuestRequest::Reset(why) => GuestEnd::Stopped(String::from(why)),
+        });
+    };
+    if let Some(line) = vcpu.console.write(offset, value) {
+        host.console_line(&line);
+    }
+    com1_interrupt(vcpu);
+    None
+}
+
+/// COM1's IRQ line drives its IOAPIC pin (ISA IRQ 4: edge, active high in the MADT; a rising
+/// edge sends the interrupt, so the pin follows the line after every register access).
+fn com1_interrupt(vcpu: &mut Vcpu) {
+    let line = vcpu.console.interrupt_line();
+    vcpu.interrupts.set_emulated_pin(COM1_GSI, line);
 }
 
 fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>, host: &impl HostServices) -> Handled {

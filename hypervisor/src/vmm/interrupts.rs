@@ -1,4 +1,5 @@
-//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC, host interrupts that arrive while it
+//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC (with emulated pins that device
+//! models such as COM1 drive), host interrupts that arrive while it
 //! runs (baseline only, and only if something other than the host clock raised one), and injection
 //! (the `baseline` path, and ELI's path for virtual interrupts such as the virtual LAPIC timer and
 //! self-IPIs). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
@@ -7,12 +8,15 @@
 //! fault event, spurious); a guest may route its pins and MSIs only to [`GUEST_VECTORS`], which keeps
 //! the physical vector equal to the guest's (ELI delivers through the guest's own gate).
 
+use super::guest_platform::COM1_GSI;
 use crate::arch::apic::{
     DMA_FAULT_VECTOR, HOST_PRIORITY_FLOOR, HOST_TIMER_VECTOR, SPURIOUS_VECTOR,
 };
 use crate::config::InterruptMode;
 use crate::pci::Bdf;
-use crate::virq::ioapic::{IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic};
+use crate::virq::ioapic::{
+    EoiOutcome, IoapicInterrupt, IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic,
+};
 use crate::virq::vector_set::VectorSet;
 use crate::virq::x2apic::{IpiReach, WriteEffect, X2apic, X2apicFault};
 use alloc::vec::Vec;
@@ -98,16 +102,69 @@ impl From<X2apicFault> for GuestFault {
 }
 
 impl GuestInterrupts {
+    /// Interrupts for a guest that owns IOAPIC `pins`; COM1's pin is emulated unless assigned.
     pub fn new(mode: InterruptMode, pins: &[u8]) -> Self {
+        let mut ioapic = VirtualIoapic::new(0, IOAPIC_PINS, PinSet::from_pins(pins));
+        ioapic.emulate(COM1_GSI);
         Self {
             mode,
             apic: X2apic::new(0),
-            ioapic: VirtualIoapic::new(0, IOAPIC_PINS, PinSet::from_pins(pins)),
+            ioapic,
             device_vectors: VectorSet::new(),
             msi_vectors: Vec::new(),
             stats: InterruptStats::default(),
             eoi_passthrough: false,
             owed_physical_eois: VectorSet::new(),
+        }
+    }
+
+    /// An emulated device drove emulated pin `pin`'s line high. A rising edge (or a level the
+    /// IOAPIC may send) becomes a request in the virtual x2APIC, which `irq_exits::prepare_entry`
+    /// injects once the guest's RFLAGS.IF and TPR allow. A line already high sends nothing.
+    pub fn raise_emulated_pin(&mut self, pin: u8) {
+        if !self.ioapic.emulated().contains(pin) || self.ioapic.line(pin) {
+            return;
+        }
+        if let Some(irq) = self.ioapic.assert(pin) {
+            self.request(irq);
+        }
+    }
+
+    /// An emulated device drove emulated pin `pin`'s line low.
+    pub fn lower_emulated_pin(&mut self, pin: u8) {
+        if self.ioapic.emulated().contains(pin) {
+            self.ioapic.deassert(pin);
+        }
+    }
+
+    /// [`Self::raise_emulated_pin`] or [`Self::lower_emulated_pin`], by the line's level.
+    pub fn set_emulated_pin(&mut self, pin: u8, high: bool) {
+        if high {
+            self.raise_emulated_pin(pin);
+        } else {
+            self.lower_emulated_pin(pin);
+        }
+    }
+
+    /// The IOAPIC sent `irq` (an emulated pin): the local APIC accepts it into IRR, TMR recording
+    /// its trigger mode so that its EOI comes back to the IOAPIC (SDM 11.8.4, 11.8.5).
+    fn request(&mut self, irq: IoapicInterrupt) {
+        if self.apic.request(irq.vector, irq.level).is_err() {
+            self.stats.stray += 1;
+        }
+    }
+
+    /// An EOI reached the IOAPIC for `vector` (the local APIC's broadcast of a level-triggered
+    /// EOI, or the IOAPIC's EOI register): emulated level pins still asserted are sent again.
+    fn ioapic_eoi_done(&mut self, vector: u8, outcome: EoiOutcome) {
+        for pin in outcome.resent.iter() {
+            if self.ioapic.emulated().contains(pin) {
+                self.request(IoapicInterrupt {
+                    pin,
+                    vector,
+                    level: true,
+                });
+            }
         }
     }
 
@@ -219,10 +276,18 @@ impl GuestInterrupts {
     ) -> Result<(), GuestFault> {
         self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
-            WriteEffect::Eoi(done) => {
-                if let Some(done) = done.filter(|d| self.owed_physical_eois.contains(d.vector)) {
+            WriteEffect::Eoi(completed) => {
+                if let Some(done) =
+                    completed.filter(|c| self.owed_physical_eois.contains(c.vector))
+                {
                     self.owed_physical_eois.remove(done.vector);
                     hw.eoi();
+                }
+                // No EOI-broadcast suppression (the version register's bit 24 is 0): a
+                // level-triggered EOI goes on to the IOAPIC (SDM 11.8.5).
+                if let Some(done) = completed.filter(|c| c.level_triggered) {
+                    let outcome = self.ioapic.eoi(done.vector);
+                    self.ioapic_eoi_done(done.vector, outcome);
                 }
                 if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
                     self.set_eoi_passthrough(true, hw);
@@ -253,9 +318,17 @@ impl GuestInterrupts {
         let Some(value) = write else {
             return (self.ioapic.mmio_read(offset, size), false);
         };
-        let IoapicWriteEffect::Routing(mut routing) = self.ioapic.mmio_write(offset, size, value)
-        else {
-            return (0, false);
+        let mut routing = match self.ioapic.mmio_write(offset, size, value) {
+            IoapicWriteEffect::Routing(routing) => routing,
+            IoapicWriteEffect::Deliver(irq) => {
+                self.request(irq);
+                return (0, false);
+            }
+            IoapicWriteEffect::Eoi { vector, outcome } => {
+                self.ioapic_eoi_done(vector, outcome);
+                return (0, false);
+            }
+            IoapicWriteEffect::None | IoapicWriteEffect::Ignored(_) => return (0, false),
         };
         if !(FIRST_DEVICE_VECTOR..HOST_PRIORITY_FLOOR).contains(&routing.vector) && !routing.masked
         {
@@ -423,9 +496,9 @@ mod tests {
         assert!(!route_pin3(&mut g, &mut hw, u32::from(HOST_TIMER_VECTOR)));
         assert!(hw.routes.last().unwrap().masked, "kept masked");
         assert_eq!(g.stats.refused_routings, 1);
-        // Pin 4 is not the guest's: the write is ignored, nothing is routed.
+        // Pin 5 is not the guest's: the write is ignored, nothing is routed.
         let before = hw.routes.len();
-        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 4), &mut hw);
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 5), &mut hw);
         g.ioapic_access(0x10, 4, Some(0x41), &mut hw);
         assert_eq!(hw.routes.len(), before);
     }
@@ -518,5 +591,73 @@ mod tests {
         // Fixed IPI to self by shorthand: delivered.
         assert_eq!(g.write_msr(0x830, (0b01 << 18) | 0x60, 0, &mut hw), Ok(()));
         assert_eq!(g.pending(), Some(0x60));
+    }
+
+    /// The guest programs emulated pin 4 (COM1) with `low` (vector, trigger, mask bits).
+    fn program_pin4(g: &mut GuestInterrupts, hw: &mut FakeHw, low: u32) -> u32 {
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * 4), hw);
+        g.ioapic_access(0x10, 4, Some(low), hw).0
+    }
+
+    #[test]
+    fn an_emulated_edge_pin_requests_its_vector_on_each_rising_edge() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Baseline, &[3]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.pending(), None, "masked at reset: the edge is lost");
+        g.lower_emulated_pin(COM1_GSI);
+        let routes = hw.routes.len();
+        program_pin4(&mut g, &mut hw, 0x34);
+        assert_eq!(hw.routes.len(), routes, "nothing physical to program");
+        assert!(!g.device_vectors.contains(0x34), "never a physical vector");
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.pending(), Some(0x34));
+        g.injected(0x34, &mut hw);
+        // Still high: no new edge, nothing more requested.
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.pending(), None);
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
+        g.set_emulated_pin(COM1_GSI, false);
+        g.set_emulated_pin(COM1_GSI, true);
+        assert_eq!(g.pending(), Some(0x34));
+        // Pins neither emulated nor the guest's are not driven.
+        g.raise_emulated_pin(5);
+        g.raise_emulated_pin(3);
+        assert!(!g.ioapic.line(5) && !g.ioapic.line(3));
+    }
+
+    #[test]
+    fn an_emulated_level_pin_is_sent_again_after_eoi_while_asserted() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Eli, &[]),
+            FakeHw::default(),
+        );
+        g.start(&mut hw);
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        // Level, active high, masked; the line goes high; the guest unmasks: sent then.
+        program_pin4(&mut g, &mut hw, 0x1_8045);
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.pending(), None);
+        program_pin4(&mut g, &mut hw, 0x8045);
+        assert_eq!(g.pending(), Some(0x45));
+        g.injected(0x45, &mut hw);
+        assert_eq!(hw.eoi_intercepted, Some(true), "the EOI must reach us");
+        // The local APIC EOI (TMR set) reaches the IOAPIC: the line is still high, so again.
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
+        assert_eq!(g.pending(), Some(0x45));
+        g.injected(0x45, &mut hw);
+        g.lower_emulated_pin(COM1_GSI);
+        g.write_msr(EOI, 0, 0, &mut hw).unwrap();
+        assert_eq!(g.pending(), None);
+        assert_eq!(hw.eoi_intercepted, Some(false), "passthrough again");
+        assert_eq!(program_pin4(&mut g, &mut hw, 0x8045), 0);
+        // The IOAPIC's EOI register (+0x40) with the line high sends it again as well.
+        g.raise_emulated_pin(COM1_GSI);
+        g.injected(0x45, &mut hw);
+        g.ioapic_access(0x40, 4, Some(0x45), &mut hw);
+        assert!(g.apic.is_requested(0x45));
     }
 }

@@ -6,9 +6,10 @@
 use super::cpuid::CpuidContext;
 use super::guest_events::EventState;
 use super::interrupts::{GuestInterrupts, InterruptHardware};
+use super::legacy_ports::LegacyPorts;
 use super::msi_request::MsiRequest;
 use super::msix::MsixRequest;
-use super::virtual_console::VirtualConsole;
+use super::uart16550::Uart16550;
 use super::virtual_pci::VirtualPci;
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
@@ -97,7 +98,10 @@ impl ExitCounters {
 pub struct Vcpu {
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
-    pub console: VirtualConsole,
+    /// COM1.
+    pub console: Uart16550,
+    /// The legacy PC ports (absent devices, ACPI sleep and reset).
+    pub legacy: LegacyPorts,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
     /// MSRs kept in software (never loaded into the CPU).

@@ -473,6 +473,81 @@ fn virtual_interrupts_wait_for_the_tpr_the_guest_set_in_the_cpu() {
     assert_eq!(entry_event(&vmcs).0, Some(0x8000_0055));
 }
 
+/// An I/O exit for `port` (`size` bytes, OUT with `value` or IN), run; returns the result and RAX.
+fn port_io(
+    vcpu: &mut Vcpu,
+    host: &mut FakeHost,
+    port: u16,
+    size: u64,
+    out: Option<u32>,
+) -> (Next, u64) {
+    let direction_in = if out.is_some() { 0 } else { 8 };
+    let mut vmcs = exited(30, u64::from(port) << 16 | direction_in | (size - 1), 1);
+    vcpu.regs.rax = out.map_or(0, u64::from);
+    let next = run(&mut vmcs, vcpu, &mut ram(), host);
+    (next, vcpu.regs.rax)
+}
+
+#[test]
+fn com1_thre_interrupt_reaches_the_guest_through_ioapic_pin_4() {
+    use crate::vmm::guest_platform::COM1_GSI;
+    use crate::vmm::uart16550::{reg, IER_THR_EMPTY, MCR_OUT2};
+    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let now = host.rdtsc();
+    vcpu.interrupts
+        .write_msr(0x80F, 0x1FF, now, &mut host)
+        .unwrap();
+    // Linux programs IRQ 4: edge, active high, vector 0x24.
+    let rte = u32::from(0x10 + 2 * COM1_GSI);
+    vcpu.interrupts.ioapic_access(0x00, 4, Some(rte), &mut host);
+    vcpu.interrupts
+        .ioapic_access(0x10, 4, Some(0x24), &mut host);
+    let mut out = |vcpu: &mut Vcpu, offset: u16, value: u8| {
+        let (next, _) = port_io(vcpu, &mut host, COM1 + offset, 1, Some(value.into()));
+        assert_eq!(next, Next::Resume);
+    };
+    out(&mut vcpu, reg::MCR, MCR_OUT2);
+    assert_eq!(vcpu.interrupts.pending(), None);
+    out(&mut vcpu, reg::IER, IER_THR_EMPTY);
+    assert_eq!(vcpu.interrupts.pending(), Some(0x24));
+    // Injected only when the guest takes interrupts: IF = 0 asks for an interrupt window.
+    let mut vmcs = exited(1, 0, 0);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(entry_event(&vmcs).0, None);
+    assert!(vcpu.window_exiting);
+    vmcs.set(VmcsNatural::GuestRflags as u32, 0x202);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(entry_event(&vmcs).0, Some(0x8000_0024));
+    // The handler reads IIR (THRE, which clears it) and the line falls.
+    let (_, iir) = port_io(&mut vcpu, &mut host, COM1 + reg::IIR_FCR, 1, None);
+    assert_eq!(iir & 0xFF, 0x02);
+    assert!(!vcpu.interrupts.ioapic.line(COM1_GSI));
+}
+
+#[test]
+fn legacy_ports_answer_and_acpi_ends_the_guest() {
+    use crate::vmm::guest_platform::{RESET_PORT, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    // The 8259's mask reads back all ones; a 16-bit read covers both sleep registers.
+    assert_eq!(port_io(&mut vcpu, &mut host, 0x21, 1, None).1, 0xFF);
+    assert_eq!(
+        port_io(&mut vcpu, &mut host, SLEEP_CONTROL_PORT, 2, None).1,
+        0x8000
+    );
+    assert_eq!(
+        port_io(&mut vcpu, &mut host, SLEEP_STATUS_PORT, 1, Some(0x80)).0,
+        Next::Resume
+    );
+    assert_eq!(
+        port_io(&mut vcpu, &mut host, SLEEP_CONTROL_PORT, 1, Some(0x34)).0,
+        Next::End(GuestEnd::PoweredOff(0))
+    );
+    let why = stopped_with(port_io(&mut vcpu, &mut host, RESET_PORT, 1, Some(1)).0);
+    assert_eq!(why, "the guest reset itself (ACPI reset register)");
+    let why = stopped_with(port_io(&mut vcpu, &mut host, 0x64, 1, Some(0xFE)).0);
+    assert!(why.contains("keyboard-controller reset"), "{why}");
+}
+
 #[test]
 fn faults_stop_only_the_guest_with_a_report() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
