@@ -3,7 +3,7 @@
 //! Each module does one job: [`prereq`] (rustup targets and components, Debian packages), [`artifacts`] (cargo builds),
 //! [`config`] (the `exitless.cfg` text), [`image`] (GPT + FAT32 disk), [`kvm`] (is nested VT-x usable
 //! here), [`emulator`] (start, watch, stop Bochs and QEMU), [`judge`] (the serial test protocol),
-//! [`suite`] (the table of emulator tests), [`run_dirs`] (a log directory per run), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
+//! [`suite`] (the table of emulator tests), [`run_dirs`] (a log directory per run), [`svg`] (bar charts), [`linux_kit`] (a Debian kernel and initramfs for Linux guests), [`test_cmd`], [`run_cmd`] and
 //! [`bench`] (the commands).
 
 mod artifacts;
@@ -16,6 +16,7 @@ mod judge;
 mod kvm;
 #[cfg(test)]
 mod layering;
+mod linux_kit;
 mod paths;
 mod prereq;
 mod run_cmd;
@@ -74,6 +75,11 @@ enum Command {
         #[arg(long = "tier", value_enum, value_delimiter = ',')]
         tiers: Vec<suite::Tier>,
     },
+    /// Download Debian 12's kernel and busybox and make what a Linux guest boots with, in
+    /// target/linux-kit/: bzImage, vmlinux (uncompressed), initrd.cpio, e1000.ko, VERSION.
+    /// Cached: a second run downloads nothing.
+    #[command(name = "linux-kit")]
+    LinuxKit,
     /// Run the interrupt benchmark guest bare, under `baseline` and under `eli` in Bochs; print a
     /// table, write JSON and an SVG chart under target/bench/.
     Bench {
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
         } => run_cmd::run(emulator, accel, timeout, config),
         Command::Test { tiers } => test_cmd::test(&tiers),
         Command::Bench { json, publish } => bench::bench(json, publish),
+        Command::LinuxKit => linux_kit::command().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
