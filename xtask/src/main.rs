@@ -11,6 +11,7 @@ mod bench;
 mod config;
 mod emulator;
 mod fat_fixup;
+mod guest_files;
 mod image;
 mod judge;
 mod kvm;

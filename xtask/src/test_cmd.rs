@@ -179,8 +179,11 @@ fn run_boot(tally: &mut Tally, boot: &Boot, built: &Artifacts, run: &Path) {
 fn boot_once(boot: &Boot, emulator: Emulator, dir: &Path, built: &Artifacts) -> Result<BootOutput> {
     fs::create_dir_all(dir)?;
     let image_path = dir.join("exitless.img");
-    let config = (boot.config)().render();
-    image::write_image(&image::esp_files(built, &config)?, &image_path)?;
+    // Guests may name files on this machine (e.g. the Linux kit's vmlinux), absolute or relative to
+    // the workspace: they are copied onto the ESP and the configuration names their ESP paths.
+    let (config, files) =
+        image::esp_files_resolving(built, &(boot.config)().render(), &paths::workspace_root())?;
+    image::write_image(&files, &image_path)?;
     fs::write(dir.join("exitless.cfg"), &config)?;
     let done = |log: &str| match boot.stop {
         StopWhen::PowerOff => judge::powered_off(log),
