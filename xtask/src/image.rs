@@ -715,6 +715,30 @@ mod tests {
         assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
+    /// A Linux guest's files: a 63 MiB vmlinux and a 2 MiB initramfs beside the usual ones.
+    #[test]
+    fn a_vmlinux_sized_module_fits_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linux.img");
+        let mut files = sample_files();
+        let vmlinux: Vec<u8> = (0..65_906_612u32).map(|i| (i % 241) as u8).collect();
+        files.push(EspFile {
+            path: format!("{GUESTS_DIR}/linux-vmlinux"),
+            data: vmlinux,
+        });
+        files.push(EspFile {
+            path: format!("{GUESTS_DIR}/linux-initrd.cpio"),
+            data: vec![0x30; 2_324_708],
+        });
+        let layout = write_image(&files, &path).unwrap();
+        assert!(layout.total_bytes > 68 * 1024 * 1024);
+        assert_eq!(layout.total_bytes % CYLINDER_BYTES, 0);
+        let back = read_esp(&path).unwrap();
+        for file in &files {
+            assert!(back.get(&file.path) == Some(&file.data), "{}", file.path);
+        }
+    }
+
     #[test]
     fn sizes_are_whole_cylinders() {
         assert_eq!(disk_bytes_for(0), 130 * CYLINDER_BYTES);

@@ -36,7 +36,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs"
+    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs\n  cargo xtask linux-kit                Debian 12 kernel, vmlinux and initramfs for Linux guests in target/linux-kit/"
 )]
 struct Cli {
     #[command(subcommand)]
