@@ -71,23 +71,35 @@ impl Emulator {
     }
 }
 
+/// The MAC address of Bochs' e1000 (QEMU's default, 52:54:00 being its locally administered prefix).
+pub const BOCHS_E1000_MAC: &str = "52:54:00:12:34:56";
+
 /// The Bochs configuration: /work/shared/reference/bochs-uefi.bxrc with this run's paths.
 /// Deterministic time (`clock: sync=none`, fixed `time0`, `vga realtime=0`) makes two runs of one
 /// image give the same output and TSC values. COM2 (IRQ 3) is the device whose interrupts guests take
 /// (its output goes nowhere).
-pub fn bxrc(image: &Path, serial: &Path, log: &Path) -> String {
+///
+/// Every run has an Intel 82540EM e1000 (8086:100e) in PCI slot 1, which the i440FX machine makes
+/// 00:02.0 (INTA, routed by OVMF to IRQ 10; no MSI), on Bochs' `vnet` backend: a host inside Bochs
+/// at 192.168.10.1 answering ARP, ping, DHCP (the guest gets 192.168.10.15) and TFTP from `vnet_root`
+/// (see [`ensure_vnet_root`]). Nothing leaves the emulator. Memory is 1 GiB: a Linux guest of
+/// 128-256 MiB plus its 63 MiB vmlinux module (the loader reads every module into memory) does not
+/// fit in 512 MiB next to OVMF and the hypervisor. Bochs allocates guest memory lazily, so the
+/// process's resident size grows only with what is touched.
+pub fn bxrc(image: &Path, serial: &Path, log: &Path, vnet_root: &Path) -> String {
     format!(
         "\
-plugin_ctrl: biosdev=true, busmouse=false, e1000=false, es1370=false, extfpuirq=true, parallel=true, sb16=false, serial=true, speaker=false, unmapped=true, usb_ehci=false, usb_ohci=false, usb_uhci=false, usb_xhci=false, voodoo=false
+plugin_ctrl: biosdev=true, busmouse=false, e1000=true, es1370=false, extfpuirq=true, parallel=true, sb16=false, serial=true, speaker=false, unmapped=true, usb_ehci=false, usb_ohci=false, usb_uhci=false, usb_xhci=false, voodoo=false
 config_interface: textconfig
 display_library: term
-memory: host=512, guest=512
+memory: host=1024, guest=1024
 romimage: file=\"{rom}\", address=0xffe00000, options=none
 vgaromimage: file=\"{vga}\"
 boot: disk
 ata0: enabled=true, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14
 ata0-master: type=disk, path=\"{image}\", mode=flat
-pci: enabled=1, chipset=i440fx
+pci: enabled=1, chipset=i440fx, slot1=e1000
+e1000: enabled=1, mac={mac}, ethmod=vnet, ethdev=\"{vnet}\"
 vga: extension=vbe, update_freq=5, realtime=0, ddc=builtin
 cpu: count=1, ips=50000000, model=tigerlake, reset_on_triple_fault=0, cpuid_limit_winnt=0, ignore_bad_msrs=1, mwait_is_nop=0
 clock: sync=none, time0=946684800, rtc_sync=0
@@ -105,7 +117,43 @@ port_e9_hack: enabled=1
         image = image.display(),
         log = log.display(),
         serial = serial.display(),
+        mac = BOCHS_E1000_MAC,
+        vnet = vnet_root.display(),
     )
+}
+
+/// The size of `bulk.bin` in the vnet root.
+pub const VNET_BULK_BYTES: usize = 1 << 20;
+
+/// The bytes of `bulk.bin`, which Bochs' vnet serves by TFTP (a later bench fetches it): a
+/// 32-bit xorshift stream (Marsaglia 2003, shifts 13, 17, 5) from seed 0x2545F491, little-endian,
+/// so a guest can check what it got without the file being compressible or periodic.
+pub fn vnet_bulk_bytes() -> Vec<u8> {
+    let mut x: u32 = 0x2545_f491;
+    let mut out = Vec::with_capacity(VNET_BULK_BYTES);
+    while out.len() < VNET_BULK_BYTES {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// The directory Bochs' vnet serves by TFTP (`ethdev`): `target/xtask/vnet-root/`, made with
+/// `bulk.bin` in it. Shared by all runs; written through a rename so a running Bochs never sees
+/// half a file.
+pub fn ensure_vnet_root() -> Result<PathBuf> {
+    let dir = crate::paths::xtask_dir().join("vnet-root");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bulk = dir.join("bulk.bin");
+    let want = vnet_bulk_bytes();
+    if fs::read(&bulk).ok().as_deref() != Some(want.as_slice()) {
+        let tmp = dir.join(format!(".bulk.bin.{}", std::process::id()));
+        fs::write(&tmp, &want).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &bulk).with_context(|| format!("writing {}", bulk.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Two edus behind one PCIe-to-PCI bridge (behind a root port in slot 9, so the devices above keep
@@ -263,7 +311,8 @@ pub fn boot(req: &BootRequest<'_>) -> Result<BootOutput> {
             let log = req.dir.join("bochs.log");
             let bxrc_path = req.dir.join("bochs.bxrc");
             let rc_path = req.dir.join("bochs.rc");
-            fs::write(&bxrc_path, bxrc(req.image, &serial_path, &log))?;
+            let vnet_root = ensure_vnet_root()?;
+            fs::write(&bxrc_path, bxrc(req.image, &serial_path, &log, &vnet_root))?;
             // Bochs' debugger reads this at start-up: `c` = continue.
             fs::write(&rc_path, "c\n")?;
             remove_if_present(&bochs_disk_lock(req.image))?;
@@ -535,6 +584,7 @@ mod tests {
             Path::new("/r/exitless.img"),
             Path::new("/r/serial.log"),
             Path::new("/r/bochs.log"),
+            Path::new("/t/vnet-root"),
         );
         let line = |prefix: &str| {
             text.lines()
@@ -555,8 +605,26 @@ mod tests {
         assert!(line("clock:").contains("sync=none") && line("clock:").contains("time0=946684800"));
         assert!(line("vga:").contains("realtime=0"));
         assert_eq!(line("port_e9_hack:"), "port_e9_hack: enabled=1");
-        assert_eq!(line("memory:"), "memory: host=512, guest=512");
+        assert_eq!(line("memory:"), "memory: host=1024, guest=1024");
+        // The e1000 at 00:02.0 on vnet, its plugin loaded.
+        assert_eq!(line("pci:"), "pci: enabled=1, chipset=i440fx, slot1=e1000");
+        assert_eq!(
+            line("e1000:"),
+            "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=vnet, ethdev=\"/t/vnet-root\""
+        );
+        assert!(line("plugin_ctrl:").contains(" e1000=true,"));
         assert!(line("romimage:").contains("/usr/share/ovmf/OVMF.fd"));
+    }
+
+    #[test]
+    fn bulk_file_is_a_fixed_incompressible_mebibyte() {
+        let bytes = vnet_bulk_bytes();
+        assert_eq!(bytes.len(), VNET_BULK_BYTES);
+        // The first xorshift32 outputs from 0x2545F491, pinned so a guest-side check stays valid.
+        assert_eq!(&bytes[..4], &0xe124_b63au32.to_le_bytes());
+        assert_eq!(bytes, vnet_bulk_bytes());
+        // Not periodic at any small stride.
+        assert!((1..4096).all(|p| bytes[..4096] != bytes[p..p + 4096]));
     }
 
     #[test]

@@ -200,6 +200,32 @@ pub fn esp_files(built: &Artifacts, config_text: &str) -> Result<Vec<EspFile>> {
     Ok(files)
 }
 
+/// The modules an image of `built` carries whatever its configuration, relative to `\exitless\`
+/// (what a guest's `image = guests/NAME.elf` may name).
+pub fn carried_modules(built: &Artifacts) -> Vec<String> {
+    built
+        .guests
+        .iter()
+        .filter_map(|g| g.file_stem().and_then(|s| s.to_str()))
+        .map(|stem| format!("guests/{stem}.elf"))
+        .collect()
+}
+
+/// [`esp_files`] for a configuration whose guests may name files on this machine (`image`,
+/// `linux`, `initrd`; relative paths from `base`): those are copied onto the ESP and the
+/// configuration written there names their ESP paths (see [`crate::guest_files`]). Returns the
+/// configuration as written and the files.
+pub fn esp_files_resolving(
+    built: &Artifacts,
+    config_text: &str,
+    base: &Path,
+) -> Result<(String, Vec<EspFile>)> {
+    let resolved = crate::guest_files::resolve(config_text, base, &carried_modules(built))?;
+    let mut files = esp_files(built, &resolved.text)?;
+    files.extend(resolved.files);
+    Ok((resolved.text, files))
+}
+
 /// The disk size for this much content: whole cylinders, at least [`MIN_CYLINDERS`].
 pub fn disk_bytes_for(content_bytes: u64) -> u64 {
     // Room for the GPT, the 1 MiB gap, two FATs (4 bytes per 512-byte cluster each) and slack.
@@ -407,7 +433,14 @@ pub fn image_command(out: Option<PathBuf>, config: Option<PathBuf>) -> Result<()
     };
     let built = crate::artifacts::build_all(crate::artifacts::Kernels::for_config(&config_text))?;
     let out = out.unwrap_or_else(|| paths::xtask_dir().join("exitless.img"));
-    let files = esp_files(&built, &config_text)?;
+    let base = config
+        .as_deref()
+        .map_or_else(paths::workspace_root, config_dir);
+    let (_, files) =
+        esp_files_resolving(&built, &config_text, &base).with_context(|| match &config {
+            Some(path) => format!("in {}", path.display()),
+            None => "in the default configuration".into(),
+        })?;
     let layout = write_image(&files, &out)?;
     // Read it back the way a firmware would (GPT, then FAT32) before anyone writes it to a disk.
     let back = read_esp(&out).context("reading the new image back")?;
@@ -430,13 +463,24 @@ pub fn image_command(out: Option<PathBuf>, config: Option<PathBuf>) -> Result<()
         layout.cluster_bytes
     );
     for file in &files {
-        println!("  {:<28} {:>9} bytes", file.path, file.data.len());
+        println!("  {:<40} {:>9} bytes", file.path, file.data.len());
     }
     println!(
         "write it to a USB stick with: sudo dd if={} of=/dev/sdX bs=4M conv=fsync",
         out.display()
     );
     Ok(())
+}
+
+/// The directory a configuration file's relative paths start from: the one it is in.
+pub fn config_dir(config_file: &Path) -> PathBuf {
+    let dir = config_file.parent().unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 #[cfg(test)]
@@ -669,6 +713,30 @@ mod tests {
         files.push(files[0].clone());
         let err = write_image(&files, &dir.path().join("x.img")).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    /// A Linux guest's files: a 63 MiB vmlinux and a 2 MiB initramfs beside the usual ones.
+    #[test]
+    fn a_vmlinux_sized_module_fits_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linux.img");
+        let mut files = sample_files();
+        let vmlinux: Vec<u8> = (0..65_906_612u32).map(|i| (i % 241) as u8).collect();
+        files.push(EspFile {
+            path: format!("{GUESTS_DIR}/linux-vmlinux"),
+            data: vmlinux,
+        });
+        files.push(EspFile {
+            path: format!("{GUESTS_DIR}/linux-initrd.cpio"),
+            data: vec![0x30; 2_324_708],
+        });
+        let layout = write_image(&files, &path).unwrap();
+        assert!(layout.total_bytes > 68 * 1024 * 1024);
+        assert_eq!(layout.total_bytes % CYLINDER_BYTES, 0);
+        let back = read_esp(&path).unwrap();
+        for file in &files {
+            assert!(back.get(&file.path) == Some(&file.data), "{}", file.path);
+        }
     }
 
     #[test]

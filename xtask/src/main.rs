@@ -3,7 +3,7 @@
 //! Each module does one job: [`prereq`] (rustup targets and components, Debian packages), [`artifacts`] (cargo builds),
 //! [`config`] (the `exitless.cfg` text), [`image`] (GPT + FAT32 disk), [`kvm`] (is nested VT-x usable
 //! here), [`emulator`] (start, watch, stop Bochs and QEMU), [`judge`] (the serial test protocol),
-//! [`suite`] (the table of emulator tests), [`run_dirs`] (a log directory per run), [`svg`] (bar charts), [`test_cmd`], [`run_cmd`] and
+//! [`suite`] (the table of emulator tests), [`run_dirs`] (a log directory per run), [`svg`] (bar charts), [`linux_kit`] (a Debian kernel and initramfs for Linux guests), [`test_cmd`], [`run_cmd`] and
 //! [`bench`] (the commands).
 
 mod artifacts;
@@ -11,11 +11,13 @@ mod bench;
 mod config;
 mod emulator;
 mod fat_fixup;
+mod guest_files;
 mod image;
 mod judge;
 mod kvm;
 #[cfg(test)]
 mod layering;
+mod linux_kit;
 mod paths;
 mod prereq;
 mod run_cmd;
@@ -34,7 +36,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs"
+    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs\n  cargo xtask linux-kit                Debian 12 kernel, vmlinux and initramfs for Linux guests in target/linux-kit/"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,6 +76,11 @@ enum Command {
         #[arg(long = "tier", value_enum, value_delimiter = ',')]
         tiers: Vec<suite::Tier>,
     },
+    /// Download Debian 12's kernel and busybox and make what a Linux guest boots with, in
+    /// target/linux-kit/: bzImage, vmlinux (uncompressed), initrd.cpio, e1000.ko, VERSION.
+    /// Cached: a second run downloads nothing.
+    #[command(name = "linux-kit")]
+    LinuxKit,
     /// Run the interrupt benchmark guest bare, under `baseline` and under `eli` in Bochs; print a
     /// table, write JSON and an SVG chart under target/bench/.
     Bench {
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
         } => run_cmd::run(emulator, accel, timeout, config),
         Command::Test { tiers } => test_cmd::test(&tiers),
         Command::Bench { json, publish } => bench::bench(json, publish),
+        Command::LinuxKit => linux_kit::command().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -65,7 +65,20 @@ pub fn run(
     // Its own directory, target/xtask/run/<run-id>/ (target/xtask/run/latest names the newest).
     let dir = run_dirs::create(&paths::xtask_dir().join("run"))?;
     let image_path = dir.join("exitless.img");
-    image::write_image(&image::esp_files(&built, &config_text)?, &image_path)?;
+    // A user's configuration may name files on this machine (relative to its own directory).
+    let base = config_file
+        .as_deref()
+        .map_or_else(paths::workspace_root, image::config_dir);
+    let (_, files) =
+        image::esp_files_resolving(&built, &config_text, &base).with_context(|| {
+            format!(
+                "in {}",
+                config_file
+                    .as_deref()
+                    .map_or("the configuration".into(), |p| p.display().to_string())
+            )
+        })?;
+    image::write_image(&files, &image_path)?;
     let timeout = timeout
         .map(Duration::from_secs)
         .unwrap_or(emulator.default_timeout());

@@ -17,6 +17,7 @@ use crate::emulator::{self, BootOutput, BootRequest, Emulator, Ending};
 use crate::image;
 use crate::judge::{self, SerialReport, Verdict};
 use crate::kvm;
+use crate::linux_kit;
 use crate::paths;
 use crate::prereq;
 use crate::run_dirs;
@@ -79,6 +80,7 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
     // Emulator tiers in order; one that cannot run here is skipped with its reason. The build
     // happens once, when the first tier that can run needs it.
     let mut built: Option<Result<Artifacts, String>> = None;
+    let mut linux_kit: Option<Result<linux_kit::LinuxKit, String>> = None;
     // The self-test kernel is built only when a boot of these tiers starts it.
     let kernels = if BOOTS
         .iter()
@@ -109,6 +111,14 @@ pub fn test(tiers: &[Tier]) -> Result<ExitCode> {
             (_, Err(e)) => Err(format!("{e:#}")),
         };
         for boot in BOOTS.iter().filter(|b| b.tier == tier) {
+            // A boot with a Linux guest needs the kit (downloaded once per run, cached across
+            // runs); without it (no network, no apt) its tests are skipped with the reason.
+            if ready.is_ok() && linux_kit::boots_linux(&(boot.config)()) {
+                if let Err(reason) = linux_kit.get_or_insert_with(linux_kit::ensure) {
+                    skip_boot(&mut tally, boot, reason);
+                    continue;
+                }
+            }
             match &ready {
                 Ok(built) => run_boot(&mut tally, boot, built, &run),
                 Err(reason) => {
@@ -147,13 +157,23 @@ fn tier_blocker(tier: Tier) -> Option<String> {
 /// kernel's `guests/guest-NAME` verdict; the guest's own suite is only known once it runs).
 fn skip_tier(tally: &mut Tally, tier: Tier, reason: &str) {
     for boot in BOOTS.iter().filter(|b| b.tier == tier) {
-        for check in boot.checks {
-            tally.record(tier, check.name, &Verdict::Skipped(reason.into()), None);
-        }
-        for (guest, _) in (boot.config)().guests {
-            let name = format!("guests/guest-{guest}");
-            tally.record(tier, &name, &Verdict::Skipped(reason.into()), None);
-        }
+        skip_boot(tally, boot, reason);
+    }
+}
+
+/// Lists one boot's checks and guests as skipped.
+fn skip_boot(tally: &mut Tally, boot: &Boot, reason: &str) {
+    for check in boot.checks {
+        tally.record(
+            boot.tier,
+            check.name,
+            &Verdict::Skipped(reason.into()),
+            None,
+        );
+    }
+    for (guest, _) in (boot.config)().guests {
+        let name = format!("guests/guest-{guest}");
+        tally.record(boot.tier, &name, &Verdict::Skipped(reason.into()), None);
     }
 }
 
@@ -179,8 +199,11 @@ fn run_boot(tally: &mut Tally, boot: &Boot, built: &Artifacts, run: &Path) {
 fn boot_once(boot: &Boot, emulator: Emulator, dir: &Path, built: &Artifacts) -> Result<BootOutput> {
     fs::create_dir_all(dir)?;
     let image_path = dir.join("exitless.img");
-    let config = (boot.config)().render();
-    image::write_image(&image::esp_files(built, &config)?, &image_path)?;
+    // Guests may name files on this machine (e.g. the Linux kit's vmlinux), absolute or relative to
+    // the workspace: they are copied onto the ESP and the configuration names their ESP paths.
+    let (config, files) =
+        image::esp_files_resolving(built, &(boot.config)().render(), &paths::workspace_root())?;
+    image::write_image(&files, &image_path)?;
     fs::write(dir.join("exitless.cfg"), &config)?;
     let done = |log: &str| match boot.stop {
         StopWhen::PowerOff => judge::powered_off(log),
