@@ -277,8 +277,7 @@ impl GuestInterrupts {
         self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
             WriteEffect::Eoi(completed) => {
-                if let Some(done) =
-                    completed.filter(|c| self.owed_physical_eois.contains(c.vector))
+                if let Some(done) = completed.filter(|c| self.owed_physical_eois.contains(c.vector))
                 {
                     self.owed_physical_eois.remove(done.vector);
                     hw.eoi();

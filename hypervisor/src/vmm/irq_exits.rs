@@ -28,9 +28,7 @@ pub(super) fn ept_violation(
     host: &mut impl HostServices,
     gpa: u64,
 ) -> Result<Option<Handled>, VmFail> {
-    if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa)
-        && !vcpu.interrupts.ioapic.assigned().is_empty()
-    {
+    if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa) && vcpu.has_ioapic {
         return ioapic_access(vmcs, vcpu, mem, host, gpa - IOAPIC_GPA).map(Some);
     }
     if vcpu.pci.msix_traps(gpa) {

@@ -18,7 +18,9 @@ use super::linux_boot::{self, Kernel, LinuxBoot, LinuxBootError};
 
 use super::machine::{GuestRouting, HostIrq, MachineServices, PciHost, HOST_TIMER_PERIOD_TSC};
 use super::msix::{self, GuestMsix};
-use super::vcpu::{ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_RESET};
+use super::vcpu::{
+    ExitCounters, GuestEnd, HostServices, Next, Vcpu, APIC_BASE_EXTD, APIC_BASE_RESET,
+};
 use super::virtual_pci::{AssignedFunction, VirtualPci};
 use super::vmcs_setup::{self, GuestTables, HostState};
 use crate::arch::apic::{self, PhysicalIoapic};
@@ -263,9 +265,8 @@ impl VmxCpu {
         pins.extend(intx.iter().map(|line| line.gsi));
         pins.sort_unstable();
         pins.dedup();
-        let needs_irq = !pins.is_empty()
-            || config.interrupts == InterruptMode::Eli
-            || config.linux.is_some();
+        let needs_irq =
+            !pins.is_empty() || config.interrupts == InterruptMode::Eli || config.linux.is_some();
         let irq = match (self.irq, needs_irq) {
             (Some(irq), _) => Some(irq),
             (None, true) => {
@@ -329,7 +330,14 @@ impl VmxCpu {
                 rsi: start.rsi,
                 ..Default::default()
             },
-            apic_base: APIC_BASE_RESET,
+            // A Linux guest's "firmware" hands over in x2APIC mode, as servers with more than 255
+            // CPUs do: the platform has no xAPIC MMIO page (Linux then never maps it).
+            apic_base: if config.linux.is_some() {
+                APIC_BASE_RESET | APIC_BASE_EXTD
+            } else {
+                APIC_BASE_RESET
+            },
+            has_ioapic: !pins.is_empty() || config.linux.is_some(),
             cr0_fixed: (self.caps.cr0_fixed0, self.caps.cr0_fixed1),
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
             interrupts: GuestInterrupts::new(config.interrupts, &pins),

@@ -117,6 +117,8 @@ pub struct Vcpu {
     pub last_exit: u16,
     /// The PCI bus the guest sees (its assigned functions).
     pub pci: VirtualPci,
+    /// The guest has an IOAPIC (pins, or a described platform): its MMIO window is emulated.
+    pub has_ioapic: bool,
     /// The VMX-preemption timer counts once every 2^shift TSC ticks (IA32_VMX_MISC 4:0).
     pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.
@@ -140,6 +142,8 @@ pub struct SoftMsrs {
 
 /// The guest's view of IA32_APIC_BASE at reset: LAPIC at 0xFEE00000, enabled, bootstrap processor.
 pub const APIC_BASE_RESET: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 8);
+/// IA32_APIC_BASE.EXTD (SDM Vol. 3A 11.12.1): x2APIC mode.
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
 
 /// Outcome of one handler before RIP bookkeeping.
 pub enum Handled {
