@@ -4,7 +4,57 @@
 /// Guest RAM. On the machine it is the identity-mapped host range backing guest-physical 0..len.
 pub struct GuestMemory<'a> {
     ram: &'a mut [u8],
+    layout: RamLayout,
 }
+
+/// Where a guest's RAM block appears in its guest-physical space: block offsets below
+/// [`LOW_MEMORY_END`] at the same guest-physical addresses, and block offsets from `high_offset`
+/// on at `high_start` and up. The usual layout is linear (both 1 MiB); a guest whose devices DMA
+/// without an IOMMU sees its high memory at its host address ([`RamLayout::identity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamLayout {
+    pub high_start: u64,
+    pub high_offset: u64,
+}
+
+/// The end of the first MiB, which Linux reserves whole (and so never gives a device to DMA to).
+pub const LOW_MEMORY_END: u64 = 1 << 20;
+
+impl RamLayout {
+    /// Guest-physical 0..len is the block.
+    pub const LINEAR: Self = Self {
+        high_start: LOW_MEMORY_END,
+        high_offset: LOW_MEMORY_END,
+    };
+
+    /// For a block at host `base` (2 MiB-aligned): the first MiB at guest-physical 0, the block
+    /// from 2 MiB on at its own host address, so a device that DMAs to a guest-physical address
+    /// with no IOMMU reaches the right memory. The block's second MiB is unused.
+    pub const fn identity(base: u64) -> Self {
+        Self {
+            high_start: base + IDENTITY_HIGH_OFFSET,
+            high_offset: IDENTITY_HIGH_OFFSET,
+        }
+    }
+
+    /// The block offset of `len` bytes at guest-physical `gpa` in a block of `ram_len` bytes.
+    pub fn offset(&self, gpa: u64, len: u64, ram_len: u64) -> Option<usize> {
+        let end = gpa.checked_add(len)?;
+        if self.high_start == self.high_offset {
+            return (end <= ram_len).then_some(gpa as usize);
+        }
+        if end <= LOW_MEMORY_END.min(ram_len) {
+            return Some(gpa as usize);
+        }
+        let offset = gpa
+            .checked_sub(self.high_start)?
+            .checked_add(self.high_offset)?;
+        (gpa >= self.high_start && offset.checked_add(len)? <= ram_len).then_some(offset as usize)
+    }
+}
+
+/// Where [`RamLayout::identity`] starts the block's high part: EPT maps it with 2 MiB pages.
+pub const IDENTITY_HIGH_OFFSET: u64 = 2 << 20;
 
 // Paging-structure entry bits (SDM Vol. 3A 4.5).
 const PRESENT: u64 = 1 << 0;
@@ -13,7 +63,11 @@ const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
 impl<'a> GuestMemory<'a> {
     pub fn new(ram: &'a mut [u8]) -> Self {
-        Self { ram }
+        Self::with_layout(ram, RamLayout::LINEAR)
+    }
+
+    pub fn with_layout(ram: &'a mut [u8], layout: RamLayout) -> Self {
+        Self { ram, layout }
     }
 
     pub fn len(&self) -> u64 {
@@ -26,13 +80,13 @@ impl<'a> GuestMemory<'a> {
 
     /// `len` bytes at guest-physical `gpa`, if they are all guest RAM.
     pub fn slice(&self, gpa: u64, len: u64) -> Option<&[u8]> {
-        let end = gpa.checked_add(len)?;
-        (end <= self.len()).then(|| &self.ram[gpa as usize..end as usize])
+        let at = self.layout.offset(gpa, len, self.len())?;
+        Some(&self.ram[at..at + len as usize])
     }
 
     pub fn slice_mut(&mut self, gpa: u64, len: u64) -> Option<&mut [u8]> {
-        let end = gpa.checked_add(len)?;
-        (end <= self.len()).then(|| &mut self.ram[gpa as usize..end as usize])
+        let at = self.layout.offset(gpa, len, self.len())?;
+        Some(&mut self.ram[at..at + len as usize])
     }
 
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
@@ -90,6 +144,37 @@ impl<'a> GuestMemory<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_layout_puts_the_first_mib_low_and_the_rest_at_its_host_address() {
+        let base = 0x1200_0000;
+        let layout = RamLayout::identity(base);
+        let len = 8 << 20;
+        assert_eq!(layout.offset(0x9_F000, 0x1000, len), Some(0x9_F000));
+        assert_eq!(
+            layout.offset(0xF_FFF8, 16, len),
+            None,
+            "straddles the first MiB's end"
+        );
+        assert_eq!(layout.offset(0x10_0000, 8, len), None, "not guest memory");
+        assert_eq!(
+            layout.offset(base, 8, len),
+            None,
+            "the block's low part is not aliased"
+        );
+        assert_eq!(layout.offset(base + (2 << 20), 8, len), Some(2 << 20));
+        assert_eq!(
+            layout.offset(base + len - 8, 8, len),
+            Some(len as usize - 8)
+        );
+        assert_eq!(layout.offset(base + len - 4, 8, len), None);
+        // Linear: guest-physical is the offset.
+        let linear = RamLayout::LINEAR;
+        for gpa in [0, 0xF_FFF8, 0x10_0000, len - 8] {
+            assert_eq!(linear.offset(gpa, 8, len), Some(gpa as usize));
+        }
+        assert_eq!(linear.offset(len - 4, 8, len), None);
+    }
     use alloc::vec;
 
     fn put(ram: &mut [u8], at: u64, value: u64) {

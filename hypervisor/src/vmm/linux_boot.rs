@@ -36,6 +36,7 @@ use core::ops::Range;
 use alloc::vec::Vec;
 
 use super::guest_layout::{self, GuestGdt, GuestStart};
+use super::guest_memory::RamLayout;
 use super::guest_platform::{ACPI_TABLES_GPA, ACPI_TABLES_MAX_LEN};
 
 const ZERO_PAGE_GPA: u64 = 0x1000;
@@ -179,6 +180,10 @@ pub enum LinuxBootError {
     AcpiTablesTooLong {
         len: u64,
     },
+    /// The RAM layout needs the kernel elsewhere and it cannot move there.
+    KernelNotMovable {
+        to: u64,
+    },
 }
 
 fn mib_ceil(bytes: u64) -> u64 {
@@ -207,6 +212,7 @@ impl fmt::Display for LinuxBootError {
             Self::InitrdAboveLimit { initrd_len, kernel_end, limit } => write!(f, "initrd of {} MiB does not fit between the kernel's end ({kernel_end:#x}) and the highest address the kernel takes an initrd at ({limit:#x}, initrd_addr_max): use a smaller initrd", mib_ceil(initrd_len)),
             Self::CmdlineTooLong { len, max } => write!(f, "command line is {len} bytes, the kernel takes at most {max}: shorten cmdline"),
             Self::CmdlineHasNul => write!(f, "command line contains a NUL byte"),
+            Self::KernelNotMovable { to } => write!(f, "the kernel must load at {to:#x} (its devices DMA without an IOMMU, so its RAM sits at its host address) and is not relocatable there: use a relocatable kernel (CONFIG_RELOCATABLE) or a machine with an IOMMU"),
             Self::AcpiTablesTooLong { len } => write!(f, "guest ACPI tables are {len} bytes, more than the {ACPI_TABLES_MAX_LEN:#x} reserved for them at {ACPI_TABLES_GPA:#x}"),
         }
     }
@@ -242,6 +248,8 @@ pub struct BzImage<'a> {
     header: &'a [u8],
     protected_mode: &'a [u8],
     load: u64,
+    /// `relocatable_kernel` and `kernel_alignment` (boot.rst): where else it may be loaded.
+    relocation_alignment: Option<u64>,
     init_size: u64,
     cmdline_size: u64,
     initrd_addr_max: u64,
@@ -297,6 +305,38 @@ impl<'a> Kernel<'a> {
         }
     }
 
+    /// The kernel loaded at `load` instead, if it can run there: a relocatable bzImage at a
+    /// multiple of its kernel_alignment (boot.rst), a vmlinux moved as a whole by a multiple of
+    /// 2 MiB, its entry with it. x86-64 Linux finds where it runs and rebuilds its page tables
+    /// for that (`__startup_64` computes the load delta), so nothing in the image changes.
+    pub fn moved_to(&self, load: u64) -> Option<Kernel<'a>> {
+        let mut moved = self.clone();
+        match &mut moved {
+            Self::BzImage(b) => {
+                let align = b.relocation_alignment?;
+                if !load.is_multiple_of(align) {
+                    return None;
+                }
+                b.load = load;
+            }
+            Self::Vmlinux(v) => {
+                let first = v.segments[0].paddr;
+                if !load.is_multiple_of(u64::from(VMLINUX_ALIGNMENT))
+                    || !first.is_multiple_of(u64::from(VMLINUX_ALIGNMENT))
+                {
+                    return None;
+                }
+                for s in &mut v.segments {
+                    s.paddr = s.paddr - first + load;
+                }
+                v.entry = v.entry.checked_sub(first)?.checked_add(load)?;
+            }
+        }
+        let footprint = moved.footprint();
+        check_footprint(footprint.start, Some(footprint.end)).ok()?;
+        Some(moved)
+    }
+
     /// Where the first instruction is (physical: the identity map makes it the virtual one too).
     pub fn entry(&self) -> u64 {
         match self {
@@ -319,18 +359,20 @@ impl<'a> Kernel<'a> {
         }
     }
 
-    /// Zeroes the footprint and copies the kernel's bytes into it.
-    fn load_into(&self, ram: &mut [u8]) {
+    /// Zeroes the footprint and copies the kernel's bytes into it; `ram` starts at guest-physical
+    /// `ram_start`.
+    fn load_into(&self, ram: &mut [u8], ram_start: u64) {
         let footprint = self.footprint();
-        ram[footprint.start as usize..footprint.end as usize].fill(0);
+        let at = |gpa: u64| (gpa - ram_start) as usize;
+        ram[at(footprint.start)..at(footprint.end)].fill(0);
         match self {
             Self::BzImage(b) => {
-                let at = b.load as usize;
+                let at = at(b.load);
                 ram[at..at + b.protected_mode.len()].copy_from_slice(b.protected_mode);
             }
             Self::Vmlinux(v) => {
                 for s in &v.segments {
-                    let at = s.paddr as usize;
+                    let at = at(s.paddr);
                     ram[at..at + s.file_size]
                         .copy_from_slice(&v.data[s.offset..s.offset + s.file_size]);
                 }
@@ -433,15 +475,20 @@ impl<'a> BzImage<'a> {
             0 => HIGH_MEMORY,
             p => p,
         };
-        let load = if data[zp::RELOCATABLE_KERNEL] != 0 {
+        let relocation_alignment = if data[zp::RELOCATABLE_KERNEL] != 0 {
             let align = u32_field(zp::KERNEL_ALIGNMENT);
             if !align.is_power_of_two() {
                 return Err(BadSetupHeader("kernel_alignment is not a power of two"));
             }
-            pref.checked_next_multiple_of(align)
-                .ok_or(BadSetupHeader("pref_address overflows"))?
+            Some(align)
         } else {
-            pref
+            None
+        };
+        let load = match relocation_alignment {
+            Some(align) => pref
+                .checked_next_multiple_of(align)
+                .ok_or(BadSetupHeader("pref_address overflows"))?,
+            None => pref,
         };
         let init_size = u32_field(zp::INIT_SIZE).max(kernel_len);
         check_footprint(load, load.checked_add(init_size))?;
@@ -449,6 +496,7 @@ impl<'a> BzImage<'a> {
             header,
             protected_mode,
             load,
+            relocation_alignment,
             init_size,
             cmdline_size: u32_field(zp::CMDLINE_SIZE),
             initrd_addr_max: u32_field(zp::INITRD_ADDR_MAX),
@@ -587,17 +635,31 @@ pub struct LinuxLayout {
     pub initrd: Option<Range<u64>>,
 }
 
-/// Whether `boot` fits in `ram_len` bytes of RAM, as [`build`] will find: for a caller to check
-/// before it allocates the RAM.
-pub fn check(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<(), LinuxBootError> {
-    place(ram_len, boot).map(|_| ())
+/// Whether `boot` fits in a RAM block of `ram_len` bytes laid out as `layout`, as [`build`] will
+/// find: for a caller to check before it allocates the RAM (any identity base gives the same answer).
+pub fn check(ram_len: u64, layout: RamLayout, boot: &LinuxBoot<'_>) -> Result<(), LinuxBootError> {
+    place(ram_len, layout, boot).map(|_| ())
 }
 
-/// Where the kernel and initrd go in `ram_len` bytes of RAM, and that everything fits.
-fn place(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<Option<Range<u64>>, LinuxBootError> {
+/// Where the kernel and initrd go, and that everything fits.
+#[derive(Debug)]
+struct Placement<'a> {
+    kernel: Kernel<'a>,
+    initrd: Option<Range<u64>>,
+    /// Guest-physical RAM above the first MiB.
+    high: Range<u64>,
+}
+
+fn place<'a>(
+    ram_len: u64,
+    layout: RamLayout,
+    boot: &LinuxBoot<'a>,
+) -> Result<Placement<'a>, LinuxBootError> {
     use LinuxBootError::*;
-    if ram_len > MAX_RAM_LEN {
-        return Err(MemoryTooLarge { have: ram_len });
+    let high_len = ram_len.saturating_sub(layout.high_offset);
+    let high = layout.high_start..layout.high_start + high_len;
+    if high.end > MAX_RAM_LEN {
+        return Err(MemoryTooLarge { have: high.end });
     }
     let cmdline_max = boot.kernel.cmdline_size().min(CMDLINE_AREA_LEN - 1);
     let len = boot.cmdline.len() as u64;
@@ -617,28 +679,46 @@ fn place(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<Option<Range<u64>>, Linux
             });
         }
     }
-    let kernel = boot.kernel.footprint();
+    // The linear layout keeps the kernel where it asks to be; an identity one starts its RAM at
+    // the block's host address, so the kernel moves to the start of that RAM.
+    let kernel = if layout == RamLayout::LINEAR {
+        boot.kernel.clone()
+    } else {
+        boot.kernel
+            .moved_to(high.start)
+            .ok_or(KernelNotMovable { to: high.start })?
+    };
+    let footprint = kernel.footprint();
     let initrd_len = boot.initrd.map_or(0, |i| i.len() as u64);
+    // In block terms, so the message's "raise memory_mib to" is right for either layout.
     let too_small = MemoryTooSmall {
-        kernel_start: kernel.start,
-        kernel_len: kernel.end - kernel.start,
+        kernel_start: footprint.start - high.start + layout.high_offset,
+        kernel_len: footprint.end - footprint.start,
         initrd_len,
         have: ram_len,
     };
-    let kernel_end = kernel.end.next_multiple_of(PAGE);
-    if kernel_end > ram_len {
+    let kernel_end = footprint.end.next_multiple_of(PAGE);
+    if footprint.start < high.start || kernel_end > high.end {
         return Err(too_small);
     }
     if initrd_len == 0 {
-        return Ok(None);
+        return Ok(Placement {
+            kernel,
+            initrd: None,
+            high,
+        });
     }
     // boot.rst: initrd_addr_max is the highest address the initrd may occupy; put it as high as
     // that and RAM allow, page-aligned, clear of the kernel's init_size.
-    let limit = ram_len.min(boot.kernel.initrd_addr_max().saturating_add(1));
+    let limit = high.end.min(kernel.initrd_addr_max().saturating_add(1));
     let start = limit.checked_sub(initrd_len).map(|s| s & !(PAGE - 1));
     match start {
-        Some(start) if start >= kernel_end => Ok(Some(start..start + initrd_len)),
-        _ if limit == ram_len => Err(too_small),
+        Some(start) if start >= kernel_end => Ok(Placement {
+            kernel,
+            initrd: Some(start..start + initrd_len),
+            high,
+        }),
+        _ if limit == high.end => Err(too_small),
         _ => Err(InitrdAboveLimit {
             initrd_len,
             kernel_end,
@@ -647,19 +727,32 @@ fn place(ram_len: u64, boot: &LinuxBoot<'_>) -> Result<Option<Range<u64>>, Linux
     }
 }
 
-/// Lays out a Linux guest in `ram` (guest-physical 0..len, at most [`MAX_RAM_LEN`]) for the 64-bit
-/// boot protocol and returns its start state. Writes the first MiB, the kernel's footprint and the
-/// initrd; the rest of RAM is left as it is, free memory in the guest's e820 map.
-pub fn build(ram: &mut [u8], boot: &LinuxBoot<'_>) -> Result<LinuxLayout, LinuxBootError> {
+/// Lays out a Linux guest in the RAM block `ram`, seen by the guest as `layout` says (guest-physical
+/// RAM below [`MAX_RAM_LEN`]), for the 64-bit boot protocol, and returns its start state. Writes the
+/// first MiB, the kernel's footprint and the initrd; the rest of RAM is left as it is, free memory
+/// in the guest's e820 map.
+pub fn build(
+    ram: &mut [u8],
+    layout: RamLayout,
+    boot: &LinuxBoot<'_>,
+) -> Result<LinuxLayout, LinuxBootError> {
     let ram_len = ram.len() as u64;
-    let initrd = place(ram_len, boot)?;
-    let kernel = boot.kernel;
+    let Placement {
+        kernel,
+        initrd,
+        high,
+    } = place(ram_len, layout, boot)?;
+    let (low, rest) = ram.split_at_mut(HIGH_MEMORY as usize);
+    // Guest-physical `high.start` is block offset `layout.high_offset`.
+    let high_ram = &mut rest[(layout.high_offset - HIGH_MEMORY) as usize..];
+    let at = |gpa: u64| (gpa - high.start) as usize;
 
-    ram[..HIGH_MEMORY as usize].fill(0);
-    kernel.load_into(ram);
+    low.fill(0);
+    kernel.load_into(high_ram, high.start);
     if let (Some(range), Some(bytes)) = (&initrd, boot.initrd) {
-        ram[range.start as usize..range.end as usize].copy_from_slice(bytes);
+        high_ram[at(range.start)..at(range.end)].copy_from_slice(bytes);
     }
+    let ram = low;
     let has_acpi = match boot.acpi_tables {
         Some(tables) if !tables.is_empty() => {
             put(ram, ACPI_TABLES_GPA as usize, tables);
@@ -702,7 +795,7 @@ pub fn build(ram: &mut [u8], boot: &LinuxBoot<'_>) -> Result<LinuxLayout, LinuxB
     let e820 = [
         (0, LOW_USABLE_END, E820_RAM),
         (LOW_USABLE_END, HIGH_MEMORY, E820_RESERVED),
-        (HIGH_MEMORY, ram_len, E820_RAM),
+        (high.start, high.end, E820_RAM),
     ];
     const _: () = assert!(3 <= zp::E820_MAX_ENTRIES);
     for (i, &(start, end, kind)) in e820.iter().enumerate() {
@@ -790,6 +883,13 @@ mod tests {
         f
     }
 
+    /// [`bzimage`] with relocatable_kernel 0: it runs only at pref_address.
+    fn bzimage_fixed() -> Vec<u8> {
+        let mut f = bzimage(1 << 20, &[0x90; 16]);
+        f[zp::RELOCATABLE_KERNEL] = 0;
+        f
+    }
+
     /// An ELF64 vmlinux with PT_LOADs `(paddr, vaddr, bytes, memsz)`, a PT_NOTE first, entry `entry`.
     fn vmlinux(segments: &[(u64, u64, &[u8], u64)], entry: u64) -> Vec<u8> {
         let phnum = segments.len() + 1;
@@ -855,6 +955,7 @@ mod tests {
         let mut ram = vec![0xAAu8; 32 << 20];
         let layout = build(
             &mut ram,
+            RamLayout::LINEAR,
             &LinuxBoot {
                 acpi_tables: Some(&acpi),
                 ..boot(&kernel, Some(&initrd), "console=ttyS0 root=/dev/ram0")
@@ -921,7 +1022,7 @@ mod tests {
         let file = bzimage(1 << 20, &[0x90; 16]);
         let kernel = Kernel::parse(&file).unwrap();
         let mut ram = vec![0u8; 24 << 20];
-        build(&mut ram, &boot(&kernel, None, "")).unwrap();
+        build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, "")).unwrap();
         assert_eq!(ram[ZERO_PAGE_GPA as usize + 0x1e8], 3, "e820_entries");
         let entry = |i: u64| {
             let at = ZERO_PAGE_GPA + 0x2d0 + i * 20;
@@ -953,7 +1054,9 @@ mod tests {
         let file = bzimage(1 << 20, &[0x90; 16]);
         let kernel = Kernel::parse(&file).unwrap();
         let mut ram = vec![0u8; 24 << 20];
-        let start = build(&mut ram, &boot(&kernel, None, "")).unwrap().start;
+        let start = build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, ""))
+            .unwrap()
+            .start;
         assert_eq!(start.cr3, PAGE_TABLES_GPA);
         for gpa in [
             start.cr3 + guest_layout::IDENTITY_MAP_TABLES_LEN,
@@ -984,12 +1087,52 @@ mod tests {
     }
 
     #[test]
+    fn identity_layout_moves_the_kernel_to_the_blocks_host_address() {
+        let file = debian_like_vmlinux();
+        let kernel = Kernel::parse(&file).unwrap();
+        let base = 0x1200_0000;
+        let mut ram = vec![0xAAu8; 32 << 20];
+        let initrd = [7u8; 0x2000];
+        let b = boot(&kernel, Some(&initrd), "");
+        check(32 << 20, RamLayout::identity(0), &b).unwrap();
+        let layout = build(&mut ram, RamLayout::identity(base), &b).unwrap();
+        // Moved as a whole to the start of high RAM (block offset 2 MiB), entry with it.
+        let high = base + (2 << 20);
+        assert_eq!(layout.kernel, high..high + 0x40_0000);
+        assert_eq!(layout.start.rip, high);
+        assert_eq!(&ram[2 << 20..(2 << 20) + 3], &[0xF4, 0xEB, 0xFD]);
+        assert_eq!(
+            &ram[0x40_0000..0x40_0004],
+            &[1, 2, 3, 4],
+            "per-CPU segment moved too"
+        );
+        // The initrd at the top of the block, as the guest sees it at its host address.
+        let top = base + (32 << 20);
+        assert_eq!(layout.initrd, Some(top - 0x2000..top));
+        assert!(ram[(32 << 20) - 0x2000..].iter().all(|&b| b == 7));
+        // e820: low RAM, the BIOS area, then RAM from the block's 2 MiB at its host address.
+        let entry = |i: u64| {
+            let at = ZERO_PAGE_GPA + zp::E820_TABLE as u64 + i * zp::E820_ENTRY_LEN as u64;
+            (get_u64(&ram, at), get_u64(&ram, at + 8))
+        };
+        assert_eq!(entry(0), (0, LOW_USABLE_END));
+        assert_eq!(entry(2), (high, (30 << 20)));
+        // A kernel that cannot move is refused with the reason.
+        let fixed = bzimage_fixed();
+        let fixed = Kernel::parse(&fixed).unwrap();
+        assert_eq!(
+            build(&mut ram, RamLayout::identity(base), &boot(&fixed, None, "")).unwrap_err(),
+            LinuxBootError::KernelNotMovable { to: high }
+        );
+    }
+
+    #[test]
     fn vmlinux_segments_go_by_paddr_with_bss_zeroed_and_a_made_up_header() {
         let file = debian_like_vmlinux();
         let kernel = Kernel::parse(&file).unwrap();
         assert_eq!(kernel.kind(), "vmlinux");
         let mut ram = vec![0xAAu8; 32 << 20];
-        let layout = build(&mut ram, &boot(&kernel, None, "quiet")).unwrap();
+        let layout = build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, "quiet")).unwrap();
         assert_eq!(layout.start.rip, LOAD, "physical e_entry");
         assert_eq!(layout.start.rsi, ZERO_PAGE_GPA);
         assert_eq!(layout.kernel, LOAD..0x140_0000);
@@ -1033,13 +1176,23 @@ mod tests {
         set(&mut file, zp::CMDLINE_SIZE, &8u32.to_le_bytes());
         let kernel = Kernel::parse(&file).unwrap();
         let mut ram = vec![0xAAu8; 24 << 20];
-        build(&mut ram, &boot(&kernel, None, "12345678")).unwrap();
+        build(
+            &mut ram,
+            RamLayout::LINEAR,
+            &boot(&kernel, None, "12345678"),
+        )
+        .unwrap();
         assert_eq!(&ram[0x2_0000..0x2_0009], b"12345678\0");
-        let err = build(&mut ram, &boot(&kernel, None, "123456789")).unwrap_err();
+        let err = build(
+            &mut ram,
+            RamLayout::LINEAR,
+            &boot(&kernel, None, "123456789"),
+        )
+        .unwrap_err();
         assert_eq!(err, LinuxBootError::CmdlineTooLong { len: 9, max: 8 });
         assert!(format!("{err}").contains("shorten cmdline"));
         assert_eq!(
-            build(&mut ram, &boot(&kernel, None, "a\0b")).unwrap_err(),
+            build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, "a\0b")).unwrap_err(),
             LinuxBootError::CmdlineHasNul
         );
         // A header's cmdline_size beyond the area we give the command line is capped.
@@ -1047,7 +1200,7 @@ mod tests {
         let kernel = Kernel::parse(&file).unwrap();
         let long = "x".repeat(CMDLINE_AREA_LEN as usize);
         assert!(matches!(
-            build(&mut ram, &boot(&kernel, None, &long)),
+            build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, &long)),
             Err(LinuxBootError::CmdlineTooLong { max, .. }) if max == CMDLINE_AREA_LEN - 1
         ));
     }
@@ -1059,18 +1212,33 @@ mod tests {
         let initrd = vec![7u8; (1 << 20) + 10];
         let b = boot(&kernel, Some(&initrd), "");
         let ram_len = 64 << 20;
-        let range = place(ram_len, &b).unwrap().unwrap();
+        let range = place(ram_len, RamLayout::LINEAR, &b)
+            .unwrap()
+            .initrd
+            .unwrap();
         assert_eq!(range.start % PAGE, 0);
         assert!(range.end <= ram_len && range.end > ram_len - PAGE);
         // A 3 GiB guest still gets it below initrd_addr_max (2 GiB).
-        let range = place(MAX_RAM_LEN, &b).unwrap().unwrap();
+        let range = place(MAX_RAM_LEN, RamLayout::LINEAR, &b)
+            .unwrap()
+            .initrd
+            .unwrap();
         assert!(range.end <= 0x8000_0000 && range.end > 0x8000_0000 - PAGE);
 
         // Just fits above the kernel's init_size; a page less RAM and it does not.
         let kernel_end = LOAD + (8 << 20);
         let fits = kernel_end + initrd.len().next_multiple_of(4096) as u64;
-        assert_eq!(place(fits, &b).unwrap().unwrap().start, kernel_end);
-        let err = place(fits - PAGE, &b).unwrap_err();
+        assert_eq!(
+            place(fits, RamLayout::LINEAR, &b)
+                .unwrap()
+                .initrd
+                .unwrap()
+                .start,
+            kernel_end
+        );
+        let err = place(fits - PAGE, RamLayout::LINEAR, &b)
+            .map(|p| p.initrd)
+            .unwrap_err();
         assert!(matches!(err, LinuxBootError::MemoryTooSmall { .. }));
         let text = format!("{err}");
         assert!(
@@ -1087,7 +1255,12 @@ mod tests {
             &((kernel_end + 0x1000 - 1) as u32).to_le_bytes(),
         );
         let kernel = Kernel::parse(&file).unwrap();
-        let err = place(64 << 20, &boot(&kernel, Some(&initrd), "")).unwrap_err();
+        let err = place(
+            64 << 20,
+            RamLayout::LINEAR,
+            &boot(&kernel, Some(&initrd), ""),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             LinuxBootError::InitrdAboveLimit {
@@ -1104,12 +1277,17 @@ mod tests {
         let file = bzimage(0x3f9_8000, &[0x90; 16]); // Debian's init_size
         let kernel = Kernel::parse(&file).unwrap();
         let mut ram = vec![0u8; 32 << 20];
-        let err = build(&mut ram, &boot(&kernel, None, "")).unwrap_err();
+        let err = build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, "")).unwrap_err();
         assert_eq!(
             format!("{err}"),
             "guest memory too small (32 MiB): kernel needs 64 MiB from 16 MiB: raise memory_mib to 80"
         );
-        let err = place(MAX_RAM_LEN + (2 << 20), &boot(&kernel, None, "")).unwrap_err();
+        let err = place(
+            MAX_RAM_LEN + (2 << 20),
+            RamLayout::LINEAR,
+            &boot(&kernel, None, ""),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             LinuxBootError::MemoryTooLarge {
@@ -1129,7 +1307,7 @@ mod tests {
             ..boot(&kernel, None, "")
         };
         assert!(matches!(
-            place(64 << 20, &b),
+            place(64 << 20, RamLayout::LINEAR, &b).map(|p| p.initrd),
             Err(LinuxBootError::AcpiTablesTooLong { .. })
         ));
     }
@@ -1145,7 +1323,7 @@ mod tests {
         );
         let kernel = Kernel::parse(&file).unwrap();
         let mut ram = vec![0u8; 64 << 20];
-        let err = build(&mut ram, &boot(&kernel, None, "")).unwrap_err();
+        let err = build(&mut ram, RamLayout::LINEAR, &boot(&kernel, None, "")).unwrap_err();
         assert!(
             format!("{err}").contains("raise memory_mib to 769"),
             "{err}"
@@ -1228,7 +1406,11 @@ mod tests {
                 let mut f = file.clone();
                 f[at] ^= 0xFF;
                 if let Ok(kernel) = Kernel::parse(&f) {
-                    let _ = build(&mut ram, &boot(&kernel, Some(&[1, 2, 3]), "x"));
+                    let _ = build(
+                        &mut ram,
+                        RamLayout::LINEAR,
+                        &boot(&kernel, Some(&[1, 2, 3]), "x"),
+                    );
                 }
             }
         }

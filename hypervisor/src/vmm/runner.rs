@@ -10,6 +10,7 @@ use super::exits;
 use super::guest_acpi::{self, GuestPlatformDescription, MemoryWindow, PciInterrupt};
 use super::guest_layout::{self, GuestStart};
 use super::guest_memory::GuestMemory;
+use super::guest_memory::RamLayout;
 use super::guest_msi;
 use super::host_clock::HostClock;
 use super::interrupts::{GuestInterrupts, InterruptStats};
@@ -181,7 +182,18 @@ impl VmxCpu {
             Ok(c) => c,
             Err(e) => return report(GuestEnd::Stopped(format!("{e}"))),
         };
-        match self.build(config, modules, frames, controls, vpid, dma.intx) {
+        // Without an IOMMU an assigned device DMAs to host-physical addresses: a Linux guest then
+        // gets its RAM at its host address (`RamLayout::identity`), so its drivers' DMA lands in it.
+        let untranslated_dma = dma.remapping.is_none() && !config.pci.is_empty();
+        match self.build(
+            config,
+            modules,
+            frames,
+            controls,
+            vpid,
+            dma.intx,
+            untranslated_dma,
+        ) {
             Ok(mut guest) => {
                 let attached = dma_domains::prepare_guest_dma(
                     dma.remapping.as_deref_mut(),
@@ -241,24 +253,41 @@ impl VmxCpu {
         controls: Controls,
         vpid: u16,
         intx: &[IntxLine],
+        untranslated_dma: bool,
     ) -> Result<Guest, String> {
         let platform = self.guest_platform(config, intx);
-        let (ram_base, ram_len, start, booted) = load_guest(config, modules, frames, &platform)?;
+        let identity = untranslated_dma && config.linux.is_some();
+        let loaded = load_guest(config, modules, frames, &platform, identity)?;
+        let LoadedGuest {
+            ram_base,
+            ram_len,
+            layout,
+            start,
+            ref booted,
+        } = loaded;
 
         let mut ept = Ept::new(frames).map_err(|e| format!("EPT: {e:?}"))?;
         let sizes = PageSizes {
             size_2m: self.caps.ept_2m(),
             size_1g: self.caps.ept_1g(),
         };
-        ept.map(
-            frames,
-            0,
-            ram_base,
-            ram_len,
-            Leaf::ram(EptPerms::RWX),
-            sizes,
-        )
-        .map_err(|e| format!("EPT: {e:?}"))?;
+        // The block's low part at guest-physical 0, the rest where the layout puts it (the same
+        // one range when linear).
+        let low = if layout == RamLayout::LINEAR {
+            ram_len
+        } else {
+            layout.high_offset.min(ram_len)
+        };
+        for (gpa, host, len) in [
+            (0, ram_base, low),
+            (layout.high_start, ram_base + low, ram_len - low),
+        ]
+        .into_iter()
+        .filter(|&(_, _, len)| len != 0)
+        {
+            ept.map(frames, gpa, host, len, Leaf::ram(EptPerms::RWX), sizes)
+                .map_err(|e| format!("EPT: {e:?}"))?;
+        }
 
         // The guest's IOAPIC pins: those configured, and its functions' INTx lines.
         let mut pins = config.ioapic_pins.clone();
@@ -362,6 +391,7 @@ impl VmxCpu {
             vcpu,
             ram_base,
             ram_len,
+            layout,
             _ept: ept,
             msr_bitmap,
             irq,
@@ -391,7 +421,8 @@ fn load_guest(
     modules: &[Module],
     frames: &mut FrameAllocator,
     platform: &GuestPlatformDescription,
-) -> Result<(u64, u64, GuestStart, String), String> {
+    identity: bool,
+) -> Result<LoadedGuest, String> {
     let Some(linux) = &config.linux else {
         let bytes = module_bytes(modules, &config.image, "image")?;
         let image = ElfImage::parse(bytes, AddressWindow::UPPER_HALF)
@@ -400,7 +431,13 @@ fn load_guest(
         // SAFETY: the frames were just allocated to this guest and are identity-mapped.
         let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
         let start = guest_layout::build(ram, &image).map_err(|e| format!("{e}"))?;
-        return Ok((ram_base, ram_len, start, format!("image {}", config.image)));
+        return Ok(LoadedGuest {
+            ram_base,
+            ram_len,
+            layout: RamLayout::LINEAR,
+            start,
+            booted: format!("image {}", config.image),
+        });
     };
     let bytes = module_bytes(modules, &linux.kernel, "linux kernel")?;
     let kernel = Kernel::parse(bytes).map_err(|e| format!("{}: {e}", linux.kernel))?;
@@ -417,24 +454,53 @@ fn load_guest(
         acpi_tables: Some(&acpi_tables),
     };
     let refused = |e: LinuxBootError| format!("{}: {e}", linux.kernel);
-    linux_boot::check(config.memory_mib << 20, &boot).map_err(refused)?;
+    let layout_at = |base| {
+        if identity {
+            RamLayout::identity(base)
+        } else {
+            RamLayout::LINEAR
+        }
+    };
+    linux_boot::check(config.memory_mib << 20, layout_at(0), &boot).map_err(refused)?;
     let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
     // SAFETY: the frames were just allocated to this guest and are identity-mapped.
     let ram = unsafe { core::slice::from_raw_parts_mut(ram_base as *mut u8, ram_len as usize) };
-    let layout = linux_boot::build(ram, &boot).map_err(refused)?;
+    let ram_layout = layout_at(ram_base);
+    let layout = linux_boot::build(ram, ram_layout, &boot).map_err(refused)?;
     let initrd = match &layout.initrd {
         Some(range) => format!(", initrd at {:#x}..{:#x}", range.start, range.end),
         None => String::new(),
     };
     let booted = format!(
-        "linux {} ({} at {:#x}..{:#x}{initrd}, ACPI tables {} bytes)",
+        "linux {} ({} at {:#x}..{:#x}{initrd}, ACPI tables {} bytes{})",
         linux.kernel,
         kernel.kind(),
         layout.kernel.start,
         layout.kernel.end,
         acpi_tables.len(),
+        if identity {
+            ", RAM at its host address: its devices DMA without an IOMMU"
+        } else {
+            ""
+        },
     );
-    Ok((ram_base, ram_len, layout.start, booted))
+    Ok(LoadedGuest {
+        ram_base,
+        ram_len,
+        layout: ram_layout,
+        start: layout.start,
+        booted,
+    })
+}
+
+/// A guest's RAM block, how the guest sees it, and how it starts.
+struct LoadedGuest {
+    ram_base: u64,
+    ram_len: u64,
+    layout: RamLayout,
+    start: GuestStart,
+    /// What was booted, for the log.
+    booted: String,
 }
 
 impl VmxCpu {
@@ -630,6 +696,8 @@ struct Guest {
     vcpu: Vcpu,
     ram_base: u64,
     ram_len: u64,
+    /// Where the RAM block appears in guest-physical space.
+    layout: RamLayout,
     /// The guest's EPT, which its VMCS points at for as long as it runs.
     _ept: Ept,
     msr_bitmap: u64,
@@ -671,7 +739,7 @@ impl Guest {
             let next = exits::handle_exit(
                 &mut self.vmcs,
                 &mut self.vcpu,
-                &mut GuestMemory::new(ram),
+                &mut GuestMemory::with_layout(ram, self.layout),
                 &mut services,
             );
             let now = services.rdtsc();
