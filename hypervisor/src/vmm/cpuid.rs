@@ -170,6 +170,8 @@ pub struct XsaveSupport {
     pub xcr0: u64,
     /// CPUID.(0xD,0):ECX: the XSAVE area size for all of `xcr0`.
     pub max_size: u32,
+    /// Where each user state component's area ends (sub-leaf EBX offset + EAX size; 0: not kept).
+    component_end: [u32; 10],
 }
 
 impl XsaveSupport {
@@ -196,14 +198,33 @@ impl XsaveSupport {
             xcr0 &= !XCR0_AVX512;
         }
         // The area ends after the last component kept (sub-leaf EAX size, EBX offset).
-        let max_size = (2..63)
-            .filter(|c| xcr0 & 1 << c != 0)
-            .map(|c| {
-                let [size, offset, _, _] = host(0xD, c);
-                offset.saturating_add(size)
-            })
-            .fold(XSAVE_LEGACY_AND_HEADER, u32::max);
-        Self { xcr0, max_size }
+        let mut component_end = [0; 10];
+        for (c, end) in component_end.iter_mut().enumerate().skip(2) {
+            if xcr0 & 1 << c != 0 {
+                let [size, offset, _, _] = host(0xD, c as u32);
+                *end = offset.saturating_add(size);
+            }
+        }
+        let mut support = Self {
+            xcr0,
+            max_size: 0,
+            component_end,
+        };
+        support.max_size = support.area_size(xcr0);
+        support
+    }
+
+    /// CPUID.(0xD,0):EBX, the XSAVE area size for the components enabled in `xcr0`: computed from
+    /// the sub-leaves, not passed through, because Bochs 2.7's EBX disagrees with its own offsets
+    /// (2432 for XCR0 0xE7 whose last component ends at 2688), and Linux then WARNs ("XSAVE
+    /// consistency problem").
+    pub fn area_size(&self, xcr0: u64) -> u32 {
+        self.component_end
+            .iter()
+            .enumerate()
+            .filter(|&(c, _)| xcr0 & self.xcr0 & 1 << c != 0)
+            .map(|(_, &end)| end)
+            .fold(XSAVE_LEGACY_AND_HEADER, u32::max)
     }
 
     fn has(&self, component: u64) -> bool {
@@ -222,6 +243,8 @@ pub struct CpuidContext {
     /// vCPUs in the guest: one package of `vcpus` cores, one thread each.
     pub vcpus: u32,
     pub xsave: XsaveSupport,
+    /// The guest's XCR0 (what its last XSETBV set; 1 at reset).
+    pub guest_xcr0: u64,
 }
 
 impl CpuidContext {
@@ -232,6 +255,7 @@ impl CpuidContext {
             apic_id,
             vcpus: vcpus.max(1),
             xsave: XsaveSupport::from_host(host),
+            guest_xcr0: 1,
         }
     }
 
@@ -369,16 +393,20 @@ fn xsave_leaf(subleaf: u32, host: [u32; 4], ctx: &CpuidContext) -> [u32; 4] {
         return [0; 4];
     }
     match subleaf {
-        // EBX, the size for the XCR0 now enabled, is the host's: XCR0 stays the guest's while the
-        // host handles its exits (`arch::xcr`).
+        // EBX, the size for the XCR0 now enabled, is the guest's (`CpuidContext::guest_xcr0`).
         0 => [
             xsave.xcr0 as u32,
-            host[1],
+            xsave.area_size(ctx.guest_xcr0),
             xsave.max_size,
             (xsave.xcr0 >> 32) as u32,
         ],
         // No supervisor states (ECX:EDX, the IA32_XSS bits, 0); EBX is again the current size.
-        1 => [host[0] & LEAFD1_EAX_PASSED, host[1], 0, 0],
+        1 => [
+            host[0] & LEAFD1_EAX_PASSED,
+            xsave.area_size(ctx.guest_xcr0),
+            0,
+            0,
+        ],
         2..=62 if xsave.xcr0 & 1 << subleaf != 0 => host,
         _ => [0; 4],
     }

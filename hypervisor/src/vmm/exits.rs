@@ -4,7 +4,7 @@
 //! Everything here goes through [`VmcsAccess`], [`GuestMemory`] and [`HostServices`], so it is
 //! unit-tested on the host with a fake VMCS.
 
-use super::cpuid::{guest_cpuid, LEAF7_ECX_OSPKE};
+use super::cpuid::{guest_cpuid, CpuidContext, LEAF7_ECX_OSPKE};
 use super::events;
 use super::guest_memory::GuestMemory;
 use super::guest_platform::{COM1_GSI, COM1_PORT as COM1};
@@ -208,7 +208,10 @@ fn cpuid(
     host: &impl HostServices,
 ) -> Result<Handled, VmFail> {
     let (leaf, subleaf) = (vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
-    let ctx = host.cpuid_context();
+    let ctx = CpuidContext {
+        guest_xcr0: vcpu.xcr0,
+        ..host.cpuid_context()
+    };
     let [a, b, mut c, d] = guest_cpuid(leaf, subleaf, host.cpuid(leaf, subleaf), &ctx);
     if leaf == 1 {
         c &= !LEAF1_ECX_OSXSAVE;
@@ -242,6 +245,7 @@ fn xsetbv(
     match validate::xcr0_write(guest_cr4(vmcs)?, cpl, xcr, value, &guest_features(host)) {
         Ok(()) => {
             host.xsetbv(value);
+            vcpu.xcr0 = value;
             Ok(Handled::Skip)
         }
         Err(refusal) => refuse(vmcs, refusal),

@@ -104,6 +104,9 @@ pub struct Vcpu {
     pub legacy: LegacyPorts,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
+    /// XCR0 as the guest's last XSETBV set it (`arch::guest_cpu_state` starts every guest at 1;
+    /// 0 here reads the same: both need only the legacy XSAVE area).
+    pub xcr0: u64,
     /// MSRs kept in software (never loaded into the CPU).
     pub soft_msrs: SoftMsrs,
     /// CR0/CR4 bits VMX operation fixes (SDM A.7/A.8): (fixed0, fixed1) pairs.

@@ -306,3 +306,24 @@ fn leaves_past_the_maximum_read_as_the_highest_basic_leaf() {
     assert_eq!(guest(0x1F, 0), guest(0x16, 0));
     assert_eq!(guest(0x8000_0009, 0), guest(0x16, 0));
 }
+
+#[test]
+fn xsave_size_follows_the_guests_xcr0_from_the_component_offsets() {
+    let xsave = XsaveSupport::from_host(tigerlake);
+    // Legacy area and header only, then AVX's end, then the last AVX-512 component's end (Bochs'
+    // own EBX says 2432 there).
+    assert_eq!(xsave.area_size(1), 576);
+    assert_eq!(xsave.area_size(0x7), 576 + 256);
+    assert_eq!(xsave.area_size(0xE7), 1664 + 1024);
+    assert_eq!(
+        xsave.area_size(0x2E7),
+        2688,
+        "PKRU (size 0 on Bochs) is not kept"
+    );
+    let ctx = CpuidContext {
+        guest_xcr0: 0x7,
+        ..tigerlake_ctx()
+    };
+    assert_eq!(guest_cpuid(0xD, 0, tigerlake(0xD, 0), &ctx)[1], 832);
+    assert_eq!(guest_cpuid(0xD, 1, tigerlake(0xD, 1), &ctx)[1], 832);
+}
