@@ -57,6 +57,9 @@ pub struct InterruptStats {
     pub stray: u64,
     /// Guest routings refused (vector reserved by the host or illegal).
     pub refused_routings: u64,
+    /// EOI writes that exited (every one in baseline; under ELI only those for injected
+    /// interrupts, the guest's device interrupts' EOIs reaching the LAPIC directly).
+    pub eoi_exits: u64,
 }
 
 pub struct GuestInterrupts {
@@ -277,6 +280,7 @@ impl GuestInterrupts {
         self.advance_to(now);
         match self.apic.write_msr(msr, value)? {
             WriteEffect::Eoi(completed) => {
+                self.stats.eoi_exits += 1;
                 if let Some(done) = completed.filter(|c| self.owed_physical_eois.contains(c.vector))
                 {
                     self.owed_physical_eois.remove(done.vector);
