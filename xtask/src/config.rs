@@ -85,6 +85,15 @@ impl ImageConfig {
         self
     }
 
+    /// [`Self::guest`] with owned settings (paths computed at run time).
+    pub fn guest_owned(self, name: &str, settings: Vec<(String, String)>) -> Self {
+        let borrowed: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.guest(name, &borrowed)
+    }
+
     pub fn render(&self) -> String {
         let mut text = String::from(
             "# Exitless configuration, \\exitless\\exitless.cfg on the EFI System Partition.\n\

@@ -33,7 +33,7 @@ pub struct Resolved {
 /// to `\exitless\` (e.g. `guests/basic.elf`).
 pub fn resolve(text: &str, base: &Path, carried: &[String]) -> Result<Resolved> {
     let mut replacements: Vec<(usize, String, String)> = Vec::new();
-    let mut files: Vec<(EspFile, PathBuf)> = Vec::new();
+    let mut files: Vec<(EspFile, PathBuf, String)> = Vec::new();
     let mut guest: Option<&str> = None;
     for (line_no, item) in items(text) {
         match item {
@@ -59,6 +59,12 @@ pub fn resolve(text: &str, base: &Path, carried: &[String]) -> Result<Resolved> 
                         carried.join(", ")
                     );
                 }
+                // One copy of a file however many guests name it (a 63 MiB vmlinux, say): the
+                // loader reads every module into memory.
+                if let Some((_, _, module)) = files.iter().find(|(_, from, _)| *from == host) {
+                    replacements.push((line_no, format!("{key} = {module}"), value.to_string()));
+                    continue;
+                }
                 let data = fs::read(&host)
                     .map_err(|e| anyhow::anyhow!("{line}: cannot read {}: {e}", host.display()))?;
                 let file_name = host.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
@@ -74,24 +80,24 @@ pub fn resolve(text: &str, base: &Path, carried: &[String]) -> Result<Resolved> 
                     );
                 }
                 let esp_path = format!("{}/{}", GUESTS_DIR, &module["guests/".len()..]);
-                match files
+                if let Some((_, from, _)) = files
                     .iter()
-                    .find(|(f, _)| f.path.eq_ignore_ascii_case(&esp_path))
+                    .find(|(f, _, _)| f.path.eq_ignore_ascii_case(&esp_path))
                 {
-                    Some((f, from)) if *from != host || f.data != data => bail!(
+                    bail!(
                         "{line}: {} and {} would both be {module} on the ESP: rename one of them",
                         from.display(),
                         host.display()
-                    ),
-                    Some(_) => {}
-                    None => files.push((
-                        EspFile {
-                            path: esp_path,
-                            data,
-                        },
-                        host.clone(),
-                    )),
+                    );
                 }
+                files.push((
+                    EspFile {
+                        path: esp_path,
+                        data,
+                    },
+                    host.clone(),
+                    module.clone(),
+                ));
                 replacements.push((line_no, format!("{key} = {module}"), value.to_string()));
             }
             _ => {}
@@ -111,7 +117,7 @@ pub fn resolve(text: &str, base: &Path, carried: &[String]) -> Result<Resolved> 
     }
     Ok(Resolved {
         text: out,
-        files: files.into_iter().map(|(f, _)| f).collect(),
+        files: files.into_iter().map(|(f, _, _)| f).collect(),
     })
 }
 

@@ -18,6 +18,7 @@ mod kvm;
 #[cfg(test)]
 mod layering;
 mod linux_kit;
+mod linux_suite;
 mod paths;
 mod prereq;
 mod run_cmd;

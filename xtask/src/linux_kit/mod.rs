@@ -103,6 +103,8 @@ pub fn kit_dir() -> PathBuf {
 pub struct LinuxKit {
     pub dir: PathBuf,
     pub bzimage: PathBuf,
+    /// The bzImage's first 32 KiB: a kernel the hypervisor must refuse ("bzImage truncated").
+    pub truncated_bzimage: PathBuf,
     pub vmlinux: PathBuf,
     pub initrd: PathBuf,
     pub e1000_ko: PathBuf,
@@ -122,6 +124,7 @@ impl LinuxKit {
         Self {
             dir: dir.to_path_buf(),
             bzimage: dir.join("bzImage"),
+            truncated_bzimage: dir.join("bzImage-truncated"),
             vmlinux: dir.join("vmlinux"),
             initrd: dir.join("initrd.cpio"),
             e1000_ko: dir.join("e1000.ko"),
@@ -136,8 +139,6 @@ impl LinuxKit {
 
 /// The kit's paths, whether or not it has been made yet: for configurations that name its files
 /// (`linux = <vmlinux>`, `initrd = <initrd>`) before [`ensure`] runs.
-// Used by the suite's Linux boots (and bench) once they are added; host-tested meanwhile.
-#[allow(dead_code)]
 pub fn kit_paths() -> LinuxKit {
     LinuxKit::in_dir(&kit_dir())
 }
@@ -204,6 +205,10 @@ fn ensure_in(dir: &Path) -> Result<LinuxKit> {
 
     let bzimage = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
     write_if_changed(&kit.bzimage, &bzimage)?;
+    write_if_changed(
+        &kit.truncated_bzimage,
+        &bzimage[..bzimage.len().min(32 << 10)],
+    )?;
 
     // The vmlinux: decompressed again only when the bzImage changed (it takes a few seconds).
     let vmlinux_stamp = fingerprint(&[b"vmlinux from bzImage", &bzimage]);

@@ -1,0 +1,323 @@
+//! The Linux guest tests (issue 9): Debian's kernel and the kit's initramfs (`linux_kit`) under
+//! Exitless in Bochs, once per interrupt mode, with the e1000 on vnet assigned; kernels the
+//! hypervisor must refuse before them; and a refused INTx line. Every check is judged from what the
+//! guest's /init (`EXITLESS-LINUX:` lines), its kernel and the hypervisor printed.
+
+use crate::config::ImageConfig;
+use crate::linux_kit;
+use crate::suite::{Check, Evidence};
+
+/// Bochs' e1000 (`emulator`: slot 1) and the PIIX4 power-management function, which OVMF puts on
+/// the e1000's INTx line (IRQ 10): a guest gets the line only with both.
+pub const BOCHS_E1000: &str = "00:02.0";
+pub const BOCHS_PIIX4_PM: &str = "00:01.3";
+const E1000_AND_ITS_LINE: &str = "00:02.0, 00:01.3";
+
+/// The command line the issue names, and nothing to work around the platform.
+const CMDLINE: &str = "console=ttyS0 quiet cryptomgr.notests";
+/// A Linux boot, DHCP and 20 pings: ~1.5e9 TSC ticks (30 s at Bochs' 50 MHz); the budget leaves room.
+const LINUX_TIMEOUT_MS: &str = "150000";
+
+/// The boot: refused kernels first (each reported while the next guest runs), the refused line,
+/// then Linux under ELI and under baseline.
+pub fn config() -> ImageConfig {
+    let kit = linux_kit::kit_paths();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (vmlinux, initrd, truncated) = (
+        path(&kit.vmlinux),
+        path(&kit.initrd),
+        path(&kit.truncated_bzimage),
+    );
+    let refused = |kernel: &str, memory: &str, stop: &str| {
+        vec![
+            ("linux".to_string(), kernel.to_string()),
+            ("initrd".into(), initrd.clone()),
+            ("cmdline".into(), CMDLINE.into()),
+            ("memory_mib".into(), memory.into()),
+            ("expect_stop".into(), stop.into()),
+        ]
+    };
+    let linux = |mode: &str, pci: &str| {
+        vec![
+            ("linux".to_string(), vmlinux.clone()),
+            ("initrd".into(), initrd.clone()),
+            ("cmdline".into(), CMDLINE.into()),
+            ("memory_mib".into(), "160".into()),
+            ("interrupts".into(), mode.into()),
+            ("pci".into(), pci.into()),
+            ("timeout_ms".into(), LINUX_TIMEOUT_MS.into()),
+        ]
+    };
+    let mut shared_line = linux("eli", BOCHS_E1000);
+    shared_line.push(("expect_stop".into(), "assignment refused".into()));
+    ImageConfig::emulator()
+        .with("unsafe_no_iommu", "yes")
+        // Not a kernel: a shell script from the repository.
+        .guest_owned(
+            "linux-garbage",
+            refused(
+                "xtask/linux-kit/init",
+                "160",
+                "not a bzImage or an ELF vmlinux",
+            ),
+        )
+        .guest_owned(
+            "linux-truncated",
+            refused(&truncated, "160", "bzImage truncated"),
+        )
+        .guest_owned(
+            "linux-small",
+            refused(&vmlinux, "32", "guest memory too small"),
+        )
+        .guest_owned("linux-shared-line", shared_line)
+        .guest_owned("linux-eli", linux("eli", E1000_AND_ITS_LINE))
+        .guest_owned("linux-baseline", linux("baseline", E1000_AND_ITS_LINE))
+}
+
+/// The lines guest `guest` printed on its console (`[guest NAME] ` stripped).
+fn console<'a>(e: &'a Evidence<'_>, guest: &str) -> Vec<&'a str> {
+    let prefix = format!("[guest {guest}] ");
+    e.boot
+        .serial
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// /init's `EXITLESS-LINUX: WHAT...` lines.
+fn marker<'a>(e: &'a Evidence<'_>, guest: &str, what: &str) -> Option<&'a str> {
+    let prefix = format!("EXITLESS-LINUX: {what}");
+    console(e, guest)
+        .into_iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+}
+
+fn require(e: &Evidence<'_>, guest: &str, what: &str) -> Result<(), String> {
+    marker(e, guest, what)
+        .map(|_| ())
+        .ok_or_else(|| format!("no `EXITLESS-LINUX: {what}` from guest {guest}"))
+}
+
+fn userspace(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    require(e, guest, "userspace")
+}
+
+fn cpu_flags(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    require(e, guest, "cpu hypervisor=yes x2apic=yes")?;
+    let flags = marker(e, guest, "cpuinfo ").ok_or("no cpuinfo line")?;
+    if !flags.split_whitespace().any(|f| f == "tsc_known_freq") {
+        return Err(format!("no tsc_known_freq in `{flags}`"));
+    }
+    Ok(())
+}
+
+/// x2APIC kept (the hypervisor hands over in x2APIC mode and Linux takes it), TSC rate known from
+/// CPUID (no PIT or HPET calibration, never marked unstable).
+fn timers(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    let kernel = console(e, guest);
+    let has = |text: &str| kernel.iter().any(|l| l.contains(text));
+    if !has("x2apic: enabled by BIOS, switching to x2apic ops") {
+        return Err("Linux did not take the x2APIC".into());
+    }
+    for bad in [
+        "IRQ remapping doesn't support X2APIC",
+        "Marking TSC unstable",
+        "Fast TSC calibration",
+        "TSC calibrated against",
+        "Using PIT",
+    ] {
+        if let Some(line) = kernel.iter().find(|l| l.contains(bad)) {
+            return Err(format!("the guest printed `{line}`"));
+        }
+    }
+    if !has("tsc: Detected ") {
+        return Err("no `tsc: Detected` line".into());
+    }
+    Ok(())
+}
+
+/// The e1000's interrupts in /proc/interrupts after the network test: on the IO-APIC, and how many.
+fn eth0_interrupts(e: &Evidence<'_>, guest: &str) -> Result<u64, String> {
+    let line = console(e, guest)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("EXITLESS-LINUX: interrupts-after:"))
+        .find(|l| l.trim_end().ends_with("eth0"))
+        .ok_or("no eth0 line in /proc/interrupts")?;
+    if !line.contains("IO-APIC") {
+        return Err(format!("eth0 is not on the IO-APIC: `{line}`"));
+    }
+    let mut fields = line.split_whitespace();
+    fields.next(); // the IRQ number
+    fields
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no count in `{line}`"))
+}
+
+fn e1000_on_ioapic(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    require(e, guest, "e1000 ok")?;
+    match eth0_interrupts(e, guest)? {
+        0 => Err("eth0 took no interrupts".into()),
+        _ => Ok(()),
+    }
+}
+
+fn network(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    require(e, guest, "dhcp ok 192.168.10.")?;
+    let ping = marker(e, guest, "ping ").ok_or("no ping result")?;
+    match ping.strip_prefix("ok ") {
+        Some(counts) if counts.split('/').nth(1).is_some_and(|r| r != "0") => Ok(()),
+        _ => Err(format!("ping {ping}")),
+    }
+}
+
+fn powered_off(e: &Evidence<'_>, guest: &str) -> Result<(), String> {
+    require(e, guest, "done")?;
+    let off = format!("guest {guest} powered off with code 0");
+    let s5 = e
+        .boot
+        .serial
+        .lines()
+        .any(|l| l.contains("guest entered ACPI S5"));
+    if e.boot.serial.lines().any(|l| l.contains(&off)) && s5 {
+        Ok(())
+    } else {
+        Err(format!("no ACPI S5 power-off and `{off}`"))
+    }
+}
+
+/// `key=value` fields of the hypervisor's `summary: NAME guest=GUEST ...` line.
+fn summary_field(e: &Evidence<'_>, name: &str, guest: &str, key: &str) -> Result<u64, String> {
+    let head = format!("summary: {name} guest={guest} ");
+    let line = e
+        .boot
+        .serial
+        .lines()
+        .find(|l| l.starts_with(&head))
+        .ok_or_else(|| format!("no `{head}` line"))?;
+    Ok(line
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// ELI: the e1000's interrupts arrive with no exit and their EOIs take none: no external-interrupt
+/// exit at all, and no more EOI exits than injected (virtual) interrupts, while eth0 took its
+/// interrupts. Baseline: each device interrupt exits, and every EOI does.
+fn exits(e: &Evidence<'_>, guest: &str, eli: bool) -> Result<(), String> {
+    let eth0 = eth0_interrupts(e, guest)?;
+    let external = summary_field(e, "guest_exits", guest, "ExternalInterrupt")?;
+    let injected = summary_field(e, "guest_interrupts", guest, "injected")?;
+    let eoi_exits = summary_field(e, "guest_interrupts", guest, "eoi_exits")?;
+    let figures = format!(
+        "eth0 {eth0} interrupts, {external} external-interrupt exits, {injected} injected, {eoi_exits} EOI exits"
+    );
+    let holds = if eli {
+        external == 0 && eoi_exits <= injected
+    } else {
+        external >= eth0 && injected >= eth0 && eoi_exits >= injected
+    };
+    if eth0 > 0 && holds {
+        Ok(())
+    } else {
+        Err(figures)
+    }
+}
+
+fn shared_line_refused(e: &Evidence<'_>) -> Result<(), String> {
+    let wanted = format!("shares interrupt line 10 with {BOCHS_PIIX4_PM}");
+    e.boot
+        .serial
+        .lines()
+        .find(|l| l.contains("device assignment refused: ") && l.contains(&wanted))
+        .map(|_| ())
+        .ok_or_else(|| format!("no refusal naming {BOCHS_E1000} and `{wanted}`"))
+}
+
+macro_rules! per_mode {
+    ($($fn_name:ident => $check:ident ($($arg:expr),*);)*) => {
+        $(fn $fn_name(e: &Evidence<'_>) -> Result<(), String> { $check(e, $($arg),*) })*
+    };
+}
+
+per_mode! {
+    eli_userspace => userspace("linux-eli");
+    eli_cpu_flags => cpu_flags("linux-eli");
+    eli_timers => timers("linux-eli");
+    eli_e1000 => e1000_on_ioapic("linux-eli");
+    eli_network => network("linux-eli");
+    eli_exits => exits("linux-eli", true);
+    eli_poweroff => powered_off("linux-eli");
+    baseline_userspace => userspace("linux-baseline");
+    baseline_cpu_flags => cpu_flags("linux-baseline");
+    baseline_timers => timers("linux-baseline");
+    baseline_e1000 => e1000_on_ioapic("linux-baseline");
+    baseline_network => network("linux-baseline");
+    baseline_exits => exits("linux-baseline", false);
+    baseline_poweroff => powered_off("linux-baseline");
+}
+
+pub const CHECKS: &[Check] = &[
+    Check {
+        name: "linux-shared-line/refused-naming-both",
+        check: shared_line_refused,
+    },
+    Check {
+        name: "linux-eli/userspace",
+        check: eli_userspace,
+    },
+    Check {
+        name: "linux-eli/cpuinfo-hypervisor-x2apic",
+        check: eli_cpu_flags,
+    },
+    Check {
+        name: "linux-eli/x2apic-and-known-tsc",
+        check: eli_timers,
+    },
+    Check {
+        name: "linux-eli/e1000-on-ioapic",
+        check: eli_e1000,
+    },
+    Check {
+        name: "linux-eli/dhcp-and-ping",
+        check: eli_network,
+    },
+    Check {
+        name: "linux-eli/device-interrupts-and-eois-exitless",
+        check: eli_exits,
+    },
+    Check {
+        name: "linux-eli/poweroff",
+        check: eli_poweroff,
+    },
+    Check {
+        name: "linux-baseline/userspace",
+        check: baseline_userspace,
+    },
+    Check {
+        name: "linux-baseline/cpuinfo-hypervisor-x2apic",
+        check: baseline_cpu_flags,
+    },
+    Check {
+        name: "linux-baseline/x2apic-and-known-tsc",
+        check: baseline_timers,
+    },
+    Check {
+        name: "linux-baseline/e1000-on-ioapic",
+        check: baseline_e1000,
+    },
+    Check {
+        name: "linux-baseline/dhcp-and-ping",
+        check: baseline_network,
+    },
+    Check {
+        name: "linux-baseline/device-interrupts-and-eois-exit",
+        check: baseline_exits,
+    },
+    Check {
+        name: "linux-baseline/poweroff",
+        check: baseline_poweroff,
+    },
+];
