@@ -196,6 +196,19 @@ mod tests {
     }
 
     #[test]
+    fn a_file_several_guests_name_is_copied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("vmlinux"), b"\x7fELF kernel").unwrap();
+        let text = "[guest a]\nlinux = vmlinux\n[guest b]\nlinux = vmlinux\n";
+        let r = resolve(text, dir.path(), &carried()).unwrap();
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.files[0].path, "exitless/guests/a-vmlinux");
+        let lines: Vec<&str> = r.text.lines().collect();
+        assert_eq!(lines[1], "linux = guests/a-vmlinux  # from vmlinux");
+        assert_eq!(lines[3], "linux = guests/a-vmlinux  # from vmlinux");
+    }
+
+    #[test]
     fn carried_modules_win_and_keep_working_in_any_case() {
         let dir = tempfile::tempdir().unwrap();
         // A host file of the same relative name does not replace the image's own module.

@@ -143,17 +143,29 @@ pub const BOOTS: &[Boot] = &[
                 name: "acpi-fallback",
                 check: acpi_absent,
             },
+            Check {
+                name: "shared-intx-line-refused",
+                check: crate::linux_suite::shared_line_refused,
+            },
         ],
     },
     // Debian's Linux under Exitless with the e1000 assigned, in both modes (issue 9), after kernels
     // it must refuse. A boot of its own: the loader reads every module, and the vmlinux is 63 MiB.
     Boot {
-        id: "bochs-linux",
+        id: "bochs-linux-eli",
         tier: Tier::Bochs,
-        config: crate::linux_suite::config,
+        config: crate::linux_suite::config_eli,
         stop: StopWhen::PowerOff,
         kernel_results: true,
-        checks: crate::linux_suite::CHECKS,
+        checks: crate::linux_suite::ELI_CHECKS,
+    },
+    Boot {
+        id: "bochs-linux-baseline",
+        tier: Tier::Bochs,
+        config: crate::linux_suite::config_baseline,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: crate::linux_suite::BASELINE_CHECKS,
     },
     // The interrupt test guest bare metal: the same binary the hypervisor runs, on the real (emulated)
     // x2APIC, IOAPIC and COM2, so guest tests stay honest baselines.
@@ -382,6 +394,8 @@ fn bochs_guests() -> ImageConfig {
                 ("pci", BOCHS_UHCI),
             ],
         )
+        // OVMF puts the e1000 on line 10 with the PIIX4 power-management function.
+        .guest("shared-line", &crate::linux_suite::shared_line_guest())
 }
 
 const HOSTILE_IRQ: &str = "guests/hostile_irq.elf";
