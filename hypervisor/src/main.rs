@@ -226,11 +226,16 @@ mod kernel {
     /// not run), warnings (`unsafe_no_iommu`) as warnings, on every boot; then the `summary: assignment`
     /// lines.
     fn plan_assignment(config: &Config, pci: &PciTopology, platform: &Platform) -> AssignmentPlan {
+        let intx = match platform.acpi {
+            AcpiStatus::Read(_) => assignment::IntxRouting::Unknown,
+            AcpiStatus::None | AcpiStatus::Unusable(_) => assignment::IntxRouting::InterruptLine,
+        };
         let plan = assignment::plan(
             &config.guests,
             pci,
             &platform.iommus,
             config.unsafe_no_iommu,
+            intx,
         );
         for refusal in &plan.refusals {
             log::error!("device assignment refused: {refusal}");

@@ -478,6 +478,8 @@ test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out
     fn judging_a_boot_prints_checks_and_kernel_results() {
         let serial = "summary: vmx supported=yes ept=yes\nsummary: iommu units=0\n\
                       summary: ioapic base=0xfec00000\nsummary: acpi source=none\n\
+                      [ERROR] device assignment refused: guest shared-line: PCI device 00:02.0 \
+                      shares interrupt line 10 with 00:01.3, which it is not given\n\
                       EXITLESS-TEST BEGIN boot\nEXITLESS-TEST RESULT heap ok\n\
                       EXITLESS-TEST RESULT pci FAILED no bus\n\
                       EXITLESS-TEST END passed=1 failed=1 skipped=0\nEXITLESS-POWEROFF 1\n";
@@ -490,8 +492,8 @@ test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out
         };
         let mut tally = Tally::default();
         judge_boot(&mut tally, &BOOTS[0], &output);
-        // 5 checks pass, the kernel's `heap` passes and its `pci` fails.
-        assert_eq!((tally.passed, tally.failed, tally.skipped), (6, 1, 0));
+        // 6 checks pass, the kernel's `heap` passes and its `pci` fails.
+        assert_eq!((tally.passed, tally.failed, tally.skipped), (7, 1, 0));
 
         let mut tally = Tally::default();
         let timed_out = BootOutput {

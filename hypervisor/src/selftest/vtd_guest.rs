@@ -218,7 +218,13 @@ impl<'f> Bench<'f> {
             timeout_ms: None,
             pci: vec![first.bdf],
         };
-        let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);
+        let plan = assignment::plan(
+            core::slice::from_ref(&guest),
+            pci,
+            &platform.iommus,
+            false,
+            assignment::IntxRouting::Unknown,
+        );
         if let Some(refusal) = plan.refusals.first() {
             return Err(format!("assignment refused: {refusal}"));
         }
@@ -322,7 +328,13 @@ impl<'f> Bench<'f> {
             timeout_ms: None,
             pci: vec![f.bdf],
         };
-        let plan = assignment::plan(core::slice::from_ref(&guest), pci, &platform.iommus, false);
+        let plan = assignment::plan(
+            core::slice::from_ref(&guest),
+            pci,
+            &platform.iommus,
+            false,
+            assignment::IntxRouting::Unknown,
+        );
         if let Some(refusal) = plan.refusals.first() {
             // Only `msix-through-irte` needs it: that test then fails, the others run.
             log::warn!("vtd-guest self-test: e1000e assignment refused: {refusal}");

@@ -57,6 +57,19 @@ pub struct IntxLine {
     pub gsi: u8,
 }
 
+/// Where a function's INTx reaches the IOAPIC, as far as Exitless can know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntxRouting {
+    /// No ACPI (Bochs' i440FX under OVMF): the firmware runs the PIIX PIRQ router, whose IRQ it
+    /// writes to Interrupt Line and which also drives that IOAPIC input.
+    InterruptLine,
+    /// An ACPI machine: INTx reach the IOAPIC where the DSDT's `_PRT` says (ICH9: GSI 16-23), and
+    /// Interrupt Line holds the 8259 IRQ. Exitless does not interpret AML, so INTx lines are neither
+    /// given to guests automatically (guests use MSI/MSI-X, or `ioapic_pins` names the pin) nor
+    /// checked for sharing.
+    Unknown,
+}
+
 /// Interrupt Line values that name no IRQ: 0 (unset) and 0xFF ("unknown or no connection",
 /// PCI 3.0 6.2.4). The IOAPIC has 24 pins.
 fn intx_gsi(function: &PciFunction) -> Option<u8> {
@@ -344,6 +357,7 @@ pub fn plan(
     topology: &PciTopology,
     units: &[IommuUnit],
     unsafe_no_iommu: bool,
+    intx_routing: IntxRouting,
 ) -> AssignmentPlan {
     let mut plan = AssignmentPlan::default();
 
@@ -374,7 +388,9 @@ pub fn plan(
                 requester: topology.iommu_requester(bdf).unwrap_or(bdf),
                 unit: covering_unit(bdf, topology, units),
             });
-            if let Some(gsi) = intx_gsi(function) {
+            if let Some(gsi) =
+                intx_gsi(function).filter(|_| intx_routing == IntxRouting::InterruptLine)
+            {
                 intx.push(IntxLine {
                     bdf,
                     pin: function.interrupt_pin,
@@ -689,7 +705,13 @@ mod tests {
             "[guest a]\nimage = a.elf\npci = 00:03.0, 01:00.0, 01:01.0\n\
              [guest b]\nimage = b.elf\npci = 00:08.0\n[guest c]\nimage = c.elf\n",
         );
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(messages(&plan), Vec::<String>::new());
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         // 01:01.0 sits behind the PCIe-to-PCI bridge 00:1e.0 (secondary bus 1): requester 01:00.0
@@ -748,7 +770,13 @@ mod tests {
         let guests = guests(
             "[guest eli]\nimage = a.elf\npci = 00:05.0\n[guest ok]\nimage = b.elf\npci = 00:03.0\n",
         );
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(
             messages(&plan),
             [
@@ -770,7 +798,13 @@ mod tests {
         let guests = guests(
             "[guest a]\nimage = a.elf\npci = 00:03.0\n[guest b]\nimage = b.elf\npci = 00:03.0\n",
         );
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(
             messages(&plan),
             ["guest a and guest b are both given PCI device 00:03.0; a device belongs to one guest: \
@@ -796,7 +830,13 @@ mod tests {
         };
         let one = guests("[guest a]\nimage = a.elf\npci = 00:03.0\n");
         let shared = with_lines([("00:03.0", 10), ("00:08.0", 10), ("00:1f.0", 0xFF)]);
-        let p = plan(&one, &shared, &two_units(), false);
+        let p = plan(
+            &one,
+            &shared,
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert!(p.is_refused("a"));
         assert_eq!(
             messages(&p),
@@ -804,9 +844,19 @@ mod tests {
               given: assign 00:08.0 to guest a too, or move 00:03.0 to a slot whose INTx reaches \
               another line"]
         );
+        // On an ACPI machine Interrupt Line is the 8259 IRQ, not the IOAPIC input: nothing is
+        // planned from it, so nothing is refused for it either.
+        let p = plan(&one, &shared, &two_units(), false, IntxRouting::Unknown);
+        assert!(!p.is_refused("a") && p.intx("a").is_empty());
         // Both functions in the guest: the line is its own, and both are described.
         let both = guests("[guest a]\nimage = a.elf\npci = 00:03.0, 00:08.0\n");
-        let p = plan(&both, &shared, &two_units(), false);
+        let p = plan(
+            &both,
+            &shared,
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert!(!p.is_refused("a"), "{:?}", messages(&p));
         assert_eq!(
             p.intx("a")
@@ -817,7 +867,13 @@ mod tests {
         );
         // Alone on its line; 0xFF and 0 name no line and are neither shared nor described.
         let alone = with_lines([("00:03.0", 11), ("00:08.0", 10), ("00:1f.0", 0xFF)]);
-        let p = plan(&one, &alone, &two_units(), false);
+        let p = plan(
+            &one,
+            &alone,
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert!(!p.is_refused("a"));
         assert_eq!(
             p.intx("a"),
@@ -835,7 +891,13 @@ mod tests {
             "[guest a]\nimage = a.elf\npci = 01:00.0\n[guest b]\nimage = b.elf\npci = 01:01.0\n\
              [guest c]\nimage = c.elf\npci = 00:08.0\n",
         );
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(
             messages(&plan),
             [
@@ -850,7 +912,13 @@ mod tests {
     #[test]
     fn an_unassigned_function_behind_the_same_bridge_is_warned_about() {
         let guests = guests("[guest a]\nimage = a.elf\npci = 01:01.0\n");
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert!(plan.refusals.is_empty());
         assert_eq!(
             plan.warnings,
@@ -872,7 +940,13 @@ mod tests {
     #[test]
     fn bridges_are_refused() {
         let guests = guests("[guest a]\nimage = a.elf\npci = 00:00.0, 00:1e.0\n");
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(
             messages(&plan),
             [
@@ -889,7 +963,7 @@ mod tests {
     fn no_iommu_refuses_unless_unsafe_no_iommu_then_warns() {
         let guests =
             guests("[guest a]\nimage = a.elf\npci = 00:03.0\n[guest plain]\nimage = b.elf\n");
-        let refused = plan(&guests, &topology(), &[], false);
+        let refused = plan(&guests, &topology(), &[], false, IntxRouting::InterruptLine);
         assert_eq!(
             messages(&refused),
             ["guest a: device assignment (00:03.0) needs an IOMMU and this machine has none (no \
@@ -898,7 +972,7 @@ mod tests {
         );
         assert!(refused.is_refused("a") && !refused.is_refused("plain"));
 
-        let allowed = plan(&guests, &topology(), &[], true);
+        let allowed = plan(&guests, &topology(), &[], true, IntxRouting::InterruptLine);
         assert!(allowed.refusals.is_empty());
         assert!(!allowed.is_refused("a"));
         assert_eq!(
@@ -922,7 +996,13 @@ mod tests {
             false,
             vec![scope(ScopeKind::PciEndpoint, 0, &[(3, 0)])],
         )];
-        let plan = plan(&guests, &topology(), &only_edu, true);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &only_edu,
+            true,
+            IntxRouting::InterruptLine,
+        );
         assert_eq!(
             messages(&plan),
             ["guest a: PCI device 00:08.0 is in no VT-d unit's scope (no DRHD names it and none \
@@ -934,7 +1014,13 @@ mod tests {
     #[test]
     fn a_device_listed_twice_by_one_guest_is_planned_once() {
         let guests = guests("[guest a]\nimage = a.elf\npci = 00:03.0, 00:03.0\n");
-        let plan = plan(&guests, &topology(), &two_units(), false);
+        let plan = plan(
+            &guests,
+            &topology(),
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        );
         assert!(plan.refusals.is_empty());
         assert_eq!(plan.devices("a").len(), 1);
     }
@@ -946,7 +1032,15 @@ mod tests {
             .map(|d| function(&format!("02:{d:02x}.0"), (0x02, 0)))
             .collect();
         let guests = guests("[guest a]\nimage = a.elf\npci = 00:03.0\n");
-        let message = plan(&guests, &topology, &two_units(), false).refusals[0].to_string();
+        let message = plan(
+            &guests,
+            &topology,
+            &two_units(),
+            false,
+            IntxRouting::InterruptLine,
+        )
+        .refusals[0]
+            .to_string();
         assert!(
             message.contains("02:17.0 and 8 more, see the `summary: pci_function` lines): fix"),
             "{message}"

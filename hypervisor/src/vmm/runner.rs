@@ -182,18 +182,7 @@ impl VmxCpu {
             Ok(c) => c,
             Err(e) => return report(GuestEnd::Stopped(format!("{e}"))),
         };
-        // Without an IOMMU an assigned device DMAs to host-physical addresses: a Linux guest then
-        // gets its RAM at its host address (`RamLayout::identity`), so its drivers' DMA lands in it.
-        let untranslated_dma = dma.remapping.is_none() && !config.pci.is_empty();
-        match self.build(
-            config,
-            modules,
-            frames,
-            controls,
-            vpid,
-            dma.intx,
-            untranslated_dma,
-        ) {
+        match self.build(config, modules, frames, controls, vpid, &dma) {
             Ok(mut guest) => {
                 let attached = dma_domains::prepare_guest_dma(
                     dma.remapping.as_deref_mut(),
@@ -252,10 +241,13 @@ impl VmxCpu {
         frames: &mut FrameAllocator,
         controls: Controls,
         vpid: u16,
-        intx: &[IntxLine],
-        untranslated_dma: bool,
+        dma: &GuestDma<'_>,
     ) -> Result<Guest, String> {
+        let intx = dma.intx;
         let platform = self.guest_platform(config, intx);
+        // Without an IOMMU an assigned device DMAs to host-physical addresses: a Linux guest then
+        // gets its RAM at its host address (`RamLayout::identity`), so its drivers' DMA lands in it.
+        let untranslated_dma = dma.remapping.is_none() && !config.pci.is_empty();
         let identity = untranslated_dma && config.linux.is_some();
         let loaded = load_guest(config, modules, frames, &platform, identity)?;
         let LoadedGuest {
