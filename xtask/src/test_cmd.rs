@@ -502,6 +502,6 @@ test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out
             ..output
         };
         judge_boot(&mut tally, &BOOTS[0], &timed_out);
-        assert_eq!((tally.passed, tally.failed), (0, 5));
+        assert_eq!((tally.passed, tally.failed), (0, 6));
     }
 }
