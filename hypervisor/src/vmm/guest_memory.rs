@@ -8,24 +8,45 @@ pub struct GuestMemory<'a> {
 }
 
 /// Where a guest's RAM block appears in its guest-physical space: block offsets below
-/// [`LOW_MEMORY_END`] at the same guest-physical addresses, and block offsets from `high_offset`
-/// on at `high_start` and up. The usual layout is linear (both 1 MiB); a guest whose devices DMA
-/// without an IOMMU sees its high memory at its host address ([`RamLayout::identity`]).
+/// [`LOW_MEMORY_END`] at the same guest-physical addresses; block offsets from `high_offset` on at
+/// `high_start` and up to `hole_start`, where the MMIO hole below 4 GiB begins; the rest of the
+/// block from 4 GiB. The usual layout is linear up to the hole ([`RamLayout::linear`]); a guest
+/// whose devices DMA without an IOMMU sees its high memory at its host address
+/// ([`RamLayout::identity`]), which never meets MMIO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamLayout {
     pub high_start: u64,
     pub high_offset: u64,
+    pub hole_start: u64,
 }
 
 /// The end of the first MiB, which Linux reserves whole (and so never gives a device to DMA to).
 pub const LOW_MEMORY_END: u64 = 1 << 20;
+/// Where RAM resumes above the MMIO hole.
+pub const HIGH_RAM_START: u64 = 4 << 30;
+/// The lowest the MMIO hole starts: the IOAPIC, the LAPIC and 64-bit-capable BARs live above it.
+pub const DEFAULT_HOLE_START: u64 = 3 << 30;
+
+/// One guest-physical range of RAM and the block offset it starts at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRange {
+    pub gpa: u64,
+    pub offset: u64,
+    pub len: u64,
+}
 
 impl RamLayout {
-    /// Guest-physical 0..len is the block.
-    pub const LINEAR: Self = Self {
-        high_start: LOW_MEMORY_END,
-        high_offset: LOW_MEMORY_END,
-    };
+    /// Guest-physical 0..[`DEFAULT_HOLE_START`] is the block's start, the rest above 4 GiB.
+    pub const LINEAR: Self = Self::linear(DEFAULT_HOLE_START);
+
+    /// Linear, with the MMIO hole from `hole_start` (2 MiB-aligned, at most 4 GiB) to 4 GiB.
+    pub const fn linear(hole_start: u64) -> Self {
+        Self {
+            high_start: LOW_MEMORY_END,
+            high_offset: LOW_MEMORY_END,
+            hole_start,
+        }
+    }
 
     /// For a block at host `base` (2 MiB-aligned): the first MiB at guest-physical 0, the block
     /// from 2 MiB on at its own host address, so a device that DMAs to a guest-physical address
@@ -34,22 +55,60 @@ impl RamLayout {
         Self {
             high_start: base + IDENTITY_HIGH_OFFSET,
             high_offset: IDENTITY_HIGH_OFFSET,
+            hole_start: u64::MAX,
         }
     }
 
-    /// The block offset of `len` bytes at guest-physical `gpa` in a block of `ram_len` bytes.
+    /// Whether the block's offsets are its guest-physical addresses (below the hole).
+    pub const fn is_linear(&self) -> bool {
+        self.high_start == self.high_offset
+    }
+
+    /// The guest-physical RAM of a block of `ram_len` bytes, in address order, ranges that follow
+    /// each other in both spaces merged (a small linear guest is one range).
+    pub fn ranges(&self, ram_len: u64) -> impl Iterator<Item = RamRange> {
+        let low = RamRange {
+            gpa: 0,
+            offset: 0,
+            len: LOW_MEMORY_END.min(ram_len),
+        };
+        let high_len = ram_len.saturating_sub(self.high_offset);
+        let below_hole = high_len.min(self.hole_start.saturating_sub(self.high_start));
+        let high = RamRange {
+            gpa: self.high_start,
+            offset: self.high_offset,
+            len: below_hole,
+        };
+        let above = RamRange {
+            gpa: HIGH_RAM_START,
+            offset: self.high_offset + below_hole,
+            len: high_len - below_hole,
+        };
+        let mut merged: [Option<RamRange>; 3] = [None; 3];
+        let mut n: usize = 0;
+        for r in [low, high, above].into_iter().filter(|r| r.len != 0) {
+            match n.checked_sub(1).and_then(|i| merged[i].as_mut()) {
+                Some(last)
+                    if last.gpa + last.len == r.gpa && last.offset + last.len == r.offset =>
+                {
+                    last.len += r.len;
+                }
+                _ => {
+                    merged[n] = Some(r);
+                    n += 1;
+                }
+            }
+        }
+        merged.into_iter().flatten()
+    }
+
+    /// The block offset of `len` bytes at guest-physical `gpa` in a block of `ram_len` bytes, if
+    /// they are all RAM of one range.
     pub fn offset(&self, gpa: u64, len: u64, ram_len: u64) -> Option<usize> {
         let end = gpa.checked_add(len)?;
-        if self.high_start == self.high_offset {
-            return (end <= ram_len).then_some(gpa as usize);
-        }
-        if end <= LOW_MEMORY_END.min(ram_len) {
-            return Some(gpa as usize);
-        }
-        let offset = gpa
-            .checked_sub(self.high_start)?
-            .checked_add(self.high_offset)?;
-        (gpa >= self.high_start && offset.checked_add(len)? <= ram_len).then_some(offset as usize)
+        self.ranges(ram_len)
+            .find(|r| r.gpa <= gpa && end <= r.gpa + r.len)
+            .map(|r| (gpa - r.gpa + r.offset) as usize)
     }
 }
 
@@ -168,12 +227,56 @@ mod tests {
             Some(len as usize - 8)
         );
         assert_eq!(layout.offset(base + len - 4, 8, len), None);
-        // Linear: guest-physical is the offset.
+        // Linear: guest-physical is the offset, straddling the first MiB's end included.
         let linear = RamLayout::LINEAR;
         for gpa in [0, 0xF_FFF8, 0x10_0000, len - 8] {
             assert_eq!(linear.offset(gpa, 8, len), Some(gpa as usize));
         }
+        assert_eq!(linear.offset(0xF_FFF8, 16, len), Some(0xF_FFF8));
         assert_eq!(linear.offset(len - 4, 8, len), None);
+        assert_eq!(
+            linear.ranges(len).collect::<alloc::vec::Vec<_>>(),
+            [RamRange {
+                gpa: 0,
+                offset: 0,
+                len
+            }]
+        );
+    }
+
+    #[test]
+    fn ram_past_the_hole_resumes_at_4_gib() {
+        // 3 GiB of RAM with an assigned BAR at 2 GiB: 2 GiB below it, the last GiB from 4 GiB.
+        let layout = RamLayout::linear(2 << 30);
+        let len = 3 << 30;
+        assert_eq!(
+            layout.ranges(len).collect::<alloc::vec::Vec<_>>(),
+            [
+                RamRange {
+                    gpa: 0,
+                    offset: 0,
+                    len: 2 << 30
+                },
+                RamRange {
+                    gpa: 4 << 30,
+                    offset: 2 << 30,
+                    len: 1 << 30
+                },
+            ]
+        );
+        assert_eq!(layout.offset((2 << 30) - 8, 8, len), Some((2 << 30) - 8));
+        assert_eq!(layout.offset(2 << 30, 8, len), None, "the hole");
+        assert_eq!(
+            layout.offset((2 << 30) - 4, 8, len),
+            None,
+            "straddles the hole"
+        );
+        assert_eq!(layout.offset(4 << 30, 8, len), Some(2 << 30));
+        assert_eq!(layout.offset((5 << 30) - 8, 8, len), Some(len as usize - 8));
+        assert_eq!(layout.offset(5 << 30, 8, len), None);
+        // The identity layout has no hole: host RAM never overlaps MMIO.
+        let identity = RamLayout::identity(0x1_2000_0000);
+        assert_eq!(identity.ranges(len).count(), 2);
     }
     use alloc::vec;
 

@@ -61,8 +61,8 @@ const _: () = assert!(
         && ACPI_TABLES_GPA >= LOW_USABLE_END
         && ACPI_TABLES_GPA + ACPI_TABLES_MAX_LEN <= HIGH_MEMORY
 );
-/// Guest RAM stops below the MMIO hole (IOAPIC, LAPIC, device BARs) that the identity map leaves
-/// uncached from here.
+/// The kernel's image lies below this, where the MMIO hole (IOAPIC, LAPIC, device BARs) may start
+/// and the boot identity map turns uncached; RAM beyond the hole resumes at 4 GiB.
 pub const MAX_RAM_LEN: u64 = 3 << 30;
 
 /// boot.rst "64-bit Boot Protocol": CS must be `__BOOT_CS` and DS, ES, SS `__BOOT_DS`.
@@ -200,7 +200,7 @@ impl fmt::Display for LinuxBootError {
             Self::BadVmlinux(why) => write!(f, "vmlinux: {why}"),
             Self::KernelBelow1Mib { start } => write!(f, "kernel loads at {start:#x}, below 1 MiB where the boot structures and the BIOS area are: build it with a higher CONFIG_PHYSICAL_START"),
             Self::KernelBeyondRamLimit { end } => write!(f, "kernel reaches {end:#x}, beyond the {} MiB a Linux guest's RAM may have: it is not a kernel this loader can place", MAX_RAM_LEN >> 20),
-            Self::MemoryTooLarge { have } => write!(f, "guest memory of {} MiB reaches the MMIO hole at {} MiB: lower memory_mib to {} at most", have >> 20, MAX_RAM_LEN >> 20, MAX_RAM_LEN >> 20),
+            Self::MemoryTooLarge { have } => write!(f, "the guest's RAM above 1 MiB starts at {have:#x}, beyond the 4 GiB its boot page tables map: its RAM block is too high in host memory"),
             Self::MemoryTooSmall { kernel_start: start, kernel_len: len, initrd_len, have } => {
                 write!(f, "guest memory too small ({} MiB): kernel needs {} MiB from {} MiB", have >> 20, mib_ceil(len), start >> 20)?;
                 if initrd_len != 0 {
@@ -646,8 +646,11 @@ pub fn check(ram_len: u64, layout: RamLayout, boot: &LinuxBoot<'_>) -> Result<()
 struct Placement<'a> {
     kernel: Kernel<'a>,
     initrd: Option<Range<u64>>,
-    /// Guest-physical RAM above the first MiB.
+    /// Guest-physical RAM above the first MiB that the kernel and initrd go in (below 4 GiB,
+    /// which the boot page tables map).
     high: Range<u64>,
+    /// All guest-physical RAM above the first MiB, for the e820 map.
+    high_ranges: Vec<Range<u64>>,
 }
 
 fn place<'a>(
@@ -656,11 +659,20 @@ fn place<'a>(
     boot: &LinuxBoot<'a>,
 ) -> Result<Placement<'a>, LinuxBootError> {
     use LinuxBootError::*;
-    let high_len = ram_len.saturating_sub(layout.high_offset);
-    let high = layout.high_start..layout.high_start + high_len;
-    if high.end > MAX_RAM_LEN {
-        return Err(MemoryTooLarge { have: high.end });
+    // RAM above the first MiB; the first range holds the kernel and the initrd.
+    let high_ranges: Vec<Range<u64>> = layout
+        .ranges(ram_len)
+        .map(|r| r.gpa.max(HIGH_MEMORY)..r.gpa + r.len)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let high = high_ranges
+        .first()
+        .cloned()
+        .unwrap_or(HIGH_MEMORY..HIGH_MEMORY);
+    if high.start >= guest_layout::IDENTITY_MAP_END {
+        return Err(MemoryTooLarge { have: high.start });
     }
+    let high = high.start..high.end.min(guest_layout::IDENTITY_MAP_END);
     let cmdline_max = boot.kernel.cmdline_size().min(CMDLINE_AREA_LEN - 1);
     let len = boot.cmdline.len() as u64;
     if len > cmdline_max {
@@ -681,7 +693,7 @@ fn place<'a>(
     }
     // The linear layout keeps the kernel where it asks to be; an identity one starts its RAM at
     // the block's host address, so the kernel moves to the start of that RAM.
-    let kernel = if layout == RamLayout::LINEAR {
+    let kernel = if layout.is_linear() {
         boot.kernel.clone()
     } else {
         boot.kernel
@@ -692,7 +704,7 @@ fn place<'a>(
     let initrd_len = boot.initrd.map_or(0, |i| i.len() as u64);
     // In block terms, so the message's "raise memory_mib to" is right for either layout.
     let too_small = MemoryTooSmall {
-        kernel_start: footprint.start - high.start + layout.high_offset,
+        kernel_start: footprint.start.saturating_sub(high.start) + layout.high_offset,
         kernel_len: footprint.end - footprint.start,
         initrd_len,
         have: ram_len,
@@ -706,6 +718,7 @@ fn place<'a>(
             kernel,
             initrd: None,
             high,
+            high_ranges,
         });
     }
     // boot.rst: initrd_addr_max is the highest address the initrd may occupy; put it as high as
@@ -717,6 +730,7 @@ fn place<'a>(
             kernel,
             initrd: Some(start..start + initrd_len),
             high,
+            high_ranges,
         }),
         _ if limit == high.end => Err(too_small),
         _ => Err(InitrdAboveLimit {
@@ -741,10 +755,19 @@ pub fn build(
         kernel,
         initrd,
         high,
+        high_ranges,
     } = place(ram_len, layout, boot)?;
     let (low, rest) = ram.split_at_mut(HIGH_MEMORY as usize);
-    // Guest-physical `high.start` is block offset `layout.high_offset`.
-    let high_ram = &mut rest[(layout.high_offset - HIGH_MEMORY) as usize..];
+    // The block from where guest-physical `high.start` is.
+    let high_at = layout
+        .offset(high.start, 1, ram_len)
+        .ok_or(LinuxBootError::MemoryTooSmall {
+            kernel_start: 0,
+            kernel_len: 0,
+            initrd_len: 0,
+            have: ram_len,
+        })?;
+    let high_ram = &mut rest[high_at - HIGH_MEMORY as usize..];
     let at = |gpa: u64| (gpa - high.start) as usize;
 
     low.fill(0);
@@ -792,12 +815,13 @@ pub fn build(
             &ACPI_TABLES_GPA.to_le_bytes(),
         );
     }
-    let e820 = [
+    // The MMIO hole between the ranges stays out of the map: Linux takes such a gap for PCI.
+    let mut e820 = alloc::vec![
         (0, LOW_USABLE_END, E820_RAM),
         (LOW_USABLE_END, HIGH_MEMORY, E820_RESERVED),
-        (high.start, high.end, E820_RAM),
     ];
-    const _: () = assert!(3 <= zp::E820_MAX_ENTRIES);
+    e820.extend(high_ranges.iter().map(|r| (r.start, r.end, E820_RAM)));
+    const _: () = assert!(4 <= zp::E820_MAX_ENTRIES);
     for (i, &(start, end, kind)) in e820.iter().enumerate() {
         let at = zp::E820_TABLE + i * zp::E820_ENTRY_LEN;
         put(zero_page, at, &start.to_le_bytes());
@@ -1282,19 +1306,39 @@ mod tests {
             format!("{err}"),
             "guest memory too small (32 MiB): kernel needs 64 MiB from 16 MiB: raise memory_mib to 80"
         );
-        let err = place(
+        // More than fits below the MMIO hole: the rest is RAM from 4 GiB.
+        let placed = place(
             MAX_RAM_LEN + (2 << 20),
             RamLayout::LINEAR,
             &boot(&kernel, None, ""),
         )
-        .unwrap_err();
+        .unwrap();
         assert_eq!(
-            err,
-            LinuxBootError::MemoryTooLarge {
-                have: MAX_RAM_LEN + (2 << 20)
-            }
+            placed.high_ranges,
+            [HIGH_MEMORY..MAX_RAM_LEN, (4 << 30)..(4 << 30) + (2 << 20)]
         );
-        assert!(format!("{err}").contains("memory_mib to 3072"));
+        // A hole lowered to an assigned BAR at 2 GiB moves the RAM above it to 4 GiB.
+        let placed = place(
+            3 << 30,
+            RamLayout::linear(2 << 30),
+            &boot(&kernel, None, ""),
+        )
+        .unwrap();
+        assert_eq!(
+            placed.high_ranges,
+            [HIGH_MEMORY..(2 << 30), (4 << 30)..(5 << 30)]
+        );
+        // An identity block above 4 GiB cannot be booted: the boot page tables map 4 GiB.
+        let err = place(
+            64 << 20,
+            RamLayout::identity(4 << 30),
+            &boot(&kernel, None, ""),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, LinuxBootError::MemoryTooLarge { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::exits;
 use super::guest_acpi::{self, GuestPlatformDescription, MemoryWindow, PciInterrupt};
 use super::guest_layout::{self, GuestStart};
 use super::guest_memory::GuestMemory;
-use super::guest_memory::RamLayout;
+use super::guest_memory::{self, RamLayout};
 use super::guest_msi;
 use super::host_clock::HostClock;
 use super::interrupts::{GuestInterrupts, InterruptStats};
@@ -249,7 +249,15 @@ impl VmxCpu {
         // gets its RAM at its host address (`RamLayout::identity`), so its drivers' DMA lands in it.
         let untranslated_dma = dma.remapping.is_none() && !config.pci.is_empty();
         let identity = untranslated_dma && config.linux.is_some();
-        let loaded = load_guest(config, modules, frames, &platform, identity)?;
+        let hole_start = mmio_hole_start(&platform);
+        let linux_layout = |base| {
+            if identity {
+                RamLayout::identity(base)
+            } else {
+                RamLayout::linear(hole_start)
+            }
+        };
+        let loaded = load_guest(config, modules, frames, &platform, linux_layout)?;
         let LoadedGuest {
             ram_base,
             ram_len,
@@ -263,22 +271,18 @@ impl VmxCpu {
             size_2m: self.caps.ept_2m(),
             size_1g: self.caps.ept_1g(),
         };
-        // The block's low part at guest-physical 0, the rest where the layout puts it (the same
-        // one range when linear).
-        let low = if layout == RamLayout::LINEAR {
-            ram_len
-        } else {
-            layout.high_offset.min(ram_len)
-        };
-        for (gpa, host, len) in [
-            (0, ram_base, low),
-            (layout.high_start, ram_base + low, ram_len - low),
-        ]
-        .into_iter()
-        .filter(|&(_, _, len)| len != 0)
-        {
-            ept.map(frames, gpa, host, len, Leaf::ram(EptPerms::RWX), sizes)
-                .map_err(|e| format!("EPT: {e:?}"))?;
+        // Each range of the block where the layout puts it (a small linear guest is one range).
+        for range in layout.ranges(ram_len) {
+            let host = ram_base + range.offset;
+            ept.map(
+                frames,
+                range.gpa,
+                host,
+                range.len,
+                Leaf::ram(EptPerms::RWX),
+                sizes,
+            )
+            .map_err(|e| format!("EPT: {e:?}"))?;
         }
 
         // The guest's IOAPIC pins: those configured, and its functions' INTx lines.
@@ -413,7 +417,7 @@ fn load_guest(
     modules: &[Module],
     frames: &mut FrameAllocator,
     platform: &GuestPlatformDescription,
-    identity: bool,
+    layout_at: impl Fn(u64) -> RamLayout,
 ) -> Result<LoadedGuest, String> {
     let Some(linux) = &config.linux else {
         let bytes = module_bytes(modules, &config.image, "image")?;
@@ -446,13 +450,6 @@ fn load_guest(
         acpi_tables: Some(&acpi_tables),
     };
     let refused = |e: LinuxBootError| format!("{}: {e}", linux.kernel);
-    let layout_at = |base| {
-        if identity {
-            RamLayout::identity(base)
-        } else {
-            RamLayout::LINEAR
-        }
-    };
     linux_boot::check(config.memory_mib << 20, layout_at(0), &boot).map_err(refused)?;
     let (ram_base, ram_len) = allocate_guest_ram(frames, config.memory_mib)?;
     // SAFETY: the frames were just allocated to this guest and are identity-mapped.
@@ -470,10 +467,10 @@ fn load_guest(
         layout.kernel.start,
         layout.kernel.end,
         acpi_tables.len(),
-        if identity {
-            ", RAM at its host address: its devices DMA without an IOMMU"
-        } else {
+        if ram_layout.is_linear() {
             ""
+        } else {
+            ", RAM at its host address: its devices DMA without an IOMMU"
         },
     );
     Ok(LoadedGuest {
@@ -483,6 +480,19 @@ fn load_guest(
         start: layout.start,
         booted,
     })
+}
+
+/// Where a Linux guest's MMIO hole starts: below its lowest memory BAR under 4 GiB (BARs stay
+/// where the firmware put them, and guest RAM must not cover them), at 3 GiB at the latest.
+fn mmio_hole_start(platform: &GuestPlatformDescription) -> u64 {
+    const MIB2: u64 = 2 << 20;
+    platform
+        .pci_memory_windows
+        .iter()
+        .map(|w| w.base)
+        .filter(|&base| base < guest_memory::HIGH_RAM_START)
+        .map(|base| base & !(MIB2 - 1))
+        .fold(guest_memory::DEFAULT_HOLE_START, u64::min)
 }
 
 /// A guest's RAM block, how the guest sees it, and how it starts.
