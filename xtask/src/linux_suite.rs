@@ -72,6 +72,22 @@ pub fn config_eli() -> ImageConfig {
             ),
         )
         .guest_owned("linux-eli", linux_guest(&kit, "eli"))
+        // Reboot ends a guest too (it cannot be reset in place): through the FADT reset register.
+        .guest_owned(
+            "linux-reboot",
+            vec![
+                ("linux".into(), kit.vmlinux.display().to_string()),
+                ("initrd".into(), kit.initrd.display().to_string()),
+                ("cmdline".into(), format!("{CMDLINE} exitless_end=reboot")),
+                ("memory_mib".into(), "160".into()),
+                ("interrupts".into(), "eli".into()),
+                ("timeout_ms".into(), LINUX_TIMEOUT_MS.into()),
+                (
+                    "expect_stop".into(),
+                    "reset itself (ACPI reset register)".into(),
+                ),
+            ],
+        )
 }
 
 /// The baseline boot: Linux with the e1000, then the distribution's bzImage itself through its
@@ -288,6 +304,7 @@ per_mode! {
     eli_network => network("linux-eli");
     eli_exits => exits("linux-eli", true);
     eli_poweroff => powered_off("linux-eli");
+    reboot_after_userspace => require("linux-reboot", "done");
     baseline_userspace => userspace("linux-baseline");
     baseline_cpu_flags => cpu_flags("linux-baseline");
     baseline_timers => timers("linux-baseline");
@@ -329,6 +346,11 @@ pub const ELI_CHECKS: &[Check] = &[
     Check {
         name: "linux-eli/poweroff",
         check: eli_poweroff,
+    },
+    // Its end (stopped with the reset report) is judged by the kernel's guest-linux-reboot result.
+    Check {
+        name: "linux-reboot/reached-userspace-before-the-reset",
+        check: reboot_after_userspace,
     },
 ];
 
