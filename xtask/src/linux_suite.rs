@@ -1,6 +1,7 @@
 //! The Linux guest tests (issue 9): Debian's kernel and the kit's initramfs (`linux_kit`) under
-//! Exitless in Bochs, once per interrupt mode, with the e1000 on vnet assigned; kernels the
-//! hypervisor must refuse before them; and a refused INTx line. Every check is judged from what the
+//! Exitless in Bochs, once per interrupt mode with the e1000 on vnet assigned; kernels the
+//! hypervisor must refuse before them; a guest that reboots; the bzImage through its own 64-bit
+//! entry. (The refused INTx line is a guest of `bochs-boot`.) Every check is judged from what the
 //! guest's /init (`EXITLESS-LINUX:` lines), its kernel and the hypervisor printed.
 
 use crate::config::ImageConfig;
@@ -32,7 +33,8 @@ fn linux_guest(kit: &linux_kit::LinuxKit, mode: &str) -> Vec<(String, String)> {
 }
 
 /// The ELI boot: kernels the hypervisor must refuse first (each reported while the next guest
-/// runs), then Linux. One Linux guest per boot: a device belongs to one guest of a configuration.
+/// runs), then Linux with the e1000, then Linux rebooting. One guest with the e1000 per boot: a
+/// device belongs to one guest of a configuration.
 pub fn config_eli() -> ImageConfig {
     let kit = linux_kit::kit_paths();
     let refused = |kernel: String, memory: &str, stop: &str| {
