@@ -74,7 +74,8 @@ pub fn config_eli() -> ImageConfig {
             ),
         )
         .guest_owned("linux-eli", linux_guest(&kit, "eli"))
-        // Reboot ends a guest too (it cannot be reset in place): through the FADT reset register.
+        // Reboot ends a guest too (it cannot be reset in place). Linux 6.1 on hardware-reduced ACPI
+        // without EFI reboots through the BIOS (`efi_reboot_required`, then the real-mode restart).
         .guest_owned(
             "linux-reboot",
             vec![

@@ -377,7 +377,8 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             access.port
         )));
     }
-    let pci_port = (CONFIG_ADDRESS..CONFIG_DATA + 4).contains(&access.port) && !vcpu.pci.is_empty();
+    let pci_port = (CONFIG_ADDRESS..CONFIG_DATA + 4).contains(&access.port)
+        && (vcpu.has_pci_bus || !vcpu.pci.is_empty());
     let value = match access.direction {
         IoDirection::Out if pci_port => {
             if let Some(config) = host.pci_config() {
@@ -530,9 +531,17 @@ fn control_register(
         0 => {
             let (fixed0, fixed1) = vcpu.cr0_fixed;
             if value & fixed0 != fixed0 {
-                return Ok(Handled::End(GuestEnd::Stopped(format!(
-                    "guest cleared CR0 bits VMX needs ({value:#x}): leaving paged protected mode is not supported"
-                ))));
+                // Linux reboots this way where ACPI is hardware-reduced and there is no EFI
+                // (`efi_reboot_required`, then BOOT_BIOS: the real-mode restart): a reboot ends
+                // the guest, which cannot be reset in place.
+                let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+                const PE_PG: u64 = (1 << 0) | (1 << 31);
+                let why = if value & PE_PG != PE_PG {
+                    format!("the guest left paged protected mode (CR0 {value:#x} at rip {rip:#x}; a BIOS-style reboot), which Exitless does not run: ended as a reset")
+                } else {
+                    format!("guest cleared CR0 bits VMX needs ({value:#x} at rip {rip:#x})")
+                };
+                return Ok(Handled::End(GuestEnd::Stopped(why)));
             }
             vmcs.write_natural(VmcsNatural::Cr0ReadShadow, value)?;
             vmcs.write_natural(VmcsNatural::GuestCr0, (value | fixed0) & fixed1)?;

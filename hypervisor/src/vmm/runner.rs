@@ -363,6 +363,7 @@ impl VmxCpu {
                 APIC_BASE_RESET
             },
             has_ioapic: !pins.is_empty() || config.linux.is_some(),
+            has_pci_bus: config.linux.is_some(),
             cr0_fixed: (self.caps.cr0_fixed0, self.caps.cr0_fixed1),
             cr4_fixed: (self.caps.cr4_fixed0, self.caps.cr4_fixed1),
             interrupts: GuestInterrupts::new(config.interrupts, &pins),

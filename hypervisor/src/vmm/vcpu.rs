@@ -122,6 +122,9 @@ pub struct Vcpu {
     pub pci: VirtualPci,
     /// The guest has an IOAPIC (pins, or a described platform): its MMIO window is emulated.
     pub has_ioapic: bool,
+    /// The guest has a PCI bus (functions, or a host bridge its ACPI tables describe): 0xCF8/0xCFC
+    /// answer as configuration mechanism #1, an empty slot reading all ones.
+    pub has_pci_bus: bool,
     /// The VMX-preemption timer counts once every 2^shift TSC ticks (IA32_VMX_MISC 4:0).
     pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.
