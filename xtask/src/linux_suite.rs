@@ -85,10 +85,7 @@ pub fn config_eli() -> ImageConfig {
                 ("memory_mib".into(), "160".into()),
                 ("interrupts".into(), "eli".into()),
                 ("timeout_ms".into(), LINUX_TIMEOUT_MS.into()),
-                (
-                    "expect_stop".into(),
-                    "reset itself (ACPI reset register)".into(),
-                ),
+                ("expect_stop".into(), "left paged protected mode".into()),
             ],
         )
 }

@@ -373,7 +373,12 @@ impl VmxCpu {
             preemption_saved: controls
                 .exit
                 .contains(ExitControls::SAVE_VMX_PREEMPTION_TIMER_VALUE),
-            pci: VirtualPci::new(assigned),
+            // A described platform has a host bridge (its ACPI `PCI0`), which Linux looks for.
+            pci: if config.linux.is_some() {
+                VirtualPci::new(assigned).with_host_bridge()
+            } else {
+                VirtualPci::new(assigned)
+            },
             ..Default::default()
         };
         log::info!(

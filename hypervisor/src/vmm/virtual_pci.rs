@@ -175,6 +175,8 @@ pub struct VirtualPci {
     msix_changes: Vec<MsixRequest>,
     /// Whether any function has MSI-X (keeps EPT-violation handling cheap for guests without).
     has_msix: bool,
+    /// A synthetic host bridge answers at 00:00.0 ([`VirtualPci::with_host_bridge`]).
+    host_bridge: bool,
 }
 
 impl core::fmt::Debug for VirtualPci {
@@ -185,9 +187,27 @@ impl core::fmt::Debug for VirtualPci {
     }
 }
 
+/// Where the synthetic host bridge sits.
+const HOST_BRIDGE_BDF: Bdf = match Bdf::new(0, 0, 0, 0) {
+    Some(bdf) => bdf,
+    None => panic!("00:00.0 is a BDF"),
+};
+
+/// The synthetic host bridge's configuration space: Red Hat's generic PCIe host bridge ID
+/// (1b36:0008, as QEMU's), class 06/00/00, a type-0 header with no BARs, capabilities or
+/// interrupt; everything else reads 0 and writes are dropped.
+fn host_bridge_dword(offset: u16) -> u32 {
+    match offset {
+        0x00 => 0x0008_1B36,
+        0x08 => 0x0600_0000,
+        _ => 0,
+    }
+}
+
 impl VirtualPci {
     pub fn new(functions: Vec<AssignedFunction>) -> Self {
         Self {
+            host_bridge: false,
             address: 0,
             has_msix: functions.iter().any(|f| f.msix.is_some()),
             functions,
@@ -234,6 +254,20 @@ impl VirtualPci {
         self.functions.is_empty()
     }
 
+    /// Shows a host bridge at 00:00.0 (unless a function sits there): Linux's type-1 probe
+    /// (`pci_sanity_check`) accepts a bus only if it finds one (or an Intel or Compaq device).
+    pub fn with_host_bridge(mut self) -> Self {
+        self.host_bridge = !self.functions.iter().any(|f| f.bdf == HOST_BRIDGE_BDF);
+        self
+    }
+
+    /// The register offset CONFIG_ADDRESS selects in the synthetic host bridge, if it does.
+    fn host_bridge_selected(&self, port: u16) -> Option<u16> {
+        let selects_00_00_0 = self.address & (ENABLE | 0x00FF_FF00) == ENABLE;
+        (self.host_bridge && selects_00_00_0)
+            .then(|| (self.address & 0xFC) as u16 + (port - CONFIG_DATA))
+    }
+
     /// The function and register CONFIG_ADDRESS selects, if it is enabled and assigned.
     fn selected(&mut self, port: u16) -> Option<(&mut AssignedFunction, u16)> {
         if self.address & ENABLE == 0 {
@@ -259,6 +293,10 @@ impl VirtualPci {
                     return Some(size_mask);
                 };
                 let Some((f, offset)) = self.selected(port) else {
+                    if let Some(offset) = self.host_bridge_selected(port) {
+                        let shift = 8 * u32::from(offset & 3);
+                        return Some((host_bridge_dword(offset & !3) >> shift) & size_mask);
+                    }
                     return Some(size_mask); // no such function: all ones, as on a real bus
                 };
                 let dword = hw.read32(f.bdf, offset & !3);
@@ -402,6 +440,34 @@ mod tests {
             | u32::from(offset);
         bus.write(CONFIG_ADDRESS, 4, address, space);
         bus.read(CONFIG_DATA, 4, space).unwrap()
+    }
+
+    #[test]
+    fn a_host_bridge_answers_at_00_00_0_and_ignores_writes() {
+        let space = machine();
+        let mut bus = VirtualPci::new(Vec::new()).with_host_bridge();
+        assert_eq!(read(&mut bus, &space, (0, 0, 0), 0x00), 0x0008_1B36);
+        assert_eq!(
+            read(&mut bus, &space, (0, 0, 0), 0x08) >> 8,
+            0x06_0000,
+            "class 06/00/00"
+        );
+        assert_eq!(read(&mut bus, &space, (0, 0, 0), 0x10), 0, "no BARs");
+        assert_eq!(
+            read(&mut bus, &space, (0, 0, 1), 0x00),
+            u32::MAX,
+            "nothing else"
+        );
+        assert_eq!(read(&mut bus, &space, (1, 0, 0), 0x00), u32::MAX);
+        bus.write(CONFIG_ADDRESS, 4, ENABLE | 0x04, &space);
+        bus.write(CONFIG_DATA, 2, 0x7, &space);
+        assert_eq!(read(&mut bus, &space, (0, 0, 0), 0x04), 0, "writes dropped");
+        // A word read at an odd register.
+        bus.write(CONFIG_ADDRESS, 4, ENABLE, &space);
+        assert_eq!(bus.read(CONFIG_DATA + 2, 2, &space), Some(0x0008));
+        // Without it the bus is empty.
+        let mut empty = VirtualPci::new(Vec::new());
+        assert_eq!(read(&mut empty, &space, (0, 0, 0), 0x00), u32::MAX);
     }
 
     #[test]
