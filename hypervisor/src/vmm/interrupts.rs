@@ -77,6 +77,9 @@ pub struct GuestInterrupts {
     /// Baseline: level-triggered device vectors still in the physical ISR, EOI'd when the guest
     /// EOIs them (see [`Self::external_interrupt`]).
     owed_physical_eois: VectorSet,
+    /// The device vectors its unmasked level-triggered pins are routed to (kept with
+    /// `device_vectors`, so an exit looks one up instead of walking the pins).
+    level_vectors: VectorSet,
 }
 
 impl Default for GuestInterrupts {
@@ -118,6 +121,7 @@ impl GuestInterrupts {
             stats: InterruptStats::default(),
             eoi_passthrough: false,
             owed_physical_eois: VectorSet::new(),
+            level_vectors: VectorSet::new(),
         }
     }
 
@@ -218,7 +222,7 @@ impl GuestInterrupts {
         // level-triggered one stays in the physical ISR until the guest's EOI: completing it now
         // would let the IOAPIC send it again at once, the line still asserted (82093AA 3.4.2:
         // remote IRR clears on the EOI), and the guest would never run to quiet its device.
-        let level = self.is_level_pin_vector(vector);
+        let level = self.level_vectors.contains(vector);
         if level {
             self.owed_physical_eois.insert(vector);
         } else {
@@ -227,15 +231,6 @@ impl GuestInterrupts {
         if self.apic.request(vector, level).is_err() {
             self.stats.stray += 1;
         }
-    }
-
-    /// Whether `vector` is where one of the guest's level-triggered pins is routed.
-    fn is_level_pin_vector(&self, vector: u8) -> bool {
-        self.ioapic.assigned().iter().any(|pin| {
-            self.ioapic
-                .routing(pin)
-                .is_some_and(|r| r.level && !r.masked && r.vector == vector)
-        })
     }
 
     /// The vector to inject now, if any (the caller checks the guest can take it, then calls
@@ -370,10 +365,14 @@ impl GuestInterrupts {
     fn recompute_device_vectors(&mut self) -> bool {
         let before = self.device_vectors;
         self.device_vectors = VectorSet::new();
+        self.level_vectors = VectorSet::new();
         for pin in self.ioapic.assigned().iter() {
             if let Some(r) = self.ioapic.routing(pin).filter(|r| !r.masked) {
                 if GUEST_VECTORS.contains(&r.vector) {
                     self.device_vectors.insert(r.vector);
+                    if r.level {
+                        self.level_vectors.insert(r.vector);
+                    }
                 }
             }
         }
