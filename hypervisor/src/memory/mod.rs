@@ -1,5 +1,6 @@
-//! Physical memory: the frame allocator built from the boot memory map, the kernel heap, and the
-//! [`FrameAlloc`] interface that page-table builders (EPT, VT-d second level) allocate through.
+//! Physical memory: the frame allocator built from the boot memory map, the kernel heap, the
+//! [`FrameAlloc`] interface that page-table builders allocate through, and the radix page-table
+//! engine EPT and VT-d second-level tables share (`page_table`).
 
 /// Size of a base page / frame.
 pub const PAGE_SIZE: u64 = 4096;
@@ -61,3 +62,4 @@ pub mod test_frames {
 
 pub mod frames;
 pub mod heap;
+pub mod page_table;

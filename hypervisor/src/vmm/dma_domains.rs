@@ -1235,7 +1235,7 @@ mod tests {
             "leaf entries: 1 (1 x 1 GiB, 0 x 2 MiB, 0 x 4 KiB), table frames: 1"
         );
         let mut small = DomainTables::new(&mut f, AddressWidth::Bits39Level3).unwrap();
-        let only_4k = crate::vtd::second_level::PageSizes::SIZE_4K;
+        let only_4k = crate::vtd::second_level::PageSizes::ONLY_4K;
         let stats = small
             .map(&mut f, 0, RAM_BASE, 1 << 30, Access::READ, only_4k)
             .unwrap();

@@ -1,11 +1,15 @@
-//! Extended page tables (SDM Vol. 3C 29.3): entry format, the EPT pointer, and a 4-level table
-//! builder with 4 KiB / 2 MiB / 1 GiB pages, unmapping, translation and write protection.
+//! Extended page tables (SDM Vol. 3C 29.3): the entry format, the EPT pointer, and 4-level tables
+//! (the shared engine, `memory::page_table`, in EPT's format) with 4 KiB / 2 MiB / 1 GiB pages,
+//! unmapping, translation and write protection.
 //!
 //! Changing or removing a present translation requires an INVEPT by the caller before the guest
 //! runs again (SDM 29.4.3.1); this module only edits memory.
 
+use crate::memory::page_table::{self, Format, PageTable};
 use crate::memory::{FrameAlloc, PAGE_SIZE};
 use bitflags::bitflags;
+
+pub use crate::memory::page_table::{PageSize, PageSizes};
 
 bitflags! {
     /// Access rights of an EPT entry (SDM 29.3.2): bits 0-2, and bit 10 (execute for user-mode
@@ -45,62 +49,6 @@ impl MemType {
             5 => Some(MemType::WriteProtected),
             6 => Some(MemType::WriteBack),
             _ => None,
-        }
-    }
-}
-
-/// The page sizes a mapping may use. 4 KiB is always allowed; larger sizes only where
-/// IA32_VMX_EPT_VPID_CAP reports them (bit 16: 2 MiB, bit 17: 1 GiB).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageSizes {
-    pub size_2m: bool,
-    pub size_1g: bool,
-}
-
-impl PageSizes {
-    pub const ONLY_4K: Self = PageSizes {
-        size_2m: false,
-        size_1g: false,
-    };
-    pub const UP_TO_2M: Self = PageSizes {
-        size_2m: true,
-        size_1g: false,
-    };
-    pub const ALL: Self = PageSizes {
-        size_2m: true,
-        size_1g: true,
-    };
-}
-
-/// Size of one leaf translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PageSize {
-    Size4K,
-    Size2M,
-    Size1G,
-}
-
-impl PageSize {
-    pub const fn bytes(self) -> u64 {
-        match self {
-            PageSize::Size4K => 1 << 12,
-            PageSize::Size2M => 1 << 21,
-            PageSize::Size1G => 1 << 30,
-        }
-    }
-    /// Table level whose entries map this size (1 = PT, 2 = PD, 3 = PDPT).
-    const fn level(self) -> u32 {
-        match self {
-            PageSize::Size4K => 1,
-            PageSize::Size2M => 2,
-            PageSize::Size1G => 3,
-        }
-    }
-    const fn at_level(level: u32) -> Self {
-        match level {
-            1 => PageSize::Size4K,
-            2 => PageSize::Size2M,
-            _ => PageSize::Size1G,
         }
     }
 }
@@ -257,36 +205,77 @@ pub struct Translation {
 
 /// 4-level guest-physical address space covers 48 bits.
 pub const GPA_LIMIT: u64 = 1 << 48;
-const HPA_LIMIT: u64 = 1 << 52;
+/// Levels of an EPT walk (the EPTP's page-walk length, SDM 25.6.11).
+const LEVELS: u8 = 4;
 
-const fn index(gpa: u64, level: u32) -> usize {
-    ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) as usize
+/// EPT's entries for the shared engine. A mapping replaces what was there and an edit splits large
+/// pages: every change is followed by the caller's INVEPT (SDM 29.4.3.1).
+#[derive(Debug)]
+pub struct EptFormat;
+
+impl Format for EptFormat {
+    type Leaf = Leaf;
+    const ADDRESS_MASK: u64 = EptEntry::ADDR_MASK;
+    const PAGE_SIZE_BIT: u64 = EptEntry::LARGE;
+    const REPLACES: bool = true;
+    const SPLITS: bool = true;
+
+    fn is_present(entry: u64) -> bool {
+        EptEntry(entry).is_present()
+    }
+    fn table_entry(table: u64) -> u64 {
+        EptEntry::table(table).0
+    }
+    fn leaf_entry(output: u64, size: PageSize, leaf: Leaf) -> u64 {
+        EptEntry::leaf(output, size, leaf).0
+    }
+    fn valid_leaf(leaf: Leaf) -> bool {
+        readable_if_writable(leaf.perms)
+    }
 }
 
-const fn level_bytes(level: u32) -> u64 {
-    1 << (12 + 9 * (level - 1))
+/// Write without read is an EPT misconfiguration (SDM 29.3.3.1).
+const fn readable_if_writable(perms: EptPerms) -> bool {
+    !perms.contains(EptPerms::WRITE) || perms.contains(EptPerms::READ)
+}
+
+impl From<page_table::Error> for EptError {
+    fn from(e: page_table::Error) -> EptError {
+        use page_table::Error as E;
+        match e {
+            E::OutOfFrames => EptError::OutOfFrames,
+            E::Unaligned => EptError::Unaligned,
+            E::InvalidLeaf => EptError::WriteWithoutRead,
+            // EPT replaces and splits: neither refusal arises.
+            E::InputOutOfRange
+            | E::OutputOutOfRange
+            | E::AlreadyMapped { .. }
+            | E::PartialLargePage { .. } => EptError::OutOfRange,
+        }
+    }
 }
 
 /// A 4-level EPT hierarchy whose tables live in frames from a [`FrameAlloc`]. Frames are never
 /// returned: unmapping leaves empty tables behind, and replacing a table by a large leaf leaks it.
 #[derive(Debug)]
 pub struct Ept {
-    pml4: u64,
+    tables: PageTable<EptFormat>,
 }
 
 impl Ept {
     pub fn new(frames: &mut impl FrameAlloc) -> Result<Self, EptError> {
-        let pml4 = frames.alloc_zeroed().ok_or(EptError::OutOfFrames)?;
-        Ok(Ept { pml4 })
+        Ok(Ept {
+            tables: PageTable::new(frames, LEVELS)?,
+        })
     }
 
     /// Physical address of the PML4 table.
     pub fn root(&self) -> u64 {
-        self.pml4
+        self.tables.root()
     }
 
     pub fn eptp(&self, accessed_dirty: bool) -> Eptp {
-        Eptp::new(self.pml4, accessed_dirty)
+        Eptp::new(self.root(), accessed_dirty)
     }
 
     /// Map `[gpa, gpa + len)` to `[hpa, hpa + len)`, each piece with the largest page size that
@@ -302,36 +291,9 @@ impl Ept {
         leaf: Leaf,
         sizes: PageSizes,
     ) -> Result<usize, EptError> {
-        check_range(gpa, len)?;
-        if leaf.perms.contains(EptPerms::WRITE) && !leaf.perms.contains(EptPerms::READ) {
-            return Err(EptError::WriteWithoutRead);
-        }
-        if !hpa.is_multiple_of(PAGE_SIZE) {
-            return Err(EptError::Unaligned);
-        }
-        if hpa.checked_add(len).is_none_or(|end| end > HPA_LIMIT) {
-            return Err(EptError::OutOfRange);
-        }
-        let mut leaves = 0;
-        let mut done = 0;
-        while done < len {
-            let (g, h, rest) = (gpa + done, hpa + done, len - done);
-            let fits = |s: PageSize| {
-                g.is_multiple_of(s.bytes()) && h.is_multiple_of(s.bytes()) && rest >= s.bytes()
-            };
-            let size = if sizes.size_1g && fits(PageSize::Size1G) {
-                PageSize::Size1G
-            } else if sizes.size_2m && fits(PageSize::Size2M) {
-                PageSize::Size2M
-            } else {
-                PageSize::Size4K
-            };
-            let table = self.table_for(frames, g, size.level())?;
-            frames.table_mut(table)[index(g, size.level())] = EptEntry::leaf(h, size, leaf).0;
-            leaves += 1;
-            done += size.bytes();
-        }
-        Ok(leaves)
+        not_empty(len)?;
+        let stats = self.tables.map(frames, gpa, hpa, len, leaf, sizes)?;
+        Ok(stats.leaves() as usize)
     }
 
     /// Remove every translation in `[gpa, gpa + len)`, splitting large pages that straddle the
@@ -342,7 +304,8 @@ impl Ept {
         gpa: u64,
         len: u64,
     ) -> Result<usize, EptError> {
-        self.for_each_leaf(frames, gpa, len, &mut |e| *e = 0)
+        not_empty(len)?;
+        Ok(self.tables.unmap(frames, gpa, len, &mut |_, _| {})?)
     }
 
     /// Remove write permission from every translation in `[gpa, gpa + len)`, splitting large pages
@@ -354,7 +317,9 @@ impl Ept {
         gpa: u64,
         len: u64,
     ) -> Result<usize, EptError> {
-        self.for_each_leaf(frames, gpa, len, &mut |e| *e &= !EptPerms::WRITE.bits())
+        not_empty(len)?;
+        let clear_write = &mut |e: &mut u64, _, _| *e &= !EptPerms::WRITE.bits();
+        Ok(self.tables.edit_leaves(frames, gpa, len, clear_write)?)
     }
 
     /// Replace the access rights of every translation in `[gpa, gpa + len)` (e.g. to restore write
@@ -366,175 +331,44 @@ impl Ept {
         len: u64,
         perms: EptPerms,
     ) -> Result<usize, EptError> {
-        if perms.contains(EptPerms::WRITE) && !perms.contains(EptPerms::READ) {
+        not_empty(len)?;
+        if !readable_if_writable(perms) {
             return Err(EptError::WriteWithoutRead);
         }
         let mask = EptPerms::all().bits();
-        self.for_each_leaf(frames, gpa, len, &mut |e| {
-            *e = (*e & !mask) | perms.bits();
-        })
+        let set = &mut |e: &mut u64, _, _| *e = (*e & !mask) | perms.bits();
+        Ok(self.tables.edit_leaves(frames, gpa, len, set)?)
     }
 
     /// Walk the tables like the CPU does for `gpa`.
     pub fn translate(&self, frames: &mut impl FrameAlloc, gpa: u64) -> Option<Translation> {
-        if gpa >= GPA_LIMIT {
-            return None;
-        }
-        let mut table = self.pml4;
-        for level in (1..=4).rev() {
-            let e = EptEntry(frames.table_mut(table)[index(gpa, level)]);
-            if !e.is_present() {
-                return None;
-            }
-            if level == 1 || (level <= 3 && e.is_large()) {
-                let size = PageSize::at_level(level);
-                return Some(Translation {
-                    hpa: e.addr(size) | (gpa & (size.bytes() - 1)),
-                    perms: e.perms(),
-                    size,
-                    mem_type: e.mem_type(),
-                });
-            }
-            table = e.addr(PageSize::Size4K);
-        }
-        None
+        let found = self.tables.translate(frames, gpa)?;
+        let e = EptEntry(found.entry);
+        Some(Translation {
+            hpa: found.output,
+            perms: e.perms(),
+            size: found.size,
+            mem_type: e.mem_type(),
+        })
     }
 
     /// Number of present leaf entries, by size: (4 KiB, 2 MiB, 1 GiB).
     pub fn leaf_counts(&self, frames: &mut impl FrameAlloc) -> (usize, usize, usize) {
-        let mut counts = (0, 0, 0);
-        count_leaves(frames, self.pml4, 4, &mut counts);
-        counts
-    }
-
-    /// The table at `level` that holds the entry for `gpa`, creating missing tables and splitting
-    /// large pages on the way down.
-    fn table_for(
-        &mut self,
-        frames: &mut impl FrameAlloc,
-        gpa: u64,
-        level: u32,
-    ) -> Result<u64, EptError> {
-        let mut table = self.pml4;
-        for l in (level + 1..=4).rev() {
-            let idx = index(gpa, l);
-            let e = EptEntry(frames.table_mut(table)[idx]);
-            table = if !e.is_present() {
-                let next = frames.alloc_zeroed().ok_or(EptError::OutOfFrames)?;
-                frames.table_mut(table)[idx] = EptEntry::table(next).0;
-                next
-            } else if e.is_large() {
-                split(frames, table, idx, l)?
-            } else {
-                e.addr(PageSize::Size4K)
-            };
-        }
-        Ok(table)
-    }
-
-    /// Apply `f` to every present leaf in the range; large leaves that are only partly inside are
-    /// split first.
-    fn for_each_leaf(
-        &mut self,
-        frames: &mut impl FrameAlloc,
-        gpa: u64,
-        len: u64,
-        f: &mut dyn FnMut(&mut u64),
-    ) -> Result<usize, EptError> {
-        check_range(gpa, len)?;
-        let end = gpa + len;
-        let mut cur = gpa;
-        let mut changed = 0;
-        while cur < end {
-            let mut table = self.pml4;
-            let mut level = 4;
-            loop {
-                let idx = index(cur, level);
-                let e = EptEntry(frames.table_mut(table)[idx]);
-                let bytes = level_bytes(level);
-                if !e.is_present() {
-                    cur = (cur & !(bytes - 1)) + bytes;
-                    break;
-                }
-                let is_leaf = level == 1 || (level <= 3 && e.is_large());
-                if !is_leaf {
-                    table = e.addr(PageSize::Size4K);
-                    level -= 1;
-                } else if cur.is_multiple_of(bytes) && cur + bytes <= end {
-                    f(&mut frames.table_mut(table)[idx]);
-                    changed += 1;
-                    cur += bytes;
-                    break;
-                } else {
-                    table = split(frames, table, idx, level)?;
-                    level -= 1;
-                }
-            }
-        }
-        Ok(changed)
+        let c = self.tables.leaf_counts(frames);
+        (
+            c.pages_4k as usize,
+            c.pages_2m as usize,
+            c.pages_1g as usize,
+        )
     }
 }
 
-fn check_range(gpa: u64, len: u64) -> Result<(), EptError> {
-    if !gpa.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
+/// EPT edits refuse an empty range (a caller's mistake), as an unaligned length.
+fn not_empty(len: u64) -> Result<(), EptError> {
+    if len == 0 {
         return Err(EptError::Unaligned);
     }
-    if gpa.checked_add(len).is_none_or(|end| end > GPA_LIMIT) {
-        return Err(EptError::OutOfRange);
-    }
     Ok(())
-}
-
-/// Replace the large leaf at `table[idx]` (a `level` entry) by a table of 512 leaves of the next
-/// size down with the same attributes; returns the new table. The new table is filled before it
-/// is linked in, so the translation never changes during the split.
-fn split(
-    frames: &mut impl FrameAlloc,
-    table: u64,
-    idx: usize,
-    level: u32,
-) -> Result<u64, EptError> {
-    let e = EptEntry(frames.table_mut(table)[idx]);
-    let child = PageSize::at_level(level - 1);
-    let base = e.addr(PageSize::at_level(level));
-    // Keep rights, memory type, ignore-PAT, A/D and suppress-#VE; bit 7 only where it still
-    // means "large" (2 MiB children).
-    let attrs = e.0 & !EptEntry::ADDR_MASK & !EptEntry::LARGE;
-    let large = if child == PageSize::Size4K {
-        0
-    } else {
-        EptEntry::LARGE
-    };
-    let new = frames.alloc_zeroed().ok_or(EptError::OutOfFrames)?;
-    let entries = frames.table_mut(new);
-    for (i, slot) in entries.iter_mut().enumerate() {
-        *slot = (base + i as u64 * child.bytes()) | attrs | large;
-    }
-    frames.table_mut(table)[idx] = EptEntry::table(new).0;
-    Ok(new)
-}
-
-fn count_leaves(
-    frames: &mut impl FrameAlloc,
-    table: u64,
-    level: u32,
-    counts: &mut (usize, usize, usize),
-) {
-    for i in 0..512 {
-        let e = EptEntry(frames.table_mut(table)[i]);
-        if !e.is_present() {
-            continue;
-        }
-        if level == 1 || (level <= 3 && e.is_large()) {
-            match PageSize::at_level(level) {
-                PageSize::Size4K => counts.0 += 1,
-                PageSize::Size2M => counts.1 += 1,
-                PageSize::Size1G => counts.2 += 1,
-            }
-        } else {
-            count_leaves(frames, e.addr(PageSize::Size4K), level - 1, counts);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,17 @@
 //! Second-level paging structures: the per-domain IOVA (guest-physical) to host-physical map
-//! (VT-d 3.7 translation, 9.8 entry formats).
+//! (VT-d 3.7 translation, 9.8 entry formats), the shared engine (`memory::page_table`) in the
+//! second-level format.
 
 use super::VtdError;
 use crate::caps::vtd::{AddressWidth, VtdCap};
-use crate::memory::{FrameAlloc, PAGE_SIZE};
+use crate::memory::page_table::{self, Format, PageSize, PageTable};
+use crate::memory::FrameAlloc;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 
-bitflags! {
-    /// Page sizes a domain may use. 4 KiB is always allowed; the others come from CAP.SLLPS
-    /// (bit 0 = 2 MiB, bit 1 = 1 GiB; VT-d 11.4.2).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct PageSizes: u8 {
-        const SIZE_4K = 1 << 0;
-        const SIZE_2M = 1 << 1;
-        const SIZE_1G = 1 << 2;
-    }
+pub use crate::memory::page_table::{MapStats, PageSizes};
 
+bitflags! {
     /// Access rights of a mapping (second-level entry bits 0 and 1).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Access: u64 {
@@ -25,18 +20,12 @@ bitflags! {
     }
 }
 
-impl PageSizes {
-    /// The sizes a unit supports: 4 KiB plus CAP.SLLPS's 2 MiB / 1 GiB.
-    pub fn supported_by(cap: VtdCap) -> PageSizes {
-        let large = cap.large_pages();
-        let mut sizes = PageSizes::SIZE_4K;
-        if large.size_2m {
-            sizes |= PageSizes::SIZE_2M;
-        }
-        if large.size_1g {
-            sizes |= PageSizes::SIZE_1G;
-        }
-        sizes
+/// The sizes a unit supports: 4 KiB plus CAP.SLLPS's 2 MiB / 1 GiB (VT-d 11.4.2).
+pub fn supported_page_sizes(cap: VtdCap) -> PageSizes {
+    let large = cap.large_pages();
+    PageSizes {
+        size_2m: large.size_2m,
+        size_1g: large.size_1g,
     }
 }
 
@@ -50,29 +39,41 @@ pub const SNOOP: u64 = 1 << 11;
 /// Address bits 51:12.
 const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
-const fn level_shift(level: u32) -> u32 {
-    12 + 9 * (level - 1)
-}
-const fn level_size(level: u32) -> u64 {
-    1 << level_shift(level)
-}
-const fn index_at(iova: u64, level: u32) -> usize {
-    ((iova >> level_shift(level)) & 0x1FF) as usize
+/// The second-level format for the shared engine. An entry is present when R or W is set (VT-d
+/// 3.7.1). Mappings are never overwritten and large pages never split: the caller invalidates
+/// exactly the pages `unmap` reports (VT-d 6.5), so an edit must not change any other.
+#[derive(Debug)]
+pub struct SecondLevelFormat;
+
+/// A second-level leaf's bits besides its address: R/W and, where ECAP.SC allows, SNP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecondLevelLeaf {
+    pub access: Access,
+    pub snoop: bool,
 }
 
-/// Leaf count per page size produced by one [`DomainTables::map`] call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MapStats {
-    pub pages_4k: u64,
-    pub pages_2m: u64,
-    pub pages_1g: u64,
-    /// Table frames allocated for this call.
-    pub tables: u64,
-}
+impl Format for SecondLevelFormat {
+    type Leaf = SecondLevelLeaf;
+    const ADDRESS_MASK: u64 = ADDR_MASK;
+    const PAGE_SIZE_BIT: u64 = PAGE_SIZE_BIT;
+    const REPLACES: bool = false;
+    const SPLITS: bool = false;
 
-impl MapStats {
-    pub fn leaves(&self) -> u64 {
-        self.pages_4k + self.pages_2m + self.pages_1g
+    fn is_present(entry: u64) -> bool {
+        entry & (READ | WRITE) != 0
+    }
+    /// Non-leaf entries grant R+W; the leaf decides (VT-d 3.7.1: rights are ANDed).
+    fn table_entry(table: u64) -> u64 {
+        (table & ADDR_MASK) | READ | WRITE
+    }
+    fn leaf_entry(output: u64, size: PageSize, leaf: SecondLevelLeaf) -> u64 {
+        let ps = if size == PageSize::Size4K {
+            0
+        } else {
+            PAGE_SIZE_BIT
+        };
+        let snoop = if leaf.snoop { SNOOP } else { 0 };
+        (output & ADDR_MASK) | leaf.access.bits() | ps | snoop
     }
 }
 
@@ -95,7 +96,7 @@ pub struct UnmappedPage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
     OutOfMemory,
-    /// iova, hpa or len is not 4 KiB-aligned, or the range wraps.
+    /// iova, hpa or len is not 4 KiB-aligned, or the host range wraps or passes 52 bits.
     Misaligned,
     /// The range goes past the domain's address width.
     BeyondAddressWidth,
@@ -107,6 +108,19 @@ pub enum MapError {
     PartialLargePage {
         iova: u64,
     },
+}
+
+impl From<page_table::Error> for MapError {
+    fn from(e: page_table::Error) -> MapError {
+        use page_table::Error as E;
+        match e {
+            E::OutOfFrames => MapError::OutOfMemory,
+            E::Unaligned | E::OutputOutOfRange | E::InvalidLeaf => MapError::Misaligned,
+            E::InputOutOfRange => MapError::BeyondAddressWidth,
+            E::AlreadyMapped { at } => MapError::AlreadyMapped { iova: at },
+            E::PartialLargePage { at } => MapError::PartialLargePage { iova: at },
+        }
+    }
 }
 
 impl From<MapError> for VtdError {
@@ -121,39 +135,35 @@ impl From<MapError> for VtdError {
 /// One domain's second-level tables.
 #[derive(Debug)]
 pub struct DomainTables {
-    root: u64,
+    tables: PageTable<SecondLevelFormat>,
     width: AddressWidth,
-    /// Extra bits on every leaf (e.g. [`SNOOP`] where ECAP.SC allows it).
-    leaf_extra: u64,
+    /// SNP on every leaf, where ECAP.SC allows it.
+    snoop: bool,
 }
 
 impl DomainTables {
     /// Empty tables with `width`'s number of levels (3 for 39-bit, 4 for 48-bit, 5 for 57-bit;
     /// VT-d 3.6), chosen with `VtdCap::choose_address_width`.
     pub fn new(alloc: &mut impl FrameAlloc, width: AddressWidth) -> Result<DomainTables, MapError> {
-        let root = alloc.alloc_zeroed().ok_or(MapError::OutOfMemory)?;
         Ok(DomainTables {
-            root,
+            tables: PageTable::new(alloc, width.levels())?,
             width,
-            leaf_extra: 0,
+            snoop: false,
         })
     }
 
     /// Sets SNP on future leaves; only valid when ECAP.SC = 1 (VT-d 9.8).
     pub fn with_snoop(mut self) -> DomainTables {
-        self.leaf_extra |= SNOOP;
+        self.snoop = true;
         self
     }
 
     /// The context-entry SLPTPTR: physical address of the top-level table.
     pub fn root(&self) -> u64 {
-        self.root
+        self.tables.root()
     }
     pub fn address_width(&self) -> AddressWidth {
         self.width
-    }
-    fn levels(&self) -> u32 {
-        self.width.levels() as u32
     }
 
     /// Maps `[iova, iova + len)` to `[hpa, hpa + len)`, each step using the largest page in
@@ -167,40 +177,11 @@ impl DomainTables {
         access: Access,
         sizes: PageSizes,
     ) -> Result<MapStats, MapError> {
-        check_range(iova, len, self.width)?;
-        if !hpa.is_multiple_of(PAGE_SIZE) || hpa.checked_add(len).is_none() {
-            return Err(MapError::Misaligned);
-        }
-        let mut stats = MapStats::default();
-        let mut offset = 0;
-        while offset < len {
-            let (va, pa, left) = (iova + offset, hpa + offset, len - offset);
-            let level = [(3, PageSizes::SIZE_1G), (2, PageSizes::SIZE_2M)]
-                .into_iter()
-                .find(|&(lvl, size)| {
-                    let s = level_size(lvl);
-                    sizes.contains(size)
-                        && lvl <= self.levels()
-                        && va.is_multiple_of(s)
-                        && pa.is_multiple_of(s)
-                        && left >= s
-                })
-                .map_or(1, |(lvl, _)| lvl);
-            let table = self.walk_create(alloc, va, level, &mut stats)?;
-            let slot = &mut alloc.table_mut(table)[index_at(va, level)];
-            if *slot & (READ | WRITE) != 0 {
-                return Err(MapError::AlreadyMapped { iova: va });
-            }
-            let ps = if level > 1 { PAGE_SIZE_BIT } else { 0 };
-            *slot = (pa & ADDR_MASK) | access.bits() | ps | self.leaf_extra;
-            match level {
-                3 => stats.pages_1g += 1,
-                2 => stats.pages_2m += 1,
-                _ => stats.pages_4k += 1,
-            }
-            offset += level_size(level);
-        }
-        Ok(stats)
+        let leaf = SecondLevelLeaf {
+            access,
+            snoop: self.snoop,
+        };
+        Ok(self.tables.map(alloc, iova, hpa, len, leaf, sizes)?)
     }
 
     /// Removes every mapping in `[iova, iova + len)` and returns the pages the IOTLB must
@@ -211,103 +192,25 @@ impl DomainTables {
         iova: u64,
         len: u64,
     ) -> Result<Vec<UnmappedPage>, MapError> {
-        check_range(iova, len, self.width)?;
         let mut removed = Vec::new();
-        let mut va = iova;
-        let end = iova + len;
-        while va < end {
-            match self.find_leaf(alloc, va) {
-                Leaf::Mapped { table, level } => {
-                    let size = level_size(level);
-                    if !va.is_multiple_of(size) || end - va < size {
-                        return Err(MapError::PartialLargePage { iova: va });
-                    }
-                    alloc.table_mut(table)[index_at(va, level)] = 0;
-                    removed.push(UnmappedPage { iova: va, size });
-                    va += size;
-                }
-                // Skip the whole hole at this level.
-                Leaf::Hole { level } => va = (va | (level_size(level) - 1)) + 1,
-            }
-        }
+        self.tables.unmap(alloc, iova, len, &mut |at, size| {
+            removed.push(UnmappedPage {
+                iova: at,
+                size: size.bytes(),
+            })
+        })?;
         Ok(removed)
     }
 
     /// The host-physical address `iova` maps to, as the hardware walk would find it.
     pub fn translate(&self, alloc: &mut impl FrameAlloc, iova: u64) -> Option<Translation> {
-        if iova >> self.width.bits() != 0 {
-            return None;
-        }
-        match self.find_leaf(alloc, iova) {
-            Leaf::Mapped { table, level } => {
-                let entry = alloc.table_mut(table)[index_at(iova, level)];
-                let size = level_size(level);
-                Some(Translation {
-                    hpa: (entry & ADDR_MASK & !(size - 1)) | (iova & (size - 1)),
-                    page_size: size,
-                    access: Access::from_bits_truncate(entry),
-                })
-            }
-            Leaf::Hole { .. } => None,
-        }
+        let found = self.tables.translate(alloc, iova)?;
+        Some(Translation {
+            hpa: found.output,
+            page_size: found.size.bytes(),
+            access: Access::from_bits_truncate(found.entry),
+        })
     }
-
-    /// The table at `target` level that holds `iova`'s entry, creating intermediate tables.
-    fn walk_create(
-        &self,
-        alloc: &mut impl FrameAlloc,
-        iova: u64,
-        target: u32,
-        stats: &mut MapStats,
-    ) -> Result<u64, MapError> {
-        let mut table = self.root;
-        for level in (target + 1..=self.levels()).rev() {
-            let entry = alloc.table_mut(table)[index_at(iova, level)];
-            if entry & (READ | WRITE) == 0 {
-                let next = alloc.alloc_zeroed().ok_or(MapError::OutOfMemory)?;
-                stats.tables += 1;
-                // Non-leaf entries grant R+W; the leaf decides (VT-d 3.7.1: rights are ANDed).
-                alloc.table_mut(table)[index_at(iova, level)] = next | READ | WRITE;
-                table = next;
-            } else if entry & PAGE_SIZE_BIT != 0 {
-                return Err(MapError::AlreadyMapped { iova });
-            } else {
-                table = entry & ADDR_MASK;
-            }
-        }
-        Ok(table)
-    }
-
-    fn find_leaf(&self, alloc: &mut impl FrameAlloc, iova: u64) -> Leaf {
-        let mut table = self.root;
-        for level in (1..=self.levels()).rev() {
-            let entry = alloc.table_mut(table)[index_at(iova, level)];
-            if entry & (READ | WRITE) == 0 {
-                return Leaf::Hole { level };
-            }
-            if level == 1 || entry & PAGE_SIZE_BIT != 0 {
-                return Leaf::Mapped { table, level };
-            }
-            table = entry & ADDR_MASK;
-        }
-        unreachable!("level 1 always returns")
-    }
-}
-
-enum Leaf {
-    Mapped { table: u64, level: u32 },
-    Hole { level: u32 },
-}
-
-fn check_range(iova: u64, len: u64, width: AddressWidth) -> Result<(), MapError> {
-    if !iova.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MapError::Misaligned);
-    }
-    let end = iova.checked_add(len).ok_or(MapError::Misaligned)?;
-    if end > 1u64 << width.bits() {
-        return Err(MapError::BeyondAddressWidth);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -317,19 +220,16 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const MIB2: u64 = 2 << 20;
-    const ALL: PageSizes = PageSizes::all();
+    const ALL: PageSizes = PageSizes::ALL;
 
     #[test]
     fn page_sizes_from_sllps() {
         // QEMU CAP 0x00d2008c22260206: SLLPS (37:34) = 0b0011, 2 MiB and 1 GiB.
-        assert_eq!(PageSizes::supported_by(VtdCap(0x00d2_008c_2226_0206)), ALL);
+        assert_eq!(supported_page_sizes(VtdCap(0x00d2_008c_2226_0206)), ALL);
         // SLLPS = 0b0001: 2 MiB only.
         let only_2m = VtdCap(1 << 34);
-        assert_eq!(
-            PageSizes::supported_by(only_2m),
-            PageSizes::SIZE_4K | PageSizes::SIZE_2M
-        );
-        assert_eq!(PageSizes::supported_by(VtdCap(0)), PageSizes::SIZE_4K);
+        assert_eq!(supported_page_sizes(only_2m), PageSizes::UP_TO_2M);
+        assert_eq!(supported_page_sizes(VtdCap(0)), PageSizes::ONLY_4K);
     }
 
     #[test]
@@ -380,19 +280,10 @@ mod tests {
         let s = d.map(&mut f, 0, GIB, GIB, rw, ALL).unwrap();
         assert_eq!((s.leaves(), s.pages_1g), (1, 1));
         let mut d = DomainTables::new(&mut f, AddressWidth::Bits48Level4).unwrap();
-        let s = d
-            .map(
-                &mut f,
-                0,
-                GIB,
-                GIB,
-                rw,
-                PageSizes::SIZE_4K | PageSizes::SIZE_2M,
-            )
-            .unwrap();
+        let s = d.map(&mut f, 0, GIB, GIB, rw, PageSizes::UP_TO_2M).unwrap();
         assert_eq!((s.leaves(), s.pages_2m), (512, 512));
         let mut d = DomainTables::new(&mut f, AddressWidth::Bits48Level4).unwrap();
-        let s = d.map(&mut f, 0, GIB, GIB, rw, PageSizes::SIZE_4K).unwrap();
+        let s = d.map(&mut f, 0, GIB, GIB, rw, PageSizes::ONLY_4K).unwrap();
         assert_eq!((s.leaves(), s.pages_4k), (262_144, 262_144));
         assert_eq!(s.tables, 2 + 512); // PDPT, PD and 512 page tables
         assert_eq!(

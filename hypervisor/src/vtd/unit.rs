@@ -9,7 +9,7 @@ use super::invalidation::{
 };
 use super::irte::InterruptRemapTable;
 use super::regs::{rtaddr_legacy, Fectl, Gcmd, Gsts, Reg32, Reg64, VtdMmio, GSTS_ONE_SHOT_MASK};
-use super::second_level::{PageSizes, UnmappedPage};
+use super::second_level::{supported_page_sizes, PageSizes, UnmappedPage};
 use super::{DomainId, SourceId, VtdError};
 use crate::caps::vtd::{AddressWidth, VtdCap, VtdEcap};
 use crate::memory::FrameAlloc;
@@ -49,7 +49,7 @@ impl<M: VtdMmio> RemappingUnit<M> {
     }
     /// Second-level page sizes the unit supports (CAP.SLLPS).
     pub fn page_sizes(&self) -> PageSizes {
-        PageSizes::supported_by(self.cap)
+        supported_page_sizes(self.cap)
     }
     /// The table geometry for a domain whose addresses are `guest_bits` wide.
     pub fn address_width_for(&self, guest_bits: u8) -> Option<AddressWidth> {
