@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod arch;
 pub mod caps;
 pub mod config;
+pub mod iommu;
 pub mod memory;
 pub mod pci;
 pub mod platform;

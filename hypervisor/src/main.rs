@@ -24,11 +24,11 @@ mod kernel {
     use hypervisor::arch::{apic, exceptions, gdt, power, serial};
     use hypervisor::caps::{cpu::CpuInfo, vmx::VmxCaps};
     use hypervisor::config::{Config, SelfTest};
+    use hypervisor::iommu::{BringUpOptions, DmaRemapping, Iommu};
     use hypervisor::memory::{frames::FrameAllocator, heap};
     use hypervisor::pci::{self, ConfigAccess, Ecam, LegacyPorts, PciTopology};
     use hypervisor::platform::{AcpiStatus, Platform};
     use hypervisor::vmm::assignment::{self, AssignmentPlan};
-    use hypervisor::vmm::dma_domains::{BringUpOptions, DmaRemapping};
     use hypervisor::vmm::runner::{GuestDma, VmxCpu};
     use hypervisor::vmm::vcpu::GuestEnd;
     use hypervisor::vtd::regs::MmioRegisters;
@@ -159,18 +159,21 @@ mod kernel {
         let mut exit_code = results.exit_code();
         let plan = (!config.guests.is_empty()).then(|| plan_assignment(&config, &pci, &platform));
         // The VT-d self-tests drive the units themselves.
-        let mut dma = if platform.iommus.is_empty()
+        let iommu = if platform.iommus.is_empty()
             || matches!(selftest, SelfTest::Vtd | SelfTest::VtdGuest)
         {
             None
         } else {
             bring_up_dma(&platform, &pci, plan.as_ref(), &mut frames)
         };
+        // One CPU runs everything: it holds the IOMMU's lock from here to power-off and lends the
+        // service to each guest's run (`iommu` module doc).
+        let mut dma = iommu.as_ref().map(Iommu::lock);
         if let Some(plan) = &plan {
             exit_code |= run_guests(
                 &config,
                 plan,
-                dma.as_mut(),
+                dma.as_deref_mut(),
                 &vmx,
                 &platform,
                 &pci,
@@ -188,7 +191,7 @@ mod kernel {
             exit_code |=
                 hypervisor::selftest::vtd_guest::run(&platform, &pci, &mut frames, &mut console);
         }
-        if let Some(dma) = dma.as_mut() {
+        if let Some(dma) = dma.as_deref_mut() {
             dma.drain_faults(&mut frames);
             dma.shut_down();
         }
@@ -256,7 +259,7 @@ mod kernel {
         pci: &PciTopology,
         plan: Option<&AssignmentPlan>,
         frames: &mut FrameAllocator,
-    ) -> Option<DmaRemapping<MmioRegisters>> {
+    ) -> Option<Iommu<MmioRegisters>> {
         let assigned: Vec<pci::Bdf> = plan
             .map(|plan| {
                 plan.guests
@@ -269,11 +272,11 @@ mod kernel {
         let options = BringUpOptions {
             interrupt_remapping: true,
         };
-        match DmaRemapping::bring_up_machine(platform, pci, &assigned, options, frames) {
-            Ok(mut dma) => {
+        match Iommu::bring_up_machine(platform, pci, &assigned, options, frames) {
+            Ok(mut iommu) => {
                 // Faults interrupt the boot CPU, the one that runs the guests.
                 let target = (apic::DMA_FAULT_VECTOR, platform.lapic.bsp_id);
-                match dma.route_fault_events(Some(target)) {
+                match iommu.get_mut().route_fault_events(Some(target)) {
                     Ok(()) => log::info!(
                         "vtd: fault events on vector {:#x} at APIC {}",
                         target.0,
@@ -283,7 +286,7 @@ mod kernel {
                         "vtd: fault events stay masked ({why}); faults are read when a guest ends"
                     ),
                 }
-                Some(dma)
+                Some(iommu)
             }
             Err(why) => {
                 log::error!(

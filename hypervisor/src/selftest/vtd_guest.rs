@@ -1,7 +1,7 @@
 //! `selftest = vtd-guest`: a guest's DMA protection proven without VT-x (QEMU TCG). Guest RAM is
 //! allocated, the edu device planned and attached to the guest's DMA domain through exactly the
 //! code the runner uses (`assignment::plan`, `runner::allocate_guest_ram`,
-//! `dma_domains::prepare_guest_dma`), then the edu devices DMA. Prints suite `vtd-guest`:
+//! `iommu::prepare_guest_dma`), then the edu devices DMA. Prints suite `vtd-guest`:
 //!
 //! - `guest-dma-lands-in-guest-ram`: the assigned edu's DMA to guest-physical X lands at
 //!   `ram_base + X`, with no fault.
@@ -33,7 +33,7 @@
 //!   The guest masking the entry masks the real one and clears the IRTE: the same cause then
 //!   delivers nothing; unmasking it again brings the vector back (the control for the wait).
 //! - `ioapic-pin-through-irte`: the assigned edu's INTx (MSI off) on the IOAPIC, with each PCI
-//!   pin (GSI 16-23) routed as the runner routes a guest's pin (`DmaRemapping::ioapic_pin_entry`:
+//!   pin (GSI 16-23) routed as the runner routes a guest's pin (`guest_pins::physical_entry`:
 //!   an IRTE checked against the IOAPIC's requester ID, the redirection entry in remappable
 //!   format). The edu's interrupt arrives exactly once, on the vector of one pin. With that pin's
 //!   IRTE cleared (its redirection entry untouched) nothing arrives; routed again, it does.
@@ -41,6 +41,7 @@
 use crate::arch::apic::{PhysicalIoapic, DMA_FAULT_VECTOR};
 use crate::arch::irq_probe::IrqProbe;
 use crate::config::{GuestConfig, InterruptMode};
+use crate::iommu::{self, BringUpOptions, DomainHandle, Iommu};
 use crate::memory::frames::FrameAllocator;
 use crate::memory::FrameAlloc;
 use crate::pci::regs::COMMAND;
@@ -51,8 +52,8 @@ use crate::selftest::vtd::{find_dma_fault, pattern};
 use crate::selftest::{install_probe, IRQ_SPINS, LEN, WORDS};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmm::assignment::{self, AssignedDevice};
-use crate::vmm::dma_domains::{self, BringUpOptions, DmaRemapping, DomainHandle};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
+use crate::vmm::guest_pins;
 use crate::vmm::interrupts::GuestInterrupts;
 use crate::vmm::msi_request::MsiRequest;
 use crate::vmm::msix::{self as msix_model, MsixOutcome, MsixRequest, PhysicalMsixTable};
@@ -141,20 +142,20 @@ pub fn run(
     ];
     let bench = Bench::new(platform, pci, frames);
     let after_each = |b: &mut Bench<'_>| {
-        b.dma.drain_faults(b.frames);
+        b.dma.get_mut().drain_faults(b.frames);
     };
     let (code, bench) = super::run_suite(SUITE, bench, &tests, after_each, out);
     if let Some(mut bench) = bench {
         bench.msi_off();
         // The e1000e's MSI-X is left enabled with its entries masked (QEMU 7.2 bug, see above).
-        bench.dma.shut_down();
+        bench.dma.get_mut().shut_down();
     }
     code
 }
 
 struct Bench<'f> {
     frames: &'f mut FrameAllocator,
-    dma: DmaRemapping<MmioRegisters>,
+    dma: Iommu<MmioRegisters>,
     handle: Option<DomainHandle>,
     /// The guest's planned device (00:03.0 on QEMU) and the edu no guest is given (00:08.0).
     assigned: AssignedDevice,
@@ -261,7 +262,7 @@ impl<'f> Bench<'f> {
         let (_, assigned_edu) = enabled.next().ok_or("no edu enabled")?;
         let other = enabled.next();
 
-        let mut dma = DmaRemapping::bring_up_machine(
+        let mut dma = Iommu::bring_up_machine(
             platform,
             pci,
             &requesters,
@@ -277,8 +278,8 @@ impl<'f> Bench<'f> {
             assigned.requester,
             assigned.unit
         );
-        let handle = dma_domains::prepare_guest_dma(
-            Some(&mut dma),
+        let handle = iommu::prepare_guest_dma(
+            Some(dma.get_mut()),
             GUEST,
             (ram_base, ram_len),
             &devices,
@@ -363,7 +364,7 @@ impl<'f> Bench<'f> {
         let handle = self.handle.ok_or("not attached")?;
         let unit = self.assigned.unit.ok_or("no unit")?;
         // The domain's tables as the unit walks them: exactly the guest's RAM.
-        let translate = |s: &mut Self, gpa| s.dma.translate(handle, unit, gpa, s.frames);
+        let translate = |s: &mut Self, gpa| s.dma.get_mut().translate(handle, unit, gpa, s.frames);
         let checks = [
             (0, Some(self.ram_base)),
             (TARGET_GPA, Some(self.ram_base + TARGET_GPA)),
@@ -388,7 +389,7 @@ impl<'f> Bench<'f> {
         };
         let sid = SourceId(bdf.requester_id());
         let unit = self.assigned.unit.unwrap_or_default();
-        if let Some(domain) = self.dma.context_domain(unit, sid, self.frames) {
+        if let Some(domain) = self.dma.get_mut().context_domain(unit, sid, self.frames) {
             return Err(format!(
                 "{bdf} is in domain {domain} though no guest has it"
             ));
@@ -404,7 +405,7 @@ impl<'f> Bench<'f> {
         for (address, watched) in addresses {
             self.fill(watched);
             self.dma_other(address)?;
-            let faults = self.dma.drain_faults(self.frames);
+            let faults = self.dma.get_mut().drain_faults(self.frames);
             self.check(watched, 0, |_| FILLER).map_err(|e| {
                 format!("{bdf}'s DMA to {address:#x} reached the guest's RAM at +{watched:#x}: {e}")
             })?;
@@ -433,15 +434,16 @@ impl<'f> Bench<'f> {
         self.fill(BEYOND_OFFSET);
         let probe = install_probe()?;
         self.dma
+            .get_mut()
             .route_fault_events(Some((DMA_FAULT_VECTOR, apic_id.into())))?;
         let dma = self.dma_assigned(Direction::ToRam, beyond);
         probe.wait(IRQ_SPINS, || probe.count(DMA_FAULT_VECTOR) > 0);
         let events: Vec<(u8, u32)> = probe.arrivals().collect();
-        self.dma.route_fault_events(None)?;
+        self.dma.get_mut().route_fault_events(None)?;
         drop(probe);
         dma?;
         // What the runner does when the event arrives.
-        let faults = self.dma.drain_faults(self.frames);
+        let faults = self.dma.get_mut().drain_faults(self.frames);
         if events != [(DMA_FAULT_VECTOR, 1)] {
             return Err(format!(
                 "want one fault event on vector {DMA_FAULT_VECTOR:#x}, got {events:?} (vector, count)"
@@ -453,9 +455,11 @@ impl<'f> Bench<'f> {
             .map_err(|e| format!("DMA to GPA {beyond:#x} changed GPA {TARGET_GPA:#x}: {e}"))?;
         let fault = find_dma_fault(&faults, self.assigned_sid(), beyond)?;
         let unit = self.assigned.unit.unwrap_or_default();
+        let sid = self.assigned_sid();
         if self
             .dma
-            .context_domain(unit, self.assigned_sid(), self.frames)
+            .get_mut()
+            .context_domain(unit, sid, self.frames)
             .is_some()
         {
             return Err(format!("{fault} but the device was not quarantined"));
@@ -467,11 +471,11 @@ impl<'f> Bench<'f> {
         // The quarantine above ended the old attachment: detach it and attach afresh, as the
         // runner does for the next guest.
         if let Some(old) = self.handle.take() {
-            self.dma.detach_guest(old, self.frames);
+            self.dma.get_mut().detach_guest(old, self.frames);
         }
         let devices = [self.assigned];
-        let handle = dma_domains::prepare_guest_dma(
-            Some(&mut self.dma),
+        let handle = iommu::prepare_guest_dma(
+            Some(self.dma.get_mut()),
             GUEST,
             (self.ram_base, self.ram_len),
             &devices,
@@ -481,11 +485,11 @@ impl<'f> Bench<'f> {
         self.handle = Some(handle);
         self.load_and_write(3, TARGET_GPA)
             .map_err(|e| format!("after attaching again: {e}"))?;
-        self.dma.detach_guest(handle, self.frames);
+        self.dma.get_mut().detach_guest(handle, self.frames);
         self.handle = None;
         self.fill(TARGET_GPA);
         self.dma_assigned(Direction::ToRam, TARGET_GPA)?;
-        let faults = self.dma.drain_faults(self.frames);
+        let faults = self.dma.get_mut().drain_faults(self.frames);
         self.check(TARGET_GPA, 0, |_| FILLER)
             .map_err(|e| format!("DMA after detach still landed: {e}"))?;
         find_dma_fault(&faults, self.assigned_sid(), TARGET_GPA).map(|_| ())
@@ -510,6 +514,7 @@ impl<'f> Bench<'f> {
         }
         let (unit, index, irte) = self
             .dma
+            .get_mut()
             .guest_irte(handle, self.function.bdf, self.frames)
             .ok_or("no IRTE for the guest's MSI")?;
         if crate::vtd::irte::interrupt_index(crate::vtd::irte::MsiMessage {
@@ -546,6 +551,7 @@ impl<'f> Bench<'f> {
         self.guest_programs_msi(&mut bus, guest_address, MSI_VECTOR, true)?;
         let (unit, index, _) = self
             .dma
+            .get_mut()
             .guest_irte(handle, self.function.bdf, self.frames)
             .ok_or("no IRTE after the guest enabled MSI")?;
         // The guest turns MSI off (Message Control, enable bit clear).
@@ -556,6 +562,7 @@ impl<'f> Bench<'f> {
         }
         if self
             .dma
+            .get_mut()
             .irte_at(unit, index, self.frames)
             .is_none_or(|e| e.present())
         {
@@ -606,8 +613,8 @@ impl<'f> Bench<'f> {
         let handle = match nic.handle {
             Some(h) => h,
             None => {
-                let h = dma_domains::prepare_guest_dma(
-                    Some(&mut self.dma),
+                let h = iommu::prepare_guest_dma(
+                    Some(self.dma.get_mut()),
                     NIC_GUEST,
                     (self.ram_base, self.ram_len),
                     &[plan],
@@ -665,6 +672,7 @@ impl<'f> Bench<'f> {
         }
         let (unit, index, irte) = self
             .dma
+            .get_mut()
             .guest_msix_irte(handle, bdf, 0, self.frames)
             .ok_or("no IRTE for the guest's MSI-X entry 0")?;
         if !irte.present() || irte.vector() != MSIX_VECTOR {
@@ -684,7 +692,7 @@ impl<'f> Bench<'f> {
             }
             other => return Err(format!("masking entry 0 gave {other:?}")),
         };
-        let still = self.dma.irte_at(unit, index, self.frames);
+        let still = self.dma.get_mut().irte_at(unit, index, self.frames);
         // Control: the guest unmasks entry 0 again and the same wait sees the vector.
         let control = match bus.msix_access(table + 12, 4, Some(0)) {
             Some(MsixOutcome::Request(req)) => {
@@ -764,7 +772,7 @@ impl<'f> Bench<'f> {
             &req,
             function,
             Some(&plan),
-            Some((&mut self.dma, handle)),
+            Some((self.dma.get_mut(), handle)),
             cpu,
             self.config.as_ref(),
             &mut table,
@@ -813,7 +821,7 @@ impl<'f> Bench<'f> {
         for pin in PCI_PINS {
             ioapic.set_entry(pin, PhysicalRouting::MASKED_ENTRY);
         }
-        self.dma.release_ioapic_pins(self.frames);
+        self.dma.get_mut().release_ioapic_pins(self.frames);
         self.config.write16(bdf, COMMAND, command.bits());
         result
     }
@@ -843,7 +851,7 @@ impl<'f> Bench<'f> {
         };
         log::info!("vtd-guest self-test: the edu's INTx is on GSI {pin}");
         // The redirection entries stay in remappable format; only the IRTEs go.
-        self.dma.release_ioapic_pins(self.frames);
+        self.dma.get_mut().release_ioapic_pins(self.frames);
         let cleared = self.raise_edu(|_| false)?;
         self.route_pin(ioapic, ioapic_id, apic_id, pin)?;
         let control = self.raise_edu(|p| p.arrivals().next().is_some())?;
@@ -876,12 +884,12 @@ impl<'f> Bench<'f> {
             level: false,
             active_low: false,
         };
-        let entry = self.dma.ioapic_pin_entry(
-            ioapic_id,
-            routing,
-            (u32::from(apic_id), false),
-            self.frames,
-        )?;
+        let cpu = HostCpu {
+            apic_id: u32::from(apic_id),
+            x2apic: false,
+        };
+        let dma = Some(self.dma.get_mut());
+        let entry = guest_pins::physical_entry(dma, ioapic_id, routing, cpu, self.frames)?;
         if entry & 1 << 48 == 0 {
             return Err(format!(
                 "GSI {pin}'s entry {entry:#x} is in compatibility format: no IRTE"
@@ -897,8 +905,8 @@ impl<'f> Bench<'f> {
             return Ok(handle);
         }
         let devices = [self.assigned];
-        let handle = dma_domains::prepare_guest_dma(
-            Some(&mut self.dma),
+        let handle = iommu::prepare_guest_dma(
+            Some(self.dma.get_mut()),
             GUEST,
             (self.ram_base, self.ram_len),
             &devices,
@@ -954,7 +962,7 @@ impl<'f> Bench<'f> {
             apic_id: u32::from(apic_id),
             x2apic: false,
         };
-        let dma = self.handle.map(|h| (&mut self.dma, h));
+        let dma = self.handle.map(|h| (self.dma.get_mut(), h));
         let route = guest_msi::route_guest_msi(
             &req,
             &self.function,
@@ -1032,7 +1040,7 @@ impl<'f> Bench<'f> {
     }
 
     fn expect_no_faults(&mut self, when: &str) -> Result<(), String> {
-        let faults: Vec<Fault> = self.dma.drain_faults(self.frames);
+        let faults: Vec<Fault> = self.dma.get_mut().drain_faults(self.frames);
         match faults.first() {
             None => Ok(()),
             Some(f) => Err(format!("{when}: unexpected {f}")),

@@ -12,23 +12,16 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
 use crate::config::GuestConfig;
+use crate::iommu::scope::covering_unit;
 use crate::pci::{Bdf, PciFunction, PciTopology};
-use crate::platform::dmar::{DeviceScope, ScopeKind};
 use crate::platform::IommuUnit;
 
 /// How many present functions a "does not exist" message lists before it says how many more.
 const PRESENT_LISTED: usize = 24;
 
-/// One function given to a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AssignedDevice {
-    pub bdf: Bdf,
-    /// The source-id VT-d sees for the function's DMA and MSIs (its own BDF, or a bridge's alias).
-    pub requester: Bdf,
-    /// Index (in DMAR order, as `summary: drhd index=`) of the unit that translates for it;
-    /// `None` when no unit covers it (refused, or no IOMMU at all with `unsafe_no_iommu`).
-    pub unit: Option<usize>,
-}
+/// One function given to a guest: the plan's entry is what the IOMMU confines (the function, its
+/// requester ID, the unit covering it).
+pub use crate::iommu::DmaDevice as AssignedDevice;
 
 /// One guest's part of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -509,61 +502,6 @@ fn bridge_kind(function: &PciFunction) -> Option<BridgeKind> {
     }
 }
 
-/// The unit that translates for `bdf`: the one whose device scope names it (an endpoint scope, or a
-/// sub-hierarchy scope whose bridge it is or sits below), else the unit with INCLUDE_PCI_ALL for its
-/// segment (VT-d 8.3.1; such a unit covers every device no other unit of the segment claims).
-pub fn covering_unit(bdf: Bdf, topology: &PciTopology, units: &[IommuUnit]) -> Option<usize> {
-    let same_segment = |unit: &&IommuUnit| unit.drhd.segment == bdf.segment();
-    units
-        .iter()
-        .enumerate()
-        .filter(|(_, unit)| same_segment(unit))
-        .find(|(_, unit)| {
-            unit.drhd
-                .scopes
-                .iter()
-                .any(|scope| scope_covers(scope, bdf, topology))
-        })
-        .or_else(|| {
-            units
-                .iter()
-                .enumerate()
-                .filter(|(_, unit)| same_segment(unit))
-                .find(|(_, unit)| unit.drhd.include_pci_all())
-        })
-        .map(|(index, _)| index)
-}
-
-fn scope_covers(scope: &DeviceScope, bdf: Bdf, topology: &PciTopology) -> bool {
-    let Some(target) = resolve_scope(scope, bdf.segment(), topology) else {
-        return false;
-    };
-    match scope.kind {
-        ScopeKind::PciEndpoint => target == bdf,
-        ScopeKind::PciSubHierarchy => {
-            target == bdf
-                || topology
-                    .find(target)
-                    .and_then(|bridge| bridge.bridge)
-                    .is_some_and(|buses| (buses.secondary..=buses.subordinate).contains(&bdf.bus()))
-        }
-        _ => false,
-    }
-}
-
-/// The function a scope's path leads to: the first hop is on the start bus, each later hop on the
-/// secondary bus of the bridge the previous hop named (VT-d 8.3.1, device scope path). `None` when a
-/// hop's bridge is not in the topology.
-pub fn resolve_scope(scope: &DeviceScope, segment: u16, topology: &PciTopology) -> Option<Bdf> {
-    let (last, hops) = scope.path.split_last()?;
-    let mut bus = scope.start_bus;
-    for hop in hops {
-        let bridge = Bdf::new(segment, bus, hop.device, hop.function)?;
-        bus = topology.find(bridge)?.bridge?.secondary;
-    }
-    Bdf::new(segment, bus, last.device, last.function)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,7 +510,7 @@ mod tests {
     use crate::pci::{
         BridgeBuses, Capabilities, ClassCode, Mechanism, PcieCapability, PciePortType,
     };
-    use crate::platform::dmar::{Drhd, DrhdFlags, PathEntry};
+    use crate::platform::dmar::{DeviceScope, Drhd, DrhdFlags, PathEntry, ScopeKind};
     use alloc::string::ToString;
     use alloc::vec;
 

@@ -10,10 +10,10 @@
 //! hardware's MSI-X Enable is set (function mask clear) by the host, the guest's enable and masks
 //! only decide which real entries are unmasked.
 
+use crate::iommu::{DmaRemapping, DomainHandle, InterruptRequest, InterruptSource};
 use crate::memory::FrameAlloc;
 use crate::pci::{Bdf, ConfigAccess, MsiCapability, PciFunction};
 use crate::vmm::assignment::AssignedDevice;
-use crate::vmm::dma_domains::{DmaRemapping, DomainHandle};
 use crate::vmm::interrupts::GUEST_VECTORS;
 use crate::vmm::msi_request::MsiRequest;
 use crate::vmm::msix::{self, MsixRequest, MsixTable};
@@ -23,12 +23,7 @@ use alloc::format;
 use alloc::string::String;
 
 /// The CPU a guest's device interrupts go to: the one running the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostCpu {
-    pub apic_id: u32,
-    /// The host's local APIC is in x2APIC mode.
-    pub x2apic: bool,
-}
+pub use crate::iommu::CpuTarget as HostCpu;
 
 /// What the device was programmed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +108,8 @@ pub fn route_guest_msi<M: VtdMmio>(
                     // Device first, then the entry: nothing signals through a half-gone route.
                     program_device_msi(config, req.bdf, &cap, None);
                 }
-                dma.route_guest_msi(handle, req, requester, (cpu.apic_id, cpu.x2apic), frames)
+                let source = InterruptSource::Msi(req.bdf);
+                remap(dma, handle, source, req, requester, cpu, frames)
                     .map(|m| m.map_or(MsiRoute::Disabled, MsiRoute::Remapped))
             }
             Some(false) => compatibility(req, cpu),
@@ -178,7 +174,11 @@ pub fn route_guest_msix<M: VtdMmio>(
                 if !req.live() {
                     msix::program_table_entry(table, req.entry, None);
                 }
-                dma.route_guest_msix(handle, req, requester, (cpu.apic_id, cpu.x2apic), frames)
+                let source = InterruptSource::Msix {
+                    bdf: req.bdf,
+                    entry: req.entry,
+                };
+                remap(dma, handle, source, &msi, requester, cpu, frames)
                     .map(|m| m.map_or(MsiRoute::Disabled, MsiRoute::Remapped))
             }
             Some(false) => compatibility(&msi, cpu),
@@ -201,16 +201,52 @@ pub fn route_guest_msix<M: VtdMmio>(
     result
 }
 
+/// The guest's request as the IOMMU's: its vector where it is live and a guest vector; an
+/// illegal vector clears the source's IRTE as a disabled one does, and is refused.
+fn remap<M: VtdMmio>(
+    dma: &mut DmaRemapping<M>,
+    handle: DomainHandle,
+    source: InterruptSource,
+    req: &MsiRequest,
+    requester: Bdf,
+    cpu: HostCpu,
+    frames: &mut impl FrameAlloc,
+) -> Result<Option<MsiMessage>, String> {
+    let live = req.enabled && !req.masked;
+    let refused = if live {
+        guest_vector(req.vector).err()
+    } else {
+        None
+    };
+    let request = InterruptRequest {
+        source,
+        requester,
+        vector: (live && refused.is_none()).then_some(req.vector),
+        cpu,
+    };
+    let message = dma.remap_interrupt(handle, &request, frames)?;
+    match refused {
+        Some(why) => Err(why),
+        None => Ok(message),
+    }
+}
+
+/// Guests' devices may raise only [`GUEST_VECTORS`]: the host's are never in their messages.
+fn guest_vector(vector: u8) -> Result<(), String> {
+    if GUEST_VECTORS.contains(&vector) {
+        return Ok(());
+    }
+    Err(format!(
+        "vector {vector:#x} is not one a guest may use ({:#x}..{:#x})",
+        GUEST_VECTORS.start, GUEST_VECTORS.end
+    ))
+}
+
 fn compatibility(req: &MsiRequest, cpu: HostCpu) -> Result<MsiRoute, String> {
     if !req.enabled || req.masked {
         return Ok(MsiRoute::Disabled);
     }
-    if !GUEST_VECTORS.contains(&req.vector) {
-        return Err(format!(
-            "vector {:#x} is not one a guest may use ({:#x}..{:#x})",
-            req.vector, GUEST_VECTORS.start, GUEST_VECTORS.end
-        ));
-    }
+    guest_vector(req.vector)?;
     let id = u8::try_from(cpu.apic_id).map_err(|_| {
         format!(
             "APIC ID {} does not fit a compatibility-format MSI",
@@ -298,9 +334,9 @@ mod tests {
     #[test]
     fn with_interrupt_remapping_the_device_gets_a_remappable_message() {
         use crate::caps::vtd::{VtdCap, VtdEcap, VtdVersion};
+        use crate::iommu::{BringUpOptions, DmaRemapping};
         use crate::platform::dmar::{Drhd, DrhdFlags};
         use crate::platform::IommuUnit;
-        use crate::vmm::dma_domains::BringUpOptions;
         let (space, f) = machine();
         let mut frames = crate::memory::test_frames::TestFrames::default();
         // QEMU 7.2 intel-iommu,intremap=on (shared/emulators.md): QI, IR, no EIM.
@@ -369,6 +405,30 @@ mod tests {
             dma.guest_irte(h, bdf(), &mut frames).unwrap().2.vector(),
             0x41
         );
+        // A host vector is refused: the device's MSI goes off and its IRTE is cleared.
+        let host_vector = route_guest_msi(
+            &request(true, 0xF5),
+            &f,
+            Some(&plan),
+            Some((&mut dma, h)),
+            xapic,
+            &space,
+            &mut frames,
+        );
+        assert!(host_vector.unwrap_err().contains("0xf5"));
+        assert_eq!(space.get(bdf()).get16(0x42) & 1, 0);
+        assert!(!dma.irte_at(0, 0, &mut frames).unwrap().present());
+        assert_eq!(dma.guest_irte(h, bdf(), &mut frames), None);
+        route_guest_msi(
+            &request(true, 0x41),
+            &f,
+            Some(&plan),
+            Some((&mut dma, h)),
+            xapic,
+            &space,
+            &mut frames,
+        )
+        .unwrap();
         let off = route_guest_msi(
             &request(false, 0x41),
             &f,
@@ -451,10 +511,10 @@ mod tests {
     #[test]
     fn msix_entries_get_their_own_irtes_and_the_real_entry_the_message() {
         use crate::caps::vtd::{VtdCap, VtdEcap, VtdVersion};
+        use crate::iommu::{BringUpOptions, DmaRemapping};
         use crate::pci::BarKind;
         use crate::platform::dmar::{Drhd, DrhdFlags};
         use crate::platform::IommuUnit;
-        use crate::vmm::dma_domains::BringUpOptions;
         // QEMU's e1000e at 00:02.0: MSI-X at 0xA0, 5 entries, table BAR3 + 0, PBA BAR3 + 0x2000.
         let space = FakeConfigSpace::new(Mechanism::Legacy);
         let mut nic = FakeFunction::new(0x8086, 0x10d3, 0x020000, 0);

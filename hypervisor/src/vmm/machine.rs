@@ -5,8 +5,8 @@
 
 use super::assignment::AssignedDevice;
 use super::cpuid::CpuidContext;
-use super::dma_domains::{DmaRemapping, DomainHandle};
 use super::guest_msi::{self, HostCpu, MsiRoute};
+use super::guest_pins;
 use super::host_clock::HostClock;
 use super::interrupts::InterruptHardware;
 use super::msi_request::MsiRequest;
@@ -15,13 +15,13 @@ use super::vcpu::HostServices;
 use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::host_irq;
 use crate::arch::tsc_calibration;
+use crate::iommu::{DmaRemapping, DomainHandle};
 use crate::memory::frames::FrameAllocator;
 use crate::pci::{Bdf, ConfigAccess, PciTopology};
 use crate::virq::ioapic::PhysicalRouting;
 use crate::vmx::msr_policy;
 use crate::vtd::regs::MmioRegisters;
 use alloc::boxed::Box;
-use alloc::format;
 
 /// The host's view of PCI, lent to guests' virtual buses.
 pub struct PciHost {
@@ -147,17 +147,16 @@ impl InterruptHardware for MachineServices<'_, '_> {
     fn route_pin(&mut self, routing: PhysicalRouting) {
         let Some(irq) = self.irq else { return };
         // This CPU is in x2APIC mode (HostIrq exists only then).
-        let host = (irq.apic_id, true);
+        let host = HostCpu {
+            apic_id: irq.apic_id,
+            x2apic: true,
+        };
         let remapping = self
             .routing
             .as_mut()
             .and_then(|r| r.remapping.as_deref_mut());
-        let entry = match remapping {
-            Some(dma) => dma.ioapic_pin_entry(irq.ioapic_id, routing, host, self.frames),
-            None => u8::try_from(irq.apic_id)
-                .map(|id| routing.compatibility_entry(id))
-                .map_err(|_| format!("APIC ID {} needs interrupt remapping", irq.apic_id)),
-        };
+        let entry =
+            guest_pins::physical_entry(remapping, irq.ioapic_id, routing, host, self.frames);
         let entry = entry.unwrap_or_else(|why| {
             log::error!(
                 "guest {}: IOAPIC pin {} left masked: {why}",

@@ -3,7 +3,6 @@
 pub mod assignment;
 pub mod controls;
 pub mod cpuid;
-pub mod dma_domains;
 pub mod events;
 pub mod exits;
 pub mod guest_acpi;
@@ -11,6 +10,7 @@ pub mod guest_events;
 pub mod guest_layout;
 pub mod guest_memory;
 pub mod guest_msi;
+pub mod guest_pins;
 pub mod guest_platform;
 pub mod host_clock;
 pub mod interrupts;

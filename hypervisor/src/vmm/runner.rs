@@ -4,7 +4,6 @@
 
 use super::assignment::{AssignedDevice, IntxLine};
 use super::controls::{self, Controls};
-use super::dma_domains::{self, DmaRemapping};
 use super::events;
 use super::exits;
 use super::guest_acpi::{self, GuestPlatformDescription, MemoryWindow, PciInterrupt};
@@ -32,6 +31,7 @@ use crate::arch::vmx::{self as hw, EntryResult, GuestRegisters};
 use crate::caps::vmx::{ExitControls, PinBasedControls, VmxCaps};
 use crate::config::GuestConfig;
 use crate::config::InterruptMode;
+use crate::iommu::{self, DmaRemapping};
 use crate::memory::{frames::FrameAllocator, FrameAlloc, PAGE_SIZE};
 use crate::pci::mediation::MediationTable;
 use crate::pci::reset::{self, ResetMethod};
@@ -184,7 +184,7 @@ impl VmxCpu {
         };
         match self.build(config, modules, frames, controls, vpid, &dma) {
             Ok(mut guest) => {
-                let attached = dma_domains::prepare_guest_dma(
+                let attached = iommu::prepare_guest_dma(
                     dma.remapping.as_deref_mut(),
                     &config.name,
                     (guest.ram_base, guest.ram_len),
