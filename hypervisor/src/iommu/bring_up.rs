@@ -148,7 +148,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
 
     /// One identity domain per RMRR device (its requester ID) on its covering unit, mapping
     /// exactly its RMRR ranges (VT-d 8.4), unless a guest is given the device.
-    pub(super) fn add_rmrr_domains(
+    fn add_rmrr_domains(
         &mut self,
         iommus: &[IommuUnit],
         rmrrs: &[Rmrr],
@@ -278,7 +278,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
 }
 
 impl<M: VtdMmio> Unit<M> {
-    pub(super) fn hw_domains(&self) -> u32 {
+    fn hw_domains(&self) -> u32 {
         crate::caps::vtd::VtdCap(self.hw.cap()).domains()
     }
 }

@@ -61,7 +61,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
         }
     }
 
-    pub(super) fn fill_domain(
+    fn fill_domain(
         &mut self,
         handle: DomainHandle,
         (ram_base, ram_len): (u64, u64),

@@ -32,12 +32,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
         all
     }
 
-    pub(super) fn quarantine(
-        &mut self,
-        unit: usize,
-        requester: SourceId,
-        frames: &mut impl FrameAlloc,
-    ) {
+    fn quarantine(&mut self, unit: usize, requester: SourceId, frames: &mut impl FrameAlloc) {
         let slot = ContextSlot { unit, requester };
         let owner = self
             .guests
@@ -77,7 +72,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
         self.send_fault_events(self.fault_target)
     }
 
-    pub(super) fn send_fault_events(&mut self, target: Option<(u8, u32)>) -> Result<(), String> {
+    fn send_fault_events(&mut self, target: Option<(u8, u32)>) -> Result<(), String> {
         for (u, unit) in self.units.iter_mut().enumerate() {
             match target {
                 Some((vector, apic_id)) => {

@@ -76,11 +76,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
     }
 
     /// The IRTE that delivers `req` on `unit`; `Ok(None)` when it is off.
-    pub(super) fn irte_for(
-        &self,
-        unit: usize,
-        req: &InterruptRequest,
-    ) -> Result<Option<Irte>, String> {
+    fn irte_for(&self, unit: usize, req: &InterruptRequest) -> Result<Option<Irte>, String> {
         let Some(vector) = req.vector else {
             return Ok(None);
         };
@@ -94,11 +90,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
 
     /// `cpu` as an IRTE destination on `unit`: IRTA.EIME decides how DST is read (VT-d 9.10), as
     /// a 32-bit x2APIC ID or an 8-bit xAPIC ID in bits 15:8.
-    pub(super) fn irte_destination(
-        &self,
-        unit: usize,
-        cpu: CpuTarget,
-    ) -> Result<Destination, String> {
+    fn irte_destination(&self, unit: usize, cpu: CpuTarget) -> Result<Destination, String> {
         let CpuTarget {
             apic_id: host_apic_id,
             x2apic,
@@ -120,7 +112,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
         }
     }
 
-    pub(super) fn irte_entry(&self, unit: usize, irq: &RemappedInterrupt) -> Result<Irte, String> {
+    fn irte_entry(&self, unit: usize, irq: &RemappedInterrupt) -> Result<Irte, String> {
         let table = self.units[unit]
             .interrupts
             .as_ref()
@@ -129,7 +121,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
     }
 
     /// Hands out a free IRTE index on `unit`.
-    pub(super) fn claim_irte(&mut self, unit: usize) -> Result<u16, String> {
+    fn claim_irte(&mut self, unit: usize) -> Result<u16, String> {
         let used = &mut self.units[unit].irte_in_use;
         let free = used
             .iter()
@@ -218,7 +210,7 @@ impl<M: VtdMmio> DmaRemapping<M> {
     }
 
     /// Writes (or clears) IRTE `index` on `unit` and invalidates the unit's cached copy.
-    pub(super) fn write_irte(
+    fn write_irte(
         &mut self,
         unit: usize,
         index: u16,

@@ -570,21 +570,19 @@ fn ioapic_pins_get_irtes_checked_against_the_ioapic_and_remappable_entries() {
     assert!(!dma.irte_at(0, 0, &mut f).unwrap().present());
 }
 
+/// QEMU's unit with interrupt remapping left off.
+fn up_without_ir(f: &mut TestFrames) -> DmaRemapping<FakeVtd> {
+    let options = BringUpOptions {
+        interrupt_remapping: false,
+    };
+    let open = |u: &IommuUnit| FakeVtd::new(u.cap.0, u.ecap.0);
+    DmaRemapping::bring_up(&[iommu(QEMU_CAP)], &[], &topology(), &[], options, f, open).unwrap()
+}
+
 #[test]
 fn without_interrupt_remapping_pins_use_compatibility_format() {
     let mut f = TestFrames::default();
-    let mut dma = DmaRemapping::bring_up(
-        &[iommu(QEMU_CAP)],
-        &[],
-        &topology(),
-        &[],
-        BringUpOptions {
-            interrupt_remapping: false,
-        },
-        &mut f,
-        |u| FakeVtd::new(u.cap.0, u.ecap.0),
-    )
-    .unwrap();
+    let mut dma = up_without_ir(&mut f);
     let rte = dma
         .ioapic_pin_entry(&pin3(0, 0x40, false, true), &mut f)
         .unwrap();
@@ -595,18 +593,7 @@ fn without_interrupt_remapping_pins_use_compatibility_format() {
 #[test]
 fn without_interrupt_remapping_no_irte_is_made() {
     let mut f = TestFrames::default();
-    let mut dma = DmaRemapping::bring_up(
-        &[iommu(QEMU_CAP)],
-        &[],
-        &topology(),
-        &[],
-        BringUpOptions {
-            interrupt_remapping: false,
-        },
-        &mut f,
-        |u| FakeVtd::new(u.cap.0, u.ecap.0),
-    )
-    .unwrap();
+    let mut dma = up_without_ir(&mut f);
     let h = dma
         .attach_guest("g", (RAM_BASE, 8 << 20), &[edu_a()], &mut f)
         .unwrap();
