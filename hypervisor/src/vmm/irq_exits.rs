@@ -2,6 +2,7 @@
 //! decoding the guest's instruction), assigned functions' MSI-X pages, and, before each VM entry, the
 //! preemption timer and the injection of virtual interrupts. Dispatched from `exits`.
 
+use super::exit_info::ExitInfo;
 use super::guest_memory::GuestMemory;
 use super::host_clock::preemption_value;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
@@ -23,16 +24,17 @@ const ACTIVITY_ACTIVE: u32 = 0;
 /// tables. `None` means the access is the guest's fault.
 pub(super) fn ept_violation(
     vmcs: &mut impl VmcsAccess,
+    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
-    gpa: u64,
 ) -> Result<Option<Handled>, VmFail> {
+    let gpa = exit.guest_physical;
     if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa) && vcpu.has_ioapic {
-        return ioapic_access(vmcs, vcpu, mem, host, gpa - IOAPIC_GPA).map(Some);
+        return ioapic_access(vmcs, exit, vcpu, mem, host, gpa - IOAPIC_GPA).map(Some);
     }
     if vcpu.pci.msix_traps(gpa) {
-        return msix_access(vmcs, vcpu, mem, host, gpa).map(Some);
+        return msix_access(vmcs, exit, vcpu, mem, host, gpa).map(Some);
     }
     Ok(None)
 }
@@ -60,17 +62,18 @@ fn fetch_and_decode(
 /// Emulates one guest instruction that touched the IOAPIC window at `offset`.
 fn ioapic_access(
     vmcs: &mut impl VmcsAccess,
+    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     offset: u64,
 ) -> Result<Handled, VmFail> {
-    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+    let rip = exit.rip;
     let decoded = match fetch_and_decode(vmcs, mem, rip)? {
         Ok(d) => d,
         Err(why) => return Ok(stopped(format!("IOAPIC access at rip {rip:#x}: {why}"))),
     };
-    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let rsp = exit.rsp;
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {
@@ -97,17 +100,18 @@ fn ioapic_access(
 /// or PBA (left out of EPT): table accesses go to the guest's model, the rest to the device.
 fn msix_access(
     vmcs: &mut impl VmcsAccess,
+    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     gpa: u64,
 ) -> Result<Handled, VmFail> {
-    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+    let rip = exit.rip;
     let decoded = match fetch_and_decode(vmcs, mem, rip)? {
         Ok(d) => d,
         Err(why) => return Ok(stopped(format!("MSI-X page access at rip {rip:#x}: {why}"))),
     };
-    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let rsp = exit.rsp;
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {
