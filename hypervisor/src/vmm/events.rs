@@ -8,7 +8,6 @@
 //! Everything goes through [`VmcsAccess`] and [`HostServices`]; it is host-tested with the fake VMCS
 //! (`exits/tests.rs` and the tests below).
 
-use super::exit_info::ExitInfo;
 use super::guest_events::{
     combine, Delivery, Event, VECTOR_AC, VECTOR_DB, VECTOR_DF, VECTOR_GP, VECTOR_UD,
 };
@@ -16,7 +15,7 @@ use super::guest_memory::GuestMemory;
 use super::vcpu::{stopped, Handled, HostServices, Vcpu};
 use crate::vmx::exit::{EventType, ExitReason, InterruptionInfo};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
-use crate::vmx::vmcs_fields::{Vmcs32, VmcsNatural};
+use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, VmcsNatural};
 use alloc::format;
 
 /// The exceptions that exit in both interrupt modes (SDM Vol. 3C 25.6.3, "Exception Bitmap").
@@ -123,12 +122,13 @@ pub const fn merge_dr6(dr6: u64, qualification: u64) -> u64 {
 /// [`complete_delivery`] then combines them with an event whose delivery they interrupted.
 pub(super) fn exception_exit(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     mem: &GuestMemory<'_>,
     host: &mut impl HostServices,
+    qualification: u64,
 ) -> Result<Handled, VmFail> {
-    let (info, rip) = (exit.interruption, exit.rip);
+    let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     match info.event_type {
         EventType::Nmi => {
             vcpu.events.nmis += 1;
@@ -153,7 +153,7 @@ pub(super) fn exception_exit(
     // IDT-vectoring information names it), or a #DB trap fired right after its own delivery, before
     // the handler's first instruction (a data breakpoint on the frame's IST slot carries no vectoring
     // information: the delivery completed, SDM Vol. 3B 18.3.1.2), so the guest is at its #DB gate.
-    let vectoring = exit.vectoring;
+    let vectoring = Event::vectoring(vmcs)?;
     let during_delivery = vectoring.is_some_and(|first| first.info.vector == info.vector);
     let after_delivery = vectoring.is_none()
         && info.vector == VECTOR_DB
@@ -171,9 +171,13 @@ pub(super) fn exception_exit(
     let hardware = info.event_type == EventType::HardwareException;
     let error_code_valid = info.error_code_valid
         || (hardware && crate::arch::exceptions::pushes_error_code(info.vector));
-    let error_code = exit.interruption_error;
+    let error_code = if info.error_code_valid {
+        vmcs.read32_ro(Vmcs32Ro::ExitInterruptionErrorCode)?
+    } else {
+        0
+    };
     if hardware && info.vector == VECTOR_DB {
-        host.write_dr6(merge_dr6(host.read_dr6(), exit.qualification));
+        host.write_dr6(merge_dr6(host.read_dr6(), qualification));
     }
     if info.nmi_unblocking && vectoring.is_none() && info.vector != VECTOR_DF {
         // The faulting instruction was an IRET that had unblocked NMIs; it will run again after
@@ -181,7 +185,11 @@ pub(super) fn exception_exit(
         let state = vmcs.read32(Vmcs32::GuestInterruptibilityState)?;
         vmcs.write32(Vmcs32::GuestInterruptibilityState, state | BLOCKING_NMI)?;
     }
-    let instruction_len = exit.instruction_len;
+    let instruction_len = if Event::needs_instruction_len(info.event_type) {
+        vmcs.read32_ro(Vmcs32Ro::ExitInstructionLength)?
+    } else {
+        0
+    };
     Event {
         info: InterruptionInfo::inject(info.vector, info.event_type, error_code_valid),
         error_code,
@@ -199,7 +207,6 @@ pub(super) fn exception_exit(
 /// interrupt or NMI deferred earlier is delivered once the guest can take it.
 pub(super) fn complete_delivery(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     reason: ExitReason,
     handled: Handled,
@@ -207,11 +214,11 @@ pub(super) fn complete_delivery(
     if matches!(handled, Handled::End(_)) {
         return Ok(handled);
     }
-    let Some(first) = exit.vectoring else {
+    let Some(first) = Event::vectoring(vmcs)? else {
         deliver_deferred(vmcs, vcpu)?;
         return Ok(handled);
     };
-    let rip = exit.rip;
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     if reason == ExitReason::EptViolation {
         // An emulated page (IOAPIC, MSI-X table) touched by the CPU's own event delivery (a
         // stack or IDT placed there): the handler emulated an instruction that never ran.

@@ -6,7 +6,6 @@
 
 use super::cpuid::{guest_cpuid, CpuidContext, LEAF7_ECX_OSPKE};
 use super::events;
-use super::exit_info::ExitInfo;
 use super::guest_memory::GuestMemory;
 use super::guest_platform::{COM1_GSI, COM1_PORT as COM1};
 use super::irq_exits;
@@ -17,9 +16,12 @@ use super::vcpu::{
 };
 use super::virtual_pci::{CONFIG_ADDRESS, CONFIG_DATA};
 use super::vm::Vm;
-use crate::vmx::exit::{CrAccess, CrAccessKind, ExitReason, IoDirection, IoQualification};
+use crate::vmx::exit::{
+    CrAccess, CrAccessKind, ExitReason, ExitReasonField, InterruptionInfo, IoDirection,
+    IoQualification,
+};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
-use crate::vmx::vmcs_fields::{Vmcs32, Vmcs64, VmcsNatural};
+use crate::vmx::vmcs_fields::{Vmcs32, Vmcs32Ro, Vmcs64, Vmcs64Ro, VmcsNatural, VmcsNaturalRo};
 use alloc::format;
 use alloc::string::String;
 use exitless_abi::hypercall::{Hypercall, HypercallError, ABI_VERSION, EXIT_REASON_COUNT};
@@ -34,8 +36,7 @@ const ACTIVITY_HLT: u32 = 1;
 /// Interruptibility: blocking by STI (bit 0) and by MOV SS (bit 1) end when an instruction is skipped.
 const BLOCKING_STI_MOV_SS: u32 = 0b11;
 
-/// Handles the VM exit that just happened on the current VMCS: its information is captured once
-/// ([`ExitInfo`]), then dispatched.
+/// Handles the VM exit that just happened on the current VMCS.
 pub fn handle_exit(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
@@ -43,9 +44,7 @@ pub fn handle_exit(
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
 ) -> Next {
-    let handled =
-        ExitInfo::capture(vmcs).and_then(|exit| dispatch(vmcs, &exit, vcpu, vm, mem, host));
-    match handled {
+    match dispatch(vmcs, vcpu, vm, mem, host) {
         Ok(next) => next,
         Err(fail) => Next::End(GuestEnd::Stopped(format!(
             "VMREAD/VMWRITE failed while handling an exit: {fail}"
@@ -55,29 +54,27 @@ pub fn handle_exit(
 
 fn dispatch(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
 ) -> Result<Next, VmFail> {
-    let raw = exit.raw;
+    let raw = ExitReasonField(vmcs.read32_ro(Vmcs32Ro::ExitReason)?);
     if let Some(counter) = vcpu.counters.0.get_mut(raw.basic() as usize) {
         *counter += 1;
     }
     vcpu.last_exit = raw.basic();
-    let qualification = exit.qualification;
+    let qualification = vmcs.read_natural_ro(VmcsNaturalRo::ExitQualification)?;
     if raw.entry_failure() {
         return Ok(stop(format!(
             "VM entry failed: basic reason {} qualification {qualification:#x}",
             raw.basic()
         )));
     }
-    let Ok(reason) = exit.reason else {
+    let Ok(reason) = raw.reason() else {
         return Ok(stop(format!("unknown VM exit reason {}", raw.basic())));
     };
     events::note_exit(vcpu, reason);
-    let rip = exit.rip;
     let handled = match reason {
         ExitReason::Cpuid => cpuid(vmcs, vcpu, host)?,
         ExitReason::Rdmsr => rdmsr(vmcs, vcpu, host)?,
@@ -88,8 +85,8 @@ fn dispatch(
         ExitReason::Vmcall if events::guest_cpl(vmcs)? != 0 => events::inject_ud(vmcs)?,
         ExitReason::Vmcall => hypercall(vcpu, mem, host),
         ExitReason::Xsetbv => xsetbv(vmcs, vcpu, host)?,
-        ExitReason::Hlt => hlt(vmcs, exit)?,
-        ExitReason::CrAccess => control_register(vmcs, exit, vcpu, host)?,
+        ExitReason::Hlt => hlt(vmcs)?,
+        ExitReason::CrAccess => control_register(vmcs, vcpu, host, qualification)?,
         ExitReason::PreemptionTimer => {
             // The count ran out (early by its rounding, at most 2^shift TSC ticks): aim it afresh.
             vcpu.preemption_deadline = 0;
@@ -97,20 +94,25 @@ fn dispatch(
         }
         ExitReason::InterruptWindow => Handled::Stay,
         ExitReason::ExternalInterrupt => {
+            let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
             vcpu.interrupts
-                .external_interrupt(exit.interruption.vector, &vm.interrupts, host);
+                .external_interrupt(info.vector, &vm.interrupts, host);
             Handled::Stay
         }
         ExitReason::EptViolation => {
-            let gpa = exit.guest_physical;
-            match irq_exits::ept_violation(vmcs, exit, vcpu, vm, mem, host)? {
+            let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
+            match irq_exits::ept_violation(vmcs, vcpu, vm, mem, host, gpa)? {
                 Some(handled) => handled,
-                None => Handled::End(GuestEnd::Stopped(format!(
-                    "EPT violation: guest-physical {gpa:#x} is not guest memory (qualification {qualification:#x}, rip {rip:#x})"
-                ))),
+                None => {
+                    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+                    Handled::End(GuestEnd::Stopped(format!(
+                        "EPT violation: guest-physical {gpa:#x} is not guest memory (qualification {qualification:#x}, rip {rip:#x})"
+                    )))
+                }
             }
         }
         ExitReason::TripleFault => {
+            let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
             Handled::End(GuestEnd::Stopped(format!("triple fault at rip {rip:#x}")))
         }
         // Guests are single-CPU and cannot be reset in place: an INIT or SIPI ends the guest.
@@ -120,7 +122,7 @@ fn dispatch(
                 reason.description()
             )))
         }
-        ExitReason::ExceptionOrNmi => events::exception_exit(vmcs, exit, vcpu, mem, host)?,
+        ExitReason::ExceptionOrNmi => events::exception_exit(vmcs, vcpu, mem, host, qualification)?,
         other => Handled::End(GuestEnd::Stopped(format!(
             "unhandled VM exit: {} ({})",
             other as u16,
@@ -128,15 +130,14 @@ fn dispatch(
         ))),
     };
     // One place for every handler: an event whose delivery this exit interrupted is delivered again.
-    let handled = events::complete_delivery(vmcs, exit, vcpu, reason, handled)?;
-    // The one place RIP moves.
+    let handled = events::complete_delivery(vmcs, vcpu, reason, handled)?;
     match handled {
         Handled::Skip => {
-            skip_bytes(vmcs, exit, exit.instruction_len)?;
+            skip_instruction(vmcs)?;
             Ok(Next::Resume)
         }
         Handled::SkipDecoded(len) => {
-            skip_bytes(vmcs, exit, len.into())?;
+            skip_bytes(vmcs, len.into())?;
             Ok(Next::Resume)
         }
         Handled::Stay => Ok(Next::Resume),
@@ -148,11 +149,17 @@ fn stop(why: String) -> Next {
     Next::End(GuestEnd::Stopped(why))
 }
 
-/// Advances RIP past an emulated instruction (`len` bytes) and ends STI/MOV-SS blocking, as
-/// executing it would have (SDM Vol. 3C 27.3.1.5 requires no such blocking when injecting after an
-/// emulated instruction).
-fn skip_bytes(vmcs: &mut impl VmcsAccess, exit: &ExitInfo, len: u32) -> Result<(), VmFail> {
-    vmcs.write_natural(VmcsNatural::GuestRip, exit.rip.wrapping_add(u64::from(len)))?;
+/// Advances RIP past the exiting instruction and ends STI/MOV-SS blocking, as executing it would have
+/// (SDM Vol. 3C 27.3.1.5 requires no such blocking when injecting after an emulated instruction).
+pub(super) fn skip_instruction(vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
+    let len = vmcs.read32_ro(Vmcs32Ro::ExitInstructionLength)?;
+    skip_bytes(vmcs, len)
+}
+
+/// The one place RIP moves past an emulated instruction (`len` bytes), ending STI/MOV-SS blocking.
+fn skip_bytes(vmcs: &mut impl VmcsAccess, len: u32) -> Result<(), VmFail> {
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
+    vmcs.write_natural(VmcsNatural::GuestRip, rip.wrapping_add(u64::from(len)))?;
     let interruptibility = vmcs.read32(Vmcs32::GuestInterruptibilityState)?;
     if interruptibility & BLOCKING_STI_MOV_SS != 0 {
         vmcs.write32(
@@ -504,11 +511,12 @@ fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>, host: &impl HostService
     Handled::Skip
 }
 
-fn hlt(vmcs: &mut impl VmcsAccess, exit: &ExitInfo) -> Result<Handled, VmFail> {
-    if exit.rflags & RFLAGS_IF == 0 {
+fn hlt(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
+    let rflags = vmcs.read_natural(VmcsNatural::GuestRflags)?;
+    if rflags & RFLAGS_IF == 0 {
+        let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
         return Ok(Handled::End(GuestEnd::Stopped(format!(
-            "HLT with interrupts disabled at rip {:#x}: the guest can never wake",
-            exit.rip
+            "HLT with interrupts disabled at rip {rip:#x}: the guest can never wake"
         ))));
     }
     // Let the CPU wait inside the guest, after the HLT, until an interrupt arrives (SDM 25.4.2
@@ -521,18 +529,18 @@ fn hlt(vmcs: &mut impl VmcsAccess, exit: &ExitInfo) -> Result<Handled, VmFail> {
 /// the read shadow, the CPU keeps the VMX fixed bits.
 fn control_register(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     host: &impl HostServices,
+    qualification: u64,
 ) -> Result<Handled, VmFail> {
-    let qualification = exit.qualification;
     let access = CrAccess::decode(qualification);
     let CrAccessKind::MovToCr(source) = access.kind else {
         return Ok(Handled::End(GuestEnd::Stopped(format!(
             "unsupported control-register access {qualification:#x}"
         ))));
     };
-    let value = gpr_value(&vcpu.regs, exit.rsp, source);
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
+    let value = gpr_value(&vcpu.regs, rsp, source);
     match access.cr {
         0 => {
             let (fixed0, fixed1) = vcpu.cr0_fixed;
@@ -540,7 +548,7 @@ fn control_register(
                 // Linux reboots this way where ACPI is hardware-reduced and there is no EFI
                 // (`efi_reboot_required`, then BOOT_BIOS: the real-mode restart): a reboot ends
                 // the guest, which cannot be reset in place.
-                let rip = exit.rip;
+                let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
                 const PE_PG: u64 = (1 << 0) | (1 << 31);
                 let why = if value & PE_PG != PE_PG {
                     format!("the guest left paged protected mode (CR0 {value:#x} at rip {rip:#x}; a BIOS-style reboot), which Exitless does not run: ended as a reset")

@@ -2,7 +2,6 @@
 //! decoding the guest's instruction), assigned functions' MSI-X pages, and, before each VM entry, the
 //! preemption timer and the injection of virtual interrupts. Dispatched from `exits`.
 
-use super::exit_info::ExitInfo;
 use super::guest_memory::GuestMemory;
 use super::host_clock::preemption_value;
 use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
@@ -25,18 +24,17 @@ const ACTIVITY_ACTIVE: u32 = 0;
 /// tables. `None` means the access is the guest's fault.
 pub(super) fn ept_violation(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
+    gpa: u64,
 ) -> Result<Option<Handled>, VmFail> {
-    let gpa = exit.guest_physical;
     if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa) && vm.has_ioapic {
-        return ioapic_access(vmcs, exit, vcpu, vm, mem, host, gpa - IOAPIC_GPA).map(Some);
+        return ioapic_access(vmcs, vcpu, vm, mem, host, gpa - IOAPIC_GPA).map(Some);
     }
     if vm.pci.msix_traps(gpa) {
-        return msix_access(vmcs, exit, vcpu, vm, mem, host, gpa).map(Some);
+        return msix_access(vmcs, vcpu, vm, mem, host, gpa).map(Some);
     }
     Ok(None)
 }
@@ -64,19 +62,18 @@ fn fetch_and_decode(
 /// Emulates one guest instruction that touched the IOAPIC window at `offset`.
 fn ioapic_access(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     offset: u64,
 ) -> Result<Handled, VmFail> {
-    let rip = exit.rip;
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     let decoded = match fetch_and_decode(vmcs, mem, rip)? {
         Ok(d) => d,
         Err(why) => return Ok(stopped(format!("IOAPIC access at rip {rip:#x}: {why}"))),
     };
-    let rsp = exit.rsp;
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {
@@ -110,19 +107,18 @@ fn ioapic_access(
 /// or PBA (left out of EPT): table accesses go to the guest's model, the rest to the device.
 fn msix_access(
     vmcs: &mut impl VmcsAccess,
-    exit: &ExitInfo,
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     gpa: u64,
 ) -> Result<Handled, VmFail> {
-    let rip = exit.rip;
+    let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
     let decoded = match fetch_and_decode(vmcs, mem, rip)? {
         Ok(d) => d,
         Err(why) => return Ok(stopped(format!("MSI-X page access at rip {rip:#x}: {why}"))),
     };
-    let rsp = exit.rsp;
+    let rsp = vmcs.read_natural(VmcsNatural::GuestRsp)?;
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {

@@ -6,7 +6,6 @@ pub mod controls;
 pub mod cpuid;
 pub mod dma_domains;
 pub mod events;
-pub mod exit_info;
 pub mod exits;
 pub mod guest_acpi;
 pub mod guest_events;

@@ -1,5 +1,5 @@
-//! The run loop of one vCPU: prepare the entry, enter the guest, handle the exit (captured once,
-//! dispatched, RIP moved in one place: `exits`), account the host's time, and stop on an end.
+//! The run loop of one vCPU: prepare the entry, enter the guest, handle the exit (dispatched,
+//! RIP moved in one place: `exits`), account the host's time, and stop on an end.
 
 use super::exits;
 use super::guest_memory::GuestMemory;

@@ -5,7 +5,6 @@ use crate::vmm::msi_request::MsiRequest;
 use crate::vmm::virtual_pci::VirtualPci;
 use crate::vmx::vmcs::FakeVmcs;
 use crate::vmx::vmcs_fields::Vmcs32Ro;
-use crate::vmx::vmcs_fields::{Vmcs64Ro, VmcsNaturalRo};
 use alloc::vec;
 use alloc::vec::Vec;
 
