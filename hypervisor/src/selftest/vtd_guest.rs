@@ -54,7 +54,7 @@ use crate::virq::ioapic::PhysicalRouting;
 use crate::vmm::assignment::{self, AssignedDevice};
 use crate::vmm::guest_msi::{self, HostCpu, MsiRoute};
 use crate::vmm::guest_pins;
-use crate::vmm::interrupts::GuestInterrupts;
+use crate::vmm::interrupts::VmInterrupts;
 use crate::vmm::msi_request::MsiRequest;
 use crate::vmm::msix::{self as msix_model, MsixOutcome, MsixRequest, PhysicalMsixTable};
 use crate::vmm::runner::{allocate_guest_ram, assigned_function};
@@ -169,7 +169,7 @@ struct Bench<'f> {
     /// This CPU's xAPIC ID (`None` in x2APIC mode, which the interrupt probe cannot drive).
     apic_id: Option<u8>,
     /// The guest's interrupt state, for its device vectors.
-    interrupts: GuestInterrupts,
+    interrupts: VmInterrupts,
     /// The e1000e and the second pretend guest it is planned for, when QEMU has one.
     nic: Option<Nic>,
     /// The IOAPIC (id, base), from MADT.
@@ -301,7 +301,7 @@ impl<'f> Bench<'f> {
             function: (*first).clone(),
             config,
             apic_id,
-            interrupts: GuestInterrupts::new(InterruptMode::Baseline, &[]),
+            interrupts: VmInterrupts::new(InterruptMode::Baseline, &[]),
             nic,
             ioapic: platform.ioapics.first().map(|i| (i.id, i.address)),
         })

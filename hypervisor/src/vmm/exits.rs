@@ -15,6 +15,7 @@ use super::vcpu::{
     gpr_value, ExitCounters, GuestEnd, Handled, HostServices, Next, Vcpu, APIC_BASE_RESET,
 };
 use super::virtual_pci::{CONFIG_ADDRESS, CONFIG_DATA};
+use super::vm::Vm;
 use crate::vmx::exit::{
     CrAccess, CrAccessKind, ExitReason, ExitReasonField, InterruptionInfo, IoDirection,
     IoQualification,
@@ -39,10 +40,11 @@ const BLOCKING_STI_MOV_SS: u32 = 0b11;
 pub fn handle_exit(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
 ) -> Next {
-    match dispatch(vmcs, vcpu, mem, host) {
+    match dispatch(vmcs, vcpu, vm, mem, host) {
         Ok(next) => next,
         Err(fail) => Next::End(GuestEnd::Stopped(format!(
             "VMREAD/VMWRITE failed while handling an exit: {fail}"
@@ -53,6 +55,7 @@ pub fn handle_exit(
 fn dispatch(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
 ) -> Result<Next, VmFail> {
@@ -75,8 +78,8 @@ fn dispatch(
     let handled = match reason {
         ExitReason::Cpuid => cpuid(vmcs, vcpu, host)?,
         ExitReason::Rdmsr => rdmsr(vmcs, vcpu, host)?,
-        ExitReason::Wrmsr => wrmsr(vmcs, vcpu, host)?,
-        ExitReason::IoInstruction => io(vcpu, host, qualification),
+        ExitReason::Wrmsr => wrmsr(vmcs, vcpu, vm, host)?,
+        ExitReason::IoInstruction => io(vcpu, vm, host, qualification),
         // VMCALL exits at any CPL (SDM Vol. 3C 26.1.2); on bare metal outside VMX it is #UD, and
         // the hypercall interface is the guest kernel's alone.
         ExitReason::Vmcall if events::guest_cpl(vmcs)? != 0 => events::inject_ud(vmcs)?,
@@ -92,12 +95,13 @@ fn dispatch(
         ExitReason::InterruptWindow => Handled::Stay,
         ExitReason::ExternalInterrupt => {
             let info = InterruptionInfo::decode(vmcs.read32_ro(Vmcs32Ro::ExitInterruptionInfo)?);
-            vcpu.interrupts.external_interrupt(info.vector, host);
+            vcpu.interrupts
+                .external_interrupt(info.vector, &vm.interrupts, host);
             Handled::Stay
         }
         ExitReason::EptViolation => {
             let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
-            match irq_exits::ept_violation(vmcs, vcpu, mem, host, gpa)? {
+            match irq_exits::ept_violation(vmcs, vcpu, vm, mem, host, gpa)? {
                 Some(handled) => handled,
                 None => {
                     let rip = vmcs.read_natural(VmcsNatural::GuestRip)?;
@@ -302,6 +306,7 @@ fn rdmsr(
 fn wrmsr(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     host: &mut impl HostServices,
 ) -> Result<Handled, VmFail> {
     let value = (vcpu.regs.rdx << 32) | (vcpu.regs.rax & 0xFFFF_FFFF);
@@ -346,7 +351,13 @@ fn wrmsr(
         msr::X2APIC_FIRST..=msr::X2APIC_LAST => {
             if vcpu
                 .interrupts
-                .write_msr(vcpu.regs.rcx as u32, value, host.rdtsc(), host)
+                .write_msr(
+                    vcpu.regs.rcx as u32,
+                    value,
+                    host.rdtsc(),
+                    &mut vm.interrupts,
+                    host,
+                )
                 .is_err()
             {
                 return inject_gp(vmcs);
@@ -365,7 +376,7 @@ fn size_mask(size: u8) -> u32 {
     }
 }
 
-fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Handled {
+fn io(vcpu: &mut Vcpu, vm: &mut Vm, host: &mut impl HostServices, qualification: u64) -> Handled {
     let Some(access) = IoQualification::decode(qualification) else {
         return Handled::End(GuestEnd::Stopped(format!(
             "malformed I/O exit qualification {qualification:#x}"
@@ -378,26 +389,26 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
         )));
     }
     let pci_port = (CONFIG_ADDRESS..CONFIG_DATA + 4).contains(&access.port)
-        && (vcpu.has_pci_bus || !vcpu.pci.is_empty());
+        && (vm.has_pci_bus || !vm.pci.is_empty());
     let value = match access.direction {
         IoDirection::Out if pci_port => {
             if let Some(config) = host.pci_config() {
                 let data = (vcpu.regs.rax as u32) & size_mask(access.size);
-                vcpu.pci.write(access.port, access.size, data, config);
+                vm.pci.write(access.port, access.size, data, config);
             }
-            if let Some(req) = vcpu.pci.take_msi_change() {
+            if let Some(req) = vm.pci.take_msi_change() {
                 let vector = host.route_guest_msi(req);
-                vcpu.interrupts.msi_vector(req.bdf, vector);
+                vm.interrupts.msi_vector(req.bdf, vector);
             }
-            for req in vcpu.pci.take_msix_changes() {
+            for req in vm.pci.take_msix_changes() {
                 let vector = host.route_guest_msix(req);
-                vcpu.interrupts.msix_vector(req.bdf, req.entry, vector);
+                vm.interrupts.msix_vector(req.bdf, req.entry, vector);
             }
             return Handled::Skip;
         }
         IoDirection::In if pci_port => host
             .pci_config()
-            .and_then(|config| vcpu.pci.read(access.port, access.size, config))
+            .and_then(|config| vm.pci.read(access.port, access.size, config))
             .unwrap_or(u32::MAX),
         // The emulated devices are byte-wide, as on the ISA bus: a wider access reaches
         // consecutive ports, low byte first.
@@ -405,7 +416,7 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
             let value = vcpu.regs.rax as u32;
             for i in 0..access.size {
                 let port = access.port.wrapping_add(i.into());
-                if let Some(end) = port_write(vcpu, host, port, (value >> (8 * i)) as u8) {
+                if let Some(end) = port_write(vcpu, vm, host, port, (value >> (8 * i)) as u8) {
                     return Handled::End(end);
                 }
             }
@@ -413,7 +424,7 @@ fn io(vcpu: &mut Vcpu, host: &mut impl HostServices, qualification: u64) -> Hand
         }
         IoDirection::In => (0..access.size).fold(0, |value, i| {
             let port = access.port.wrapping_add(i.into());
-            value | u32::from(port_read(vcpu, port)) << (8 * i)
+            value | u32::from(port_read(vcpu, vm, port)) << (8 * i)
         }),
     };
     let rax = &mut vcpu.regs.rax;
@@ -431,40 +442,43 @@ fn com1_register(port: u16) -> Option<u16> {
 }
 
 /// A byte read of `port` from COM1, a legacy port, or nothing (all ones).
-fn port_read(vcpu: &mut Vcpu, port: u16) -> u8 {
+fn port_read(vcpu: &mut Vcpu, vm: &mut Vm, port: u16) -> u8 {
     let Some(offset) = com1_register(port) else {
-        return vcpu.legacy.read(port);
+        return vm.legacy.read(port);
     };
-    let value = vcpu.console.read(offset);
-    com1_interrupt(vcpu);
+    let value = vm.console.read(offset);
+    com1_interrupt(vcpu, vm);
     value
 }
 
 /// A byte write to `port`; `Some` if it ends the guest.
 fn port_write(
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     host: &mut impl HostServices,
     port: u16,
     value: u8,
 ) -> Option<GuestEnd> {
     let Some(offset) = com1_register(port) else {
-        return vcpu.legacy.write(port, value).map(|request| match request {
+        return vm.legacy.write(port, value).map(|request| match request {
             GuestRequest::PowerOff => GuestEnd::PoweredOff(0),
             GuestRequest::Reset(why) => GuestEnd::Stopped(String::from(why)),
         });
     };
-    if let Some(line) = vcpu.console.write(offset, value) {
+    if let Some(line) = vm.console.write(offset, value) {
         host.console_line(&line);
     }
-    com1_interrupt(vcpu);
+    com1_interrupt(vcpu, vm);
     None
 }
 
 /// COM1's IRQ line drives its IOAPIC pin (ISA IRQ 4: edge, active high in the MADT; a rising
-/// edge sends the interrupt, so the pin follows the line after every register access).
-fn com1_interrupt(vcpu: &mut Vcpu) {
-    let line = vcpu.console.interrupt_line();
-    vcpu.interrupts.set_emulated_pin(COM1_GSI, line);
+/// edge sends the interrupt, so the pin follows the line after every register access). It reaches
+/// the vCPU whose access moved it (the only one).
+fn com1_interrupt(vcpu: &mut Vcpu, vm: &mut Vm) {
+    let line = vm.console.interrupt_line();
+    vm.interrupts
+        .set_emulated_pin(COM1_GSI, line, &mut vcpu.interrupts);
 }
 
 fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>, host: &impl HostServices) -> Handled {
@@ -505,10 +519,10 @@ fn hlt(vmcs: &mut impl VmcsAccess) -> Result<Handled, VmFail> {
             "HLT with interrupts disabled at rip {rip:#x}: the guest can never wake"
         ))));
     }
-    // Let the CPU wait inside the guest until an interrupt arrives (SDM 25.4.2 activity state).
-    skip_instruction(vmcs)?;
+    // Let the CPU wait inside the guest, after the HLT, until an interrupt arrives (SDM 25.4.2
+    // activity state).
     vmcs.write32(Vmcs32::GuestActivityState, ACTIVITY_HLT)?;
-    Ok(Handled::Stay)
+    Ok(Handled::Skip)
 }
 
 /// MOV to CR0/CR4 that touches a bit the host owns (the guest/host masks): the guest keeps its view in

@@ -282,13 +282,13 @@ pub fn write_gdt(ram: &mut [u8], gdt: &GuestGdt) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use alloc::vec;
     use exitless_abi::elf_image::AddressWindow;
 
     /// A minimal ELF64 EXEC with one RX PT_LOAD at the kernel link address, entry at its start.
-    fn tiny_elf(vaddr: u64, code: &[u8], mem_size: u64) -> alloc::vec::Vec<u8> {
+    pub(in crate::vmm) fn tiny_elf(vaddr: u64, code: &[u8], mem_size: u64) -> alloc::vec::Vec<u8> {
         let mut f = vec![0u8; 0x1000 + code.len()];
         f[0..4].copy_from_slice(b"\x7fELF");
         f[4] = 2; // 64-bit

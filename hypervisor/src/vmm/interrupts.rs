@@ -1,8 +1,11 @@
-//! A guest's interrupts: its virtual x2APIC and mediated IOAPIC (with emulated pins that device
-//! models such as COM1 drive), host interrupts that arrive while it
-//! runs (baseline only, and only if something other than the host clock raised one), and injection
-//! (the `baseline` path, and ELI's path for virtual interrupts such as the virtual LAPIC timer and
-//! self-IPIs). Hardware effects go through [`InterruptHardware`], so the logic is host-tested.
+//! A guest's interrupts, in two parts: the VM's ([`VmInterrupts`]: its mediated IOAPIC, with
+//! emulated pins that device models such as COM1 drive, and the device vectors its pins and MSIs
+//! are routed to) and each vCPU's ([`VcpuInterrupts`]: its virtual x2APIC, host interrupts that
+//! arrive while it runs (baseline only, and only if something other than the host clock raised
+//! one), and injection (the `baseline` path, and ELI's path for virtual interrupts such as the
+//! virtual LAPIC timer and self-IPIs)). What crosses between them (the IOAPIC sending to a local
+//! APIC, a level-triggered EOI reaching the IOAPIC) takes both. Hardware effects go through
+//! [`InterruptHardware`], so the logic is host-tested.
 //!
 //! Vector ownership: the host's vectors are [`HOST_PRIORITY_FLOOR`] and above (its timer, the VT-d
 //! fault event, spurious); a guest may route its pins and MSIs only to [`GUEST_VECTORS`], which keeps
@@ -55,42 +58,67 @@ pub struct InterruptStats {
     pub host_interrupts: u64,
     /// Interrupts for vectors nobody owns (EOI'd and dropped).
     pub stray: u64,
-    /// Guest routings refused (vector reserved by the host or illegal).
+    /// Guest routings refused (vector reserved by the host or illegal); counted by the VM
+    /// ([`VmInterrupts::refused_routings`]) and filled in for the report.
     pub refused_routings: u64,
     /// EOI writes that exited (every one in baseline; under ELI only those for injected
     /// interrupts, the guest's device interrupts' EOIs reaching the LAPIC directly).
     pub eoi_exits: u64,
 }
 
-pub struct GuestInterrupts {
+/// The VM's part: the mediated IOAPIC and the device vectors (shared by its vCPUs).
+pub struct VmInterrupts {
     pub mode: InterruptMode,
-    pub apic: X2apic,
     pub ioapic: VirtualIoapic,
     /// Vectors the guest's unmasked pins and enabled MSIs are routed to (a baseline external-interrupt
     /// exit on one of them is the guest's; any other vector is the host's).
     pub device_vectors: VectorSet,
     /// The vector each assigned function's enabled MSI carries.
     msi_vectors: Vec<(Bdf, Option<u16>, u8)>,
+    /// The device vectors its unmasked level-triggered pins are routed to (kept with
+    /// `device_vectors`, so an exit looks one up instead of walking the pins).
+    level_vectors: VectorSet,
+    /// Guest routings refused (vector reserved by the host or illegal).
+    pub refused_routings: u64,
+}
+
+/// One vCPU's part: its virtual x2APIC and what it owes the physical LAPIC.
+pub struct VcpuInterrupts {
+    /// The VM's interrupt mode (each vCPU decides its own EOI passthrough by it).
+    pub mode: InterruptMode,
+    pub apic: X2apic,
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
     /// Baseline: level-triggered device vectors still in the physical ISR, EOI'd when the guest
     /// EOIs them (see [`Self::external_interrupt`]).
     owed_physical_eois: VectorSet,
-    /// The device vectors its unmasked level-triggered pins are routed to (kept with
-    /// `device_vectors`, so an exit looks one up instead of walking the pins).
-    level_vectors: VectorSet,
 }
 
-impl Default for GuestInterrupts {
+impl Default for VmInterrupts {
     fn default() -> Self {
         Self::new(InterruptMode::Baseline, &[])
     }
 }
 
-impl core::fmt::Debug for GuestInterrupts {
+impl Default for VcpuInterrupts {
+    fn default() -> Self {
+        Self::new(InterruptMode::Baseline)
+    }
+}
+
+impl core::fmt::Debug for VmInterrupts {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("GuestInterrupts")
+        f.debug_struct("VmInterrupts")
+            .field("mode", &self.mode)
+            .field("refused_routings", &self.refused_routings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for VcpuInterrupts {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VcpuInterrupts")
             .field("mode", &self.mode)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -107,33 +135,31 @@ impl From<X2apicFault> for GuestFault {
     }
 }
 
-impl GuestInterrupts {
+impl VmInterrupts {
     /// Interrupts for a guest that owns IOAPIC `pins`; COM1's pin is emulated unless assigned.
     pub fn new(mode: InterruptMode, pins: &[u8]) -> Self {
         let mut ioapic = VirtualIoapic::new(0, IOAPIC_PINS, PinSet::from_pins(pins));
         ioapic.emulate(COM1_GSI);
         Self {
             mode,
-            apic: X2apic::new(0),
             ioapic,
             device_vectors: VectorSet::new(),
             msi_vectors: Vec::new(),
-            stats: InterruptStats::default(),
-            eoi_passthrough: false,
-            owed_physical_eois: VectorSet::new(),
             level_vectors: VectorSet::new(),
+            refused_routings: 0,
         }
     }
 
     /// An emulated device drove emulated pin `pin`'s line high. A rising edge (or a level the
-    /// IOAPIC may send) becomes a request in the virtual x2APIC, which `irq_exits::prepare_entry`
-    /// injects once the guest's RFLAGS.IF and TPR allow. A line already high sends nothing.
-    pub fn raise_emulated_pin(&mut self, pin: u8) {
+    /// IOAPIC may send) becomes a request in the virtual x2APIC of `cpu` (the only vCPU: every
+    /// redirection entry reaches it), which `irq_exits::prepare_entry` injects once the guest's
+    /// RFLAGS.IF and TPR allow. A line already high sends nothing.
+    pub fn raise_emulated_pin(&mut self, pin: u8, cpu: &mut VcpuInterrupts) {
         if !self.ioapic.emulated().contains(pin) || self.ioapic.line(pin) {
             return;
         }
         if let Some(irq) = self.ioapic.assert(pin) {
-            self.request(irq);
+            cpu.accept(irq);
         }
     }
 
@@ -145,28 +171,20 @@ impl GuestInterrupts {
     }
 
     /// [`Self::raise_emulated_pin`] or [`Self::lower_emulated_pin`], by the line's level.
-    pub fn set_emulated_pin(&mut self, pin: u8, high: bool) {
+    pub fn set_emulated_pin(&mut self, pin: u8, high: bool, cpu: &mut VcpuInterrupts) {
         if high {
-            self.raise_emulated_pin(pin);
+            self.raise_emulated_pin(pin, cpu);
         } else {
             self.lower_emulated_pin(pin);
         }
     }
 
-    /// The IOAPIC sent `irq` (an emulated pin): the local APIC accepts it into IRR, TMR recording
-    /// its trigger mode so that its EOI comes back to the IOAPIC (SDM 11.8.4, 11.8.5).
-    fn request(&mut self, irq: IoapicInterrupt) {
-        if self.apic.request(irq.vector, irq.level).is_err() {
-            self.stats.stray += 1;
-        }
-    }
-
     /// An EOI reached the IOAPIC for `vector` (the local APIC's broadcast of a level-triggered
     /// EOI, or the IOAPIC's EOI register): emulated level pins still asserted are sent again.
-    fn ioapic_eoi_done(&mut self, vector: u8, outcome: EoiOutcome) {
+    fn ioapic_eoi_done(&mut self, vector: u8, outcome: EoiOutcome, cpu: &mut VcpuInterrupts) {
         for pin in outcome.resent.iter() {
             if self.ioapic.emulated().contains(pin) {
-                self.request(IoapicInterrupt {
+                cpu.accept(IoapicInterrupt {
                     pin,
                     vector,
                     level: true,
@@ -175,8 +193,7 @@ impl GuestInterrupts {
         }
     }
 
-    /// Sets up the physical side before the guest first runs: every assigned pin masked, and in ELI
-    /// mode EOI passed through.
+    /// Sets up the physical side before the guest first runs: every assigned pin masked.
     pub fn start(&mut self, hw: &mut impl InterruptHardware) {
         for pin in self.ioapic.assigned().iter() {
             if let Some(routing) = self.ioapic.routing(pin) {
@@ -186,131 +203,16 @@ impl GuestInterrupts {
                 });
             }
         }
-        if self.mode == InterruptMode::Eli {
-            self.set_eoi_passthrough(true, hw);
-        }
-    }
-
-    fn set_eoi_passthrough(&mut self, on: bool, hw: &mut impl InterruptHardware) {
-        if self.eoi_passthrough != on {
-            self.eoi_passthrough = on;
-            hw.intercept_eoi(!on);
-        }
-    }
-
-    /// A host-owned vector arrived while the guest ran (a baseline external-interrupt exit; none is
-    /// armed then, so this is a safety net). It is in the LAPIC's ISR: handle it and EOI it here, never
-    /// inject it.
-    fn host_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
-        self.stats.host_interrupts += 1;
-        match vector {
-            HOST_TIMER_VECTOR => hw.host_timer_tick(),
-            DMA_FAULT_VECTOR => hw.dma_fault_event(),
-            // A spurious interrupt is not in service and takes no EOI (SDM 11.9).
-            SPURIOUS_VECTOR => return,
-            _ => self.stats.stray += 1,
-        }
-        hw.eoi();
-    }
-
-    /// Baseline: an external-interrupt exit acknowledged `vector`.
-    pub fn external_interrupt(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
-        if vector >= HOST_PRIORITY_FLOOR || !self.device_vectors.contains(vector) {
-            return self.host_vector(vector, hw);
-        }
-        // An edge-triggered interrupt is completed physically now and delivered virtually. A
-        // level-triggered one stays in the physical ISR until the guest's EOI: completing it now
-        // would let the IOAPIC send it again at once, the line still asserted (82093AA 3.4.2:
-        // remote IRR clears on the EOI), and the guest would never run to quiet its device.
-        let level = self.level_vectors.contains(vector);
-        if level {
-            self.owed_physical_eois.insert(vector);
-        } else {
-            hw.eoi();
-        }
-        if self.apic.request(vector, level).is_err() {
-            self.stats.stray += 1;
-        }
-    }
-
-    /// The vector to inject now, if any (the caller checks the guest can take it, then calls
-    /// [`Self::injected`]).
-    pub fn pending(&self) -> Option<u8> {
-        self.apic.highest_deliverable()
-    }
-
-    /// `vector` was injected: it is in service in the virtual APIC, so the guest's EOI must reach it.
-    pub fn injected(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
-        self.apic.acknowledge(vector);
-        self.stats.injected += 1;
-        if self.mode == InterruptMode::Eli {
-            self.set_eoi_passthrough(false, hw);
-        }
-    }
-
-    /// Brings the virtual APIC's timer up to guest time `now` (TSC); a timer that expired becomes a
-    /// pending interrupt.
-    pub fn advance_to(&mut self, now: u64) {
-        self.apic.advance_to(now);
-    }
-
-    /// TSC at which the virtual timer next fires, if it is armed and unmasked.
-    pub fn next_timer_due(&self) -> Option<u64> {
-        self.apic.next_timer_due()
-    }
-
-    pub fn read_msr(&mut self, msr: u32, now: u64) -> Result<u64, GuestFault> {
-        self.advance_to(now);
-        Ok(self.apic.read_msr(msr)?)
-    }
-
-    /// A guest x2APIC register write that exited.
-    pub fn write_msr(
-        &mut self,
-        msr: u32,
-        value: u64,
-        now: u64,
-        hw: &mut impl InterruptHardware,
-    ) -> Result<(), GuestFault> {
-        self.advance_to(now);
-        match self.apic.write_msr(msr, value)? {
-            WriteEffect::Eoi(completed) => {
-                self.stats.eoi_exits += 1;
-                if let Some(done) = completed.filter(|c| self.owed_physical_eois.contains(c.vector))
-                {
-                    self.owed_physical_eois.remove(done.vector);
-                    hw.eoi();
-                }
-                // No EOI-broadcast suppression (the version register's bit 24 is 0): a
-                // level-triggered EOI goes on to the IOAPIC (SDM 11.8.5).
-                if let Some(done) = completed.filter(|c| c.level_triggered) {
-                    let outcome = self.ioapic.eoi(done.vector);
-                    self.ioapic_eoi_done(done.vector, outcome);
-                }
-                if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
-                    self.set_eoi_passthrough(true, hw);
-                }
-            }
-            // IPIs that reach another CPU (and INIT/SIPI, which always do here) are refused.
-            WriteEffect::Ipi(request) => match request.reach(self.apic.id()) {
-                IpiReach::OnlySelf => {
-                    self.apic.deliver_to_self(request).map_err(|_| GuestFault)?;
-                }
-                IpiReach::Nobody => {}
-                IpiReach::IncludesOthers => return Err(GuestFault),
-            },
-            WriteEffect::None | WriteEffect::TimerChanged => {}
-        }
-        Ok(())
     }
 
     /// A guest access to the mediated IOAPIC window; returns the value read (0 for writes) and whether
-    /// the set of device vectors changed.
+    /// the set of device vectors changed. What the IOAPIC sends goes to `cpu`.
     pub fn ioapic_access(
         &mut self,
         offset: u64,
         size: u8,
         write: Option<u32>,
+        cpu: &mut VcpuInterrupts,
         hw: &mut impl InterruptHardware,
     ) -> (u32, bool) {
         let Some(value) = write else {
@@ -319,11 +221,11 @@ impl GuestInterrupts {
         let mut routing = match self.ioapic.mmio_write(offset, size, value) {
             IoapicWriteEffect::Routing(routing) => routing,
             IoapicWriteEffect::Deliver(irq) => {
-                self.request(irq);
+                cpu.accept(irq);
                 return (0, false);
             }
             IoapicWriteEffect::Eoi { vector, outcome } => {
-                self.ioapic_eoi_done(vector, outcome);
+                self.ioapic_eoi_done(vector, outcome, cpu);
                 return (0, false);
             }
             IoapicWriteEffect::None | IoapicWriteEffect::Ignored(_) => return (0, false),
@@ -335,7 +237,7 @@ impl GuestInterrupts {
                 routing.pin,
                 routing.vector
             );
-            self.stats.refused_routings += 1;
+            self.refused_routings += 1;
             routing.masked = true;
         }
         hw.route_pin(routing);
@@ -383,10 +285,226 @@ impl GuestInterrupts {
     }
 }
 
+impl VcpuInterrupts {
+    /// The interrupt state of the VM's only vCPU (x2APIC ID 0, as the guest's ACPI tables say).
+    pub fn new(mode: InterruptMode) -> Self {
+        Self {
+            mode,
+            apic: X2apic::new(0),
+            stats: InterruptStats::default(),
+            eoi_passthrough: false,
+            owed_physical_eois: VectorSet::new(),
+        }
+    }
+
+    /// The IOAPIC sent `irq` (an emulated pin): the local APIC accepts it into IRR, TMR recording
+    /// its trigger mode so that its EOI comes back to the IOAPIC (SDM 11.8.4, 11.8.5).
+    fn accept(&mut self, irq: IoapicInterrupt) {
+        if self.apic.request(irq.vector, irq.level).is_err() {
+            self.stats.stray += 1;
+        }
+    }
+
+    /// Sets up the physical side before the vCPU first runs: in ELI mode EOI passed through.
+    pub fn start(&mut self, hw: &mut impl InterruptHardware) {
+        if self.mode == InterruptMode::Eli {
+            self.set_eoi_passthrough(true, hw);
+        }
+    }
+
+    fn set_eoi_passthrough(&mut self, on: bool, hw: &mut impl InterruptHardware) {
+        if self.eoi_passthrough != on {
+            self.eoi_passthrough = on;
+            hw.intercept_eoi(!on);
+        }
+    }
+
+    /// A host-owned vector arrived while the guest ran (a baseline external-interrupt exit; none is
+    /// armed then, so this is a safety net). It is in the LAPIC's ISR: handle it and EOI it here, never
+    /// inject it.
+    fn host_vector(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        self.stats.host_interrupts += 1;
+        match vector {
+            HOST_TIMER_VECTOR => hw.host_timer_tick(),
+            DMA_FAULT_VECTOR => hw.dma_fault_event(),
+            // A spurious interrupt is not in service and takes no EOI (SDM 11.9).
+            SPURIOUS_VECTOR => return,
+            _ => self.stats.stray += 1,
+        }
+        hw.eoi();
+    }
+
+    /// Baseline: an external-interrupt exit acknowledged `vector`; the VM's device vectors say
+    /// whether it is the guest's.
+    pub fn external_interrupt(
+        &mut self,
+        vector: u8,
+        vm: &VmInterrupts,
+        hw: &mut impl InterruptHardware,
+    ) {
+        if vector >= HOST_PRIORITY_FLOOR || !vm.device_vectors.contains(vector) {
+            return self.host_vector(vector, hw);
+        }
+        // An edge-triggered interrupt is completed physically now and delivered virtually. A
+        // level-triggered one stays in the physical ISR until the guest's EOI: completing it now
+        // would let the IOAPIC send it again at once, the line still asserted (82093AA 3.4.2:
+        // remote IRR clears on the EOI), and the guest would never run to quiet its device.
+        let level = vm.level_vectors.contains(vector);
+        if level {
+            self.owed_physical_eois.insert(vector);
+        } else {
+            hw.eoi();
+        }
+        if self.apic.request(vector, level).is_err() {
+            self.stats.stray += 1;
+        }
+    }
+
+    /// The vector to inject now, if any (the caller checks the guest can take it, then calls
+    /// [`Self::injected`]).
+    pub fn pending(&self) -> Option<u8> {
+        self.apic.highest_deliverable()
+    }
+
+    /// `vector` was injected: it is in service in the virtual APIC, so the guest's EOI must reach it.
+    pub fn injected(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+        self.apic.acknowledge(vector);
+        self.stats.injected += 1;
+        if self.mode == InterruptMode::Eli {
+            self.set_eoi_passthrough(false, hw);
+        }
+    }
+
+    /// Brings the virtual APIC's timer up to guest time `now` (TSC); a timer that expired becomes a
+    /// pending interrupt.
+    pub fn advance_to(&mut self, now: u64) {
+        self.apic.advance_to(now);
+    }
+
+    /// TSC at which the virtual timer next fires, if it is armed and unmasked.
+    pub fn next_timer_due(&self) -> Option<u64> {
+        self.apic.next_timer_due()
+    }
+
+    pub fn read_msr(&mut self, msr: u32, now: u64) -> Result<u64, GuestFault> {
+        self.advance_to(now);
+        Ok(self.apic.read_msr(msr)?)
+    }
+
+    /// A guest x2APIC register write that exited; a level-triggered EOI goes on to the VM's IOAPIC.
+    pub fn write_msr(
+        &mut self,
+        msr: u32,
+        value: u64,
+        now: u64,
+        vm: &mut VmInterrupts,
+        hw: &mut impl InterruptHardware,
+    ) -> Result<(), GuestFault> {
+        self.advance_to(now);
+        match self.apic.write_msr(msr, value)? {
+            WriteEffect::Eoi(completed) => {
+                self.stats.eoi_exits += 1;
+                if let Some(done) = completed.filter(|c| self.owed_physical_eois.contains(c.vector))
+                {
+                    self.owed_physical_eois.remove(done.vector);
+                    hw.eoi();
+                }
+                // No EOI-broadcast suppression (the version register's bit 24 is 0): a
+                // level-triggered EOI goes on to the IOAPIC (SDM 11.8.5).
+                if let Some(done) = completed.filter(|c| c.level_triggered) {
+                    let outcome = vm.ioapic.eoi(done.vector);
+                    vm.ioapic_eoi_done(done.vector, outcome, self);
+                }
+                if self.mode == InterruptMode::Eli && self.apic.highest_in_service().is_none() {
+                    self.set_eoi_passthrough(true, hw);
+                }
+            }
+            // IPIs that reach another CPU (and INIT/SIPI, which always do here) are refused.
+            WriteEffect::Ipi(request) => match request.reach(self.apic.id()) {
+                IpiReach::OnlySelf => {
+                    self.apic.deliver_to_self(request).map_err(|_| GuestFault)?;
+                }
+                IpiReach::Nobody => {}
+                IpiReach::IncludesOthers => return Err(GuestFault),
+            },
+            WriteEffect::None | WriteEffect::TimerChanged => {}
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+
+    /// The VM's and its vCPU's halves together, as one guest's exits see them.
+    struct GuestInterrupts {
+        vm: VmInterrupts,
+        cpu: VcpuInterrupts,
+    }
+
+    impl GuestInterrupts {
+        fn new(mode: InterruptMode, pins: &[u8]) -> Self {
+            Self {
+                vm: VmInterrupts::new(mode, pins),
+                cpu: VcpuInterrupts::new(mode),
+            }
+        }
+        fn start(&mut self, hw: &mut impl InterruptHardware) {
+            self.vm.start(hw);
+            self.cpu.start(hw);
+        }
+        fn raise_emulated_pin(&mut self, pin: u8) {
+            self.vm.raise_emulated_pin(pin, &mut self.cpu);
+        }
+        fn lower_emulated_pin(&mut self, pin: u8) {
+            self.vm.lower_emulated_pin(pin);
+        }
+        fn set_emulated_pin(&mut self, pin: u8, high: bool) {
+            self.vm.set_emulated_pin(pin, high, &mut self.cpu);
+        }
+        fn ioapic_access(
+            &mut self,
+            offset: u64,
+            size: u8,
+            write: Option<u32>,
+            hw: &mut impl InterruptHardware,
+        ) -> (u32, bool) {
+            self.vm
+                .ioapic_access(offset, size, write, &mut self.cpu, hw)
+        }
+        fn msi_vector(&mut self, bdf: Bdf, vector: Option<u8>) -> bool {
+            self.vm.msi_vector(bdf, vector)
+        }
+        fn external_interrupt(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+            self.cpu.external_interrupt(vector, &self.vm, hw);
+        }
+        fn pending(&self) -> Option<u8> {
+            self.cpu.pending()
+        }
+        fn injected(&mut self, vector: u8, hw: &mut impl InterruptHardware) {
+            self.cpu.injected(vector, hw);
+        }
+        fn advance_to(&mut self, now: u64) {
+            self.cpu.advance_to(now);
+        }
+        fn next_timer_due(&self) -> Option<u64> {
+            self.cpu.next_timer_due()
+        }
+        fn read_msr(&mut self, msr: u32, now: u64) -> Result<u64, GuestFault> {
+            self.cpu.read_msr(msr, now)
+        }
+        fn write_msr(
+            &mut self,
+            msr: u32,
+            value: u64,
+            now: u64,
+            hw: &mut impl InterruptHardware,
+        ) -> Result<(), GuestFault> {
+            self.cpu.write_msr(msr, value, now, &mut self.vm, hw)
+        }
+    }
 
     #[derive(Default)]
     struct FakeHw {
@@ -447,8 +565,8 @@ mod tests {
         g.injected(0x40, &mut hw);
         assert_eq!(g.pending(), None, "in service, not pending again");
         g.write_msr(EOI, 0, 0, &mut hw).unwrap();
-        assert!(!g.apic.is_in_service(0x40));
-        assert_eq!(g.stats.injected, 1);
+        assert!(!g.cpu.apic.is_in_service(0x40));
+        assert_eq!(g.cpu.stats.injected, 1);
     }
 
     #[test]
@@ -486,7 +604,7 @@ mod tests {
         // The VT-d fault event is the host's too: accounted and EOI'd.
         g.external_interrupt(DMA_FAULT_VECTOR, &mut hw);
         assert_eq!((hw.dma_fault_events, hw.eois), (1, 2));
-        assert_eq!((g.pending(), g.stats.stray), (None, 0));
+        assert_eq!((g.pending(), g.cpu.stats.stray), (None, 0));
     }
 
     #[test]
@@ -497,7 +615,7 @@ mod tests {
         );
         assert!(!route_pin3(&mut g, &mut hw, u32::from(HOST_TIMER_VECTOR)));
         assert!(hw.routes.last().unwrap().masked, "kept masked");
-        assert_eq!(g.stats.refused_routings, 1);
+        assert_eq!(g.vm.refused_routings, 1);
         // Pin 5 is not the guest's: the write is ignored, nothing is routed.
         let before = hw.routes.len();
         g.ioapic_access(0x00, 4, Some(0x10 + 2 * 5), &mut hw);
@@ -560,17 +678,17 @@ mod tests {
         // A second function on the pin's vector adds nothing; moving edu's MSI does.
         assert!(!g.msi_vector(nic, Some(0x40)));
         assert!(g.msi_vector(edu, Some(0x42)));
-        assert!(g.device_vectors.contains(0x42) && !g.device_vectors.contains(0x41));
+        assert!(g.vm.device_vectors.contains(0x42) && !g.vm.device_vectors.contains(0x41));
         // A pin change keeps the MSI vectors (and the other way round).
         g.ioapic_access(0x00, 4, Some(0x10 + 2 * 3), &mut hw);
         let (_, changed) = g.ioapic_access(0x10, 4, Some(1 << 16 | 0x40), &mut hw);
         assert!(!changed, "nic still on 0x40");
-        assert!(g.device_vectors.contains(0x42) && g.device_vectors.contains(0x40));
+        assert!(g.vm.device_vectors.contains(0x42) && g.vm.device_vectors.contains(0x40));
         assert!(g.msi_vector(nic, None));
-        assert!(!g.device_vectors.contains(0x40));
+        assert!(!g.vm.device_vectors.contains(0x40));
         // Host vectors never become device vectors.
         assert!(g.msi_vector(edu, Some(HOST_TIMER_VECTOR)));
-        assert!(g.device_vectors.is_empty());
+        assert!(g.vm.device_vectors.is_empty());
         // Baseline path: an MSI on a device vector is injected, not treated as the host's.
         g.msi_vector(edu, Some(0x45));
         g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
@@ -614,7 +732,10 @@ mod tests {
         let routes = hw.routes.len();
         program_pin4(&mut g, &mut hw, 0x34);
         assert_eq!(hw.routes.len(), routes, "nothing physical to program");
-        assert!(!g.device_vectors.contains(0x34), "never a physical vector");
+        assert!(
+            !g.vm.device_vectors.contains(0x34),
+            "never a physical vector"
+        );
         g.raise_emulated_pin(COM1_GSI);
         assert_eq!(g.pending(), Some(0x34));
         g.injected(0x34, &mut hw);
@@ -628,7 +749,7 @@ mod tests {
         // Pins neither emulated nor the guest's are not driven.
         g.raise_emulated_pin(5);
         g.raise_emulated_pin(3);
-        assert!(!g.ioapic.line(5) && !g.ioapic.line(3));
+        assert!(!g.vm.ioapic.line(5) && !g.vm.ioapic.line(3));
     }
 
     #[test]
@@ -660,6 +781,6 @@ mod tests {
         g.raise_emulated_pin(COM1_GSI);
         g.injected(0x45, &mut hw);
         g.ioapic_access(0x40, 4, Some(0x45), &mut hw);
-        assert!(g.apic.is_requested(0x45));
+        assert!(g.cpu.apic.is_requested(0x45));
     }
 }

@@ -8,6 +8,7 @@ use super::interrupts::{IOAPIC_GPA, IOAPIC_WINDOW};
 use super::mmio_decode::{self, MmioAccess, MAX_INSTRUCTION_LEN};
 use super::msix::MsixOutcome;
 use super::vcpu::{gpr_value, set_gpr, stopped, Handled, HostServices, Vcpu};
+use super::vm::Vm;
 use crate::caps::vmx::PrimaryControls;
 use crate::vmx::exit::{EventType, Gpr, InterruptionInfo};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
@@ -24,15 +25,16 @@ const ACTIVITY_ACTIVE: u32 = 0;
 pub(super) fn ept_violation(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     gpa: u64,
 ) -> Result<Option<Handled>, VmFail> {
-    if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa) && vcpu.has_ioapic {
-        return ioapic_access(vmcs, vcpu, mem, host, gpa - IOAPIC_GPA).map(Some);
+    if (IOAPIC_GPA..IOAPIC_GPA + IOAPIC_WINDOW).contains(&gpa) && vm.has_ioapic {
+        return ioapic_access(vmcs, vcpu, vm, mem, host, gpa - IOAPIC_GPA).map(Some);
     }
-    if vcpu.pci.msix_traps(gpa) {
-        return msix_access(vmcs, vcpu, mem, host, gpa).map(Some);
+    if vm.pci.msix_traps(gpa) {
+        return msix_access(vmcs, vcpu, vm, mem, host, gpa).map(Some);
     }
     Ok(None)
 }
@@ -61,6 +63,7 @@ fn fetch_and_decode(
 fn ioapic_access(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     offset: u64,
@@ -74,7 +77,9 @@ fn ioapic_access(
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {
-            let (value, _) = vcpu.interrupts.ioapic_access(offset, size, None, host);
+            let (value, _) =
+                vm.interrupts
+                    .ioapic_access(offset, size, None, &mut vcpu.interrupts, host);
             let dest = load.dest.gpr;
             let old = gpr_value(&vcpu.regs, rsp, dest);
             let new = mmio_decode::apply_read(old, &load, u64::from(value));
@@ -85,8 +90,13 @@ fn ioapic_access(
         }
         MmioAccess::Write(store) => {
             let data = mmio_decode::write_data(&store, |r| gpr_value(&vcpu.regs, rsp, r));
-            vcpu.interrupts
-                .ioapic_access(offset, size, Some(data as u32), host);
+            vm.interrupts.ioapic_access(
+                offset,
+                size,
+                Some(data as u32),
+                &mut vcpu.interrupts,
+                host,
+            );
         }
     }
     // EPT violations report no instruction length: the decoder's length moves RIP on.
@@ -98,6 +108,7 @@ fn ioapic_access(
 fn msix_access(
     vmcs: &mut impl VmcsAccess,
     vcpu: &mut Vcpu,
+    vm: &mut Vm,
     mem: &mut GuestMemory<'_>,
     host: &mut impl HostServices,
     gpa: u64,
@@ -111,7 +122,7 @@ fn msix_access(
     let size = decoded.access.size().bytes();
     match decoded.access {
         MmioAccess::Read(load) => {
-            let value = match vcpu.pci.msix_access(gpa, size, None) {
+            let value = match vm.pci.msix_access(gpa, size, None) {
                 Some(MsixOutcome::Forward { hpa }) => host.device_mmio(hpa, size, None),
                 Some(MsixOutcome::Emulated(v)) => v,
                 Some(MsixOutcome::Request(_)) | None => u64::MAX,
@@ -126,13 +137,13 @@ fn msix_access(
         }
         MmioAccess::Write(store) => {
             let data = mmio_decode::write_data(&store, |r| gpr_value(&vcpu.regs, rsp, r));
-            match vcpu.pci.msix_access(gpa, size, Some(data)) {
+            match vm.pci.msix_access(gpa, size, Some(data)) {
                 Some(MsixOutcome::Forward { hpa }) => {
                     host.device_mmio(hpa, size, Some(data));
                 }
                 Some(MsixOutcome::Request(req)) => {
                     let vector = host.route_guest_msix(req);
-                    vcpu.interrupts.msix_vector(req.bdf, req.entry, vector);
+                    vm.interrupts.msix_vector(req.bdf, req.entry, vector);
                 }
                 Some(MsixOutcome::Emulated(_)) | None => {}
             }

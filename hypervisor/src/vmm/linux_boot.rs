@@ -857,7 +857,7 @@ fn put_split(zero_page: &mut [u8], low: usize, high: usize, value: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use alloc::format;
     use alloc::vec;
@@ -882,7 +882,7 @@ mod tests {
 
     /// A bzImage with one setup sector, `code` (a multiple of 16 bytes) after it, and a 2.15 header
     /// like Debian's (relocatable, 2 MiB aligned, pref_address 16 MiB).
-    fn bzimage(init_size: u32, code: &[u8]) -> Vec<u8> {
+    pub(in crate::vmm) fn bzimage(init_size: u32, code: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 2 * 512 + code.len()];
         f[zp::SETUP_SECTS] = 1;
         set(

@@ -31,17 +31,24 @@ pub struct PciHost {
 
 /// What the host learned bringing its interrupt hardware up.
 #[derive(Clone, Copy)]
-pub(super) struct HostIrq {
-    pub(super) apic_id: u32,
+pub struct HostIrq {
+    pub apic_id: u32,
     /// The IOAPIC guests' pins are on (its id names it in DMAR); base 0 when there is none.
-    pub(super) ioapic_id: u8,
-    pub(super) ioapic_base: u64,
+    pub ioapic_id: u8,
+    pub ioapic_base: u64,
 }
 
 /// Host timer period, in TSC ticks (the LAPIC timer's outside guests, the host clock's while one runs):
 /// long enough that it adds well under one exit per 100 guest device interrupts to a workload (the
 /// bench's ceiling), short enough to keep the host responsive.
 pub(super) const HOST_TIMER_PERIOD_TSC: u64 = 5_000_000;
+
+/// TSC ticks per millisecond, at the rate measured at boot (`arch::tsc_calibration`: against the
+/// PIT, which in an emulator runs in the same emulated time as its TSC), so waits and run budgets are
+/// real (emulated) milliseconds.
+pub(super) fn tsc_per_ms() -> u64 {
+    (tsc_calibration::tsc_hz() / 1000).max(1)
+}
 
 /// What a running guest's MSI changes are applied with: the machine's VT-d units (when up), the
 /// guest's DMA domain on them, and its planned devices.

@@ -1,6 +1,7 @@
 //! The virtual-machine monitor: guests built from the configuration, run on VT-x.
 
 pub mod assignment;
+pub mod builder;
 pub mod controls;
 pub mod cpuid;
 pub mod events;
@@ -21,9 +22,11 @@ pub mod machine;
 pub mod mmio_decode;
 pub mod msi_request;
 pub mod msix;
+pub mod run_loop;
 pub mod runner;
 pub mod uart16550;
 pub mod validate;
 pub mod vcpu;
 pub mod virtual_pci;
+pub mod vm;
 pub mod vmcs_setup;

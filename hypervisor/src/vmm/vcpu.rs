@@ -1,16 +1,13 @@
-//! The state exit handlers work on and the contract they work through: one virtual CPU's software
-//! state ([`Vcpu`]), what the machine provides ([`HostServices`]), and what a handler decides
-//! ([`Handled`], then [`Next`]). Kept apart from the handlers so that `exits`, `irq_exits` and
-//! `events` depend on it and not on each other.
+//! The state exit handlers work on and the contract they work through: one virtual CPU's state
+//! ([`Vcpu`]; what its VM shares is `vm::Vm`), what the machine provides ([`HostServices`]), and
+//! what a handler decides ([`Handled`], then [`Next`]). Kept apart from the handlers so that
+//! `exits`, `irq_exits` and `events` depend on it and not on each other.
 
 use super::cpuid::CpuidContext;
 use super::guest_events::EventState;
-use super::interrupts::{GuestInterrupts, InterruptHardware};
-use super::legacy_ports::LegacyPorts;
+use super::interrupts::{InterruptHardware, VcpuInterrupts};
 use super::msi_request::MsiRequest;
 use super::msix::MsixRequest;
-use super::uart16550::Uart16550;
-use super::virtual_pci::VirtualPci;
 use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
 use crate::vmx::exit::Gpr;
@@ -93,15 +90,16 @@ impl ExitCounters {
     }
 }
 
-/// The software state of one virtual CPU that exit handlers read and change.
+/// The state of one virtual CPU: its VMCS (the frame; VMPTRLD makes it current), the registers the
+/// VMCS does not hold, its virtual x2APIC and injection state, and what its exits counted.
 #[derive(Debug, Default)]
 pub struct Vcpu {
+    /// Host-physical address of this vCPU's VMCS (owned by it for as long as the VM exists).
+    pub vmcs_frame: u64,
+    /// Its MSR bitmap's frame: the x2APIC EOI write's interception is decided per vCPU.
+    pub msr_bitmap: u64,
     pub regs: GuestRegisters,
     pub counters: ExitCounters,
-    /// COM1.
-    pub console: Uart16550,
-    /// The legacy PC ports (absent devices, ACPI sleep and reset).
-    pub legacy: LegacyPorts,
     /// IA32_APIC_BASE as the guest sees it.
     pub apic_base: u64,
     /// XCR0 as the guest's last XSETBV set it (`arch::guest_cpu_state` starts every guest at 1;
@@ -112,19 +110,12 @@ pub struct Vcpu {
     /// CR0/CR4 bits VMX operation fixes (SDM A.7/A.8): (fixed0, fixed1) pairs.
     pub cr0_fixed: (u64, u64),
     pub cr4_fixed: (u64, u64),
-    /// The virtual x2APIC, mediated IOAPIC and injection state.
-    pub interrupts: GuestInterrupts,
+    /// The virtual x2APIC and injection state.
+    pub interrupts: VcpuInterrupts,
     /// Interrupt-window exiting is on (baseline injection waits for the guest to accept interrupts).
     pub window_exiting: bool,
     /// Basic reason of the last VM exit.
     pub last_exit: u16,
-    /// The PCI bus the guest sees (its assigned functions).
-    pub pci: VirtualPci,
-    /// The guest has an IOAPIC (pins, or a described platform): its MMIO window is emulated.
-    pub has_ioapic: bool,
-    /// The guest has a PCI bus (functions, or a host bridge its ACPI tables describe): 0xCF8/0xCFC
-    /// answer as configuration mechanism #1, an empty slot reading all ones.
-    pub has_pci_bus: bool,
     /// The VMX-preemption timer counts once every 2^shift TSC ticks (IA32_VMX_MISC 4:0).
     pub preemption_shift: u8,
     /// The preemption-timer value last written to the VMCS.

@@ -124,8 +124,63 @@ fn ram() -> Vec<u8> {
     ram
 }
 
-fn run(vmcs: &mut FakeVmcs, vcpu: &mut Vcpu, ram: &mut [u8], host: &mut FakeHost) -> Next {
-    handle_exit(vmcs, vcpu, &mut GuestMemory::new(ram), host)
+/// A vCPU and its VM, as one test guest; it reads as its vCPU.
+struct TestGuest {
+    cpu: Vcpu,
+    vm: crate::vmm::vm::Vm,
+}
+
+impl Default for TestGuest {
+    fn default() -> Self {
+        Self {
+            cpu: Vcpu::default(),
+            vm: crate::vmm::vm::Vm::for_tests(),
+        }
+    }
+}
+
+impl core::ops::Deref for TestGuest {
+    type Target = Vcpu;
+    fn deref(&self) -> &Vcpu {
+        &self.cpu
+    }
+}
+
+impl core::ops::DerefMut for TestGuest {
+    fn deref_mut(&mut self) -> &mut Vcpu {
+        &mut self.cpu
+    }
+}
+
+impl TestGuest {
+    /// A guest write of an x2APIC register that exited.
+    fn apic_write(
+        &mut self,
+        msr: u32,
+        value: u64,
+        now: u64,
+        host: &mut FakeHost,
+    ) -> Result<(), crate::vmm::interrupts::GuestFault> {
+        self.cpu
+            .interrupts
+            .write_msr(msr, value, now, &mut self.vm.interrupts, host)
+    }
+    /// A guest access to the IOAPIC window.
+    fn ioapic_access(&mut self, offset: u64, size: u8, write: Option<u32>, host: &mut FakeHost) {
+        self.vm
+            .interrupts
+            .ioapic_access(offset, size, write, &mut self.cpu.interrupts, host);
+    }
+}
+
+fn run(vmcs: &mut FakeVmcs, g: &mut TestGuest, ram: &mut [u8], host: &mut FakeHost) -> Next {
+    handle_exit(
+        vmcs,
+        &mut g.cpu,
+        &mut g.vm,
+        &mut GuestMemory::new(ram),
+        host,
+    )
 }
 
 fn rip(vmcs: &FakeVmcs) -> u64 {
@@ -141,7 +196,7 @@ fn injected_gp(vmcs: &FakeVmcs) -> bool {
 fn cpuid_hides_vmx_and_skips_the_instruction() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(10, 0, 2),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -157,7 +212,7 @@ fn cpuid_hides_vmx_and_skips_the_instruction() {
 fn unknown_msrs_and_icr_writes_get_gp_without_skipping() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(31, 0, 2),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -177,7 +232,7 @@ fn unknown_msrs_and_icr_writes_get_gp_without_skipping() {
 fn known_msrs_read_and_write() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(31, 0, 2),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -205,7 +260,7 @@ fn unassigned_ports_float_high_and_com1_lines_are_forwarded() {
     // IN AL, DX from port 0x2E0: size 1 (0), direction in (bit 3), port in bits 31:16.
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(30, (0x2E0 << 16) | 8, 1),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -240,10 +295,8 @@ fn guest_msi_programming_reaches_the_host_and_the_device_vectors() {
     let msi = f.capabilities.msi.unwrap();
     let function = AssignedFunction::new(f.bdf, MediationTable::endpoint(&f).unwrap(), f.bars)
         .with_msi(msi.offset, msi.is_64bit, false);
-    let mut vcpu = Vcpu {
-        pci: VirtualPci::new(vec![function]),
-        ..Vcpu::default()
-    };
+    let mut vcpu = TestGuest::default();
+    vcpu.vm.pci = VirtualPci::new(vec![function]);
     let (mut ram, mut host) = (
         ram(),
         FakeHost {
@@ -252,7 +305,7 @@ fn guest_msi_programming_reaches_the_host_and_the_device_vectors() {
         },
     );
     // OUT DX, EAX (size 4 = encoding 3) and OUT DX, AX (1) as the guest's driver issues them.
-    let mut out = |vcpu: &mut Vcpu, host: &mut FakeHost, port: u16, size: u64, value: u32| {
+    let mut out = |vcpu: &mut TestGuest, host: &mut FakeHost, port: u16, size: u64, value: u32| {
         let mut vmcs = exited(30, u64::from(port) << 16 | (size - 1), 1);
         vcpu.regs.rax = u64::from(value);
         run(&mut vmcs, vcpu, &mut ram, host);
@@ -265,10 +318,10 @@ fn guest_msi_programming_reaches_the_host_and_the_device_vectors() {
     out(&mut vcpu, &mut host, CONFIG_DATA + 2, 2, 0x0081);
     let last = *host.msi_requests.last().unwrap();
     assert_eq!((last.enabled, last.vector), (true, 0x41));
-    assert!(vcpu.interrupts.device_vectors.contains(0x41));
+    assert!(vcpu.vm.interrupts.device_vectors.contains(0x41));
     out(&mut vcpu, &mut host, CONFIG_DATA + 2, 2, 0x0080);
     assert!(!host.msi_requests.last().unwrap().enabled);
-    assert!(vcpu.interrupts.device_vectors.is_empty());
+    assert!(vcpu.vm.interrupts.device_vectors.is_empty());
 }
 
 #[test]
@@ -291,10 +344,8 @@ fn guest_msix_table_writes_are_trapped_emulated_and_routed() {
     space.add(0, 2, 0, nic);
     let topology = crate::pci::enumerate(&space);
     let function = crate::vmm::runner::assigned_function(&topology.functions[0]).unwrap();
-    let mut vcpu = Vcpu {
-        pci: VirtualPci::new(vec![function]),
-        ..Vcpu::default()
-    };
+    let mut vcpu = TestGuest::default();
+    vcpu.vm.pci = VirtualPci::new(vec![function]);
     let (mut ram, mut host) = (
         ram(),
         FakeHost {
@@ -320,7 +371,7 @@ fn guest_msix_table_writes_are_trapped_emulated_and_routed() {
     );
     // MOV [RAX], ECX (89 08) and MOV EDX, [RAX] (8B 10) at guest 0x3000, as EPT violations.
     ram[0x3000..0x3004].copy_from_slice(&[0x89, 0x08, 0x8B, 0x10]);
-    let mut mmio = |vcpu: &mut Vcpu, host: &mut FakeHost, gpa: u64, write: Option<u32>| {
+    let mut mmio = |vcpu: &mut TestGuest, host: &mut FakeHost, gpa: u64, write: Option<u32>| {
         let mut vmcs = exited(48, if write.is_some() { 0x2 } else { 0x1 }, 0);
         let at = if write.is_some() { 0x3000 } else { 0x3002 };
         vmcs.set(VmcsNatural::GuestRip as u32, at);
@@ -337,7 +388,7 @@ fn guest_msix_table_writes_are_trapped_emulated_and_routed() {
     mmio(&mut vcpu, &mut host, 0xfebd_000c, Some(0));
     let req = *host.msix_requests.last().unwrap();
     assert_eq!((req.entry, req.vector, req.live()), (0, 0x51, true));
-    assert!(vcpu.interrupts.device_vectors.contains(0x51));
+    assert!(vcpu.vm.interrupts.device_vectors.contains(0x51));
     assert_eq!(mmio(&mut vcpu, &mut host, 0xfebd_0008, None), 0x51);
     // Past the table and in the PBA: the device's.
     mmio(&mut vcpu, &mut host, 0xfebd_0050, Some(7));
@@ -351,14 +402,14 @@ fn guest_msix_table_writes_are_trapped_emulated_and_routed() {
     vcpu.regs.rax = 0;
     run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
     assert!(!host.msix_requests.last().unwrap().enabled);
-    assert!(vcpu.interrupts.device_vectors.is_empty());
+    assert!(vcpu.vm.interrupts.device_vectors.is_empty());
 }
 
 #[test]
 fn hypercalls_report_counters_and_power_off() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(18, 0, 3),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -399,7 +450,7 @@ fn hypercalls_report_counters_and_power_off() {
 
 #[test]
 fn the_preemption_timer_is_aimed_at_the_host_deadline_before_every_entry() {
-    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let (mut vcpu, mut host) = (TestGuest::default(), FakeHost::default());
     vcpu.preemption_shift = 5;
     vcpu.preemption_written = u32::MAX;
     let mut vmcs = exited(1, 0, 0);
@@ -411,25 +462,17 @@ fn the_preemption_timer_is_aimed_at_the_host_deadline_before_every_entry() {
     );
     // The virtual LAPIC timer due sooner (in 3,200 TSC ticks) brings the exit forward.
     let now = host.rdtsc();
-    vcpu.interrupts
-        .write_msr(0x80F, 0x1FF, now, &mut host)
-        .unwrap();
-    vcpu.interrupts
-        .write_msr(0x83E, 0b1011, now, &mut host)
-        .unwrap();
-    vcpu.interrupts
-        .write_msr(0x832, 0x50, now, &mut host)
-        .unwrap();
-    vcpu.interrupts
-        .write_msr(0x838, 3200, now, &mut host)
-        .unwrap();
+    vcpu.apic_write(0x80F, 0x1FF, now, &mut host).unwrap();
+    vcpu.apic_write(0x83E, 0b1011, now, &mut host).unwrap();
+    vcpu.apic_write(0x832, 0x50, now, &mut host).unwrap();
+    vcpu.apic_write(0x838, 3200, now, &mut host).unwrap();
     irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
     assert_eq!(vmcs.get(Vmcs32::PreemptionTimerValue as u32), Some(100));
 }
 
 #[test]
 fn a_saved_preemption_count_is_rewritten_only_when_the_deadline_moves() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     vcpu.preemption_saved = true;
     let mut vmcs = exited(1, 0, 0);
     irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
@@ -454,14 +497,10 @@ fn a_saved_preemption_count_is_rewritten_only_when_the_deadline_moves() {
 
 #[test]
 fn virtual_interrupts_wait_for_the_tpr_the_guest_set_in_the_cpu() {
-    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let (mut vcpu, mut host) = (TestGuest::default(), FakeHost::default());
     let now = host.rdtsc();
-    vcpu.interrupts
-        .write_msr(0x80F, 0x1FF, now, &mut host)
-        .unwrap();
-    vcpu.interrupts
-        .write_msr(0x83F, 0x55, now, &mut host)
-        .unwrap(); // self-IPI
+    vcpu.apic_write(0x80F, 0x1FF, now, &mut host).unwrap();
+    vcpu.apic_write(0x83F, 0x55, now, &mut host).unwrap(); // self-IPI
     let mut vmcs = exited(1, 0, 0);
     vmcs.set(VmcsNatural::GuestRflags as u32, 0x202);
     // CR8 = 6 (TPR 0x60), written straight into the CPU: class 5 must wait.
@@ -475,7 +514,7 @@ fn virtual_interrupts_wait_for_the_tpr_the_guest_set_in_the_cpu() {
 
 /// An I/O exit for `port` (`size` bytes, OUT with `value` or IN), run; returns the result and RAX.
 fn port_io(
-    vcpu: &mut Vcpu,
+    vcpu: &mut TestGuest,
     host: &mut FakeHost,
     port: u16,
     size: u64,
@@ -492,17 +531,14 @@ fn port_io(
 fn com1_thre_interrupt_reaches_the_guest_through_ioapic_pin_4() {
     use crate::vmm::guest_platform::COM1_GSI;
     use crate::vmm::uart16550::{reg, IER_THR_EMPTY, MCR_OUT2};
-    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let (mut vcpu, mut host) = (TestGuest::default(), FakeHost::default());
     let now = host.rdtsc();
-    vcpu.interrupts
-        .write_msr(0x80F, 0x1FF, now, &mut host)
-        .unwrap();
+    vcpu.apic_write(0x80F, 0x1FF, now, &mut host).unwrap();
     // Linux programs IRQ 4: edge, active high, vector 0x24.
     let rte = u32::from(0x10 + 2 * COM1_GSI);
-    vcpu.interrupts.ioapic_access(0x00, 4, Some(rte), &mut host);
-    vcpu.interrupts
-        .ioapic_access(0x10, 4, Some(0x24), &mut host);
-    let mut out = |vcpu: &mut Vcpu, offset: u16, value: u8| {
+    vcpu.ioapic_access(0x00, 4, Some(rte), &mut host);
+    vcpu.ioapic_access(0x10, 4, Some(0x24), &mut host);
+    let mut out = |vcpu: &mut TestGuest, offset: u16, value: u8| {
         let (next, _) = port_io(vcpu, &mut host, COM1 + offset, 1, Some(value.into()));
         assert_eq!(next, Next::Resume);
     };
@@ -521,13 +557,13 @@ fn com1_thre_interrupt_reaches_the_guest_through_ioapic_pin_4() {
     // The handler reads IIR (THRE, which clears it) and the line falls.
     let (_, iir) = port_io(&mut vcpu, &mut host, COM1 + reg::IIR_FCR, 1, None);
     assert_eq!(iir & 0xFF, 0x02);
-    assert!(!vcpu.interrupts.ioapic.line(COM1_GSI));
+    assert!(!vcpu.vm.interrupts.ioapic.line(COM1_GSI));
 }
 
 #[test]
 fn legacy_ports_answer_and_acpi_ends_the_guest() {
     use crate::vmm::guest_platform::{RESET_PORT, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
-    let (mut vcpu, mut host) = (Vcpu::default(), FakeHost::default());
+    let (mut vcpu, mut host) = (TestGuest::default(), FakeHost::default());
     // The 8259's mask reads back all ones; a 16-bit read covers both sleep registers.
     assert_eq!(port_io(&mut vcpu, &mut host, 0x21, 1, None).1, 0xFF);
     assert_eq!(
@@ -552,7 +588,7 @@ fn legacy_ports_answer_and_acpi_ends_the_guest() {
 fn faults_stop_only_the_guest_with_a_report() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(48, 0x2, 0),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -577,7 +613,7 @@ fn faults_stop_only_the_guest_with_a_report() {
 fn hlt_waits_in_the_guest_unless_interrupts_are_off() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(12, 0, 1),
-        Vcpu::default(),
+        TestGuest::default(),
         ram(),
         FakeHost::default(),
     );
@@ -633,7 +669,7 @@ fn stopped_with(next: Next) -> String {
 
 #[test]
 fn single_step_db_is_reflected_with_bs_merged_into_dr6() {
-    let (mut vcpu, mut ram) = (Vcpu::default(), ram());
+    let (mut vcpu, mut ram) = (TestGuest::default(), ram());
     let mut host = FakeHost {
         dr6: 0xFFFF_0FF0,
         ..FakeHost::default()
@@ -658,7 +694,7 @@ fn single_step_db_is_reflected_with_bs_merged_into_dr6() {
 
 #[test]
 fn ac_is_reflected_with_error_code_zero_and_icebp_keeps_its_type_and_length() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     let mut vmcs = exception_exited(AC, 0, None);
     assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
     assert_eq!(entry_event(&vmcs), (Some(0x8000_0B11), Some(0)));
@@ -674,7 +710,7 @@ fn ac_is_reflected_with_error_code_zero_and_icebp_keeps_its_type_and_length() {
 
 #[test]
 fn nmis_are_the_hosts_counted_and_never_injected() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     for _ in 0..2 {
         let mut vmcs = exception_exited(event(2, 2, false), 0, None);
         assert_eq!(run(&mut vmcs, &mut vcpu, &mut ram, &mut host), Next::Resume);
@@ -685,7 +721,7 @@ fn nmis_are_the_hosts_counted_and_never_injected() {
 
 #[test]
 fn interrupted_delivery_is_reinjected_with_type_error_code_and_length() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     // An exit during delivery of INT 0x80 (software interrupt, CD 80): re-injected with its length.
     let mut vmcs = exited(52, 0, 2);
     vmcs.set(
@@ -717,7 +753,7 @@ fn interrupted_delivery_is_reinjected_with_type_error_code_and_length() {
 
 #[test]
 fn a_handlers_exception_during_delivery_follows_the_double_fault_rules() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     // #GP from WRMSR to an unknown MSR, with a #PF being delivered: contributory after a page fault
     // is a double fault, #DF(0).
     let mut vmcs = exited(32, 0, 2);
@@ -744,7 +780,7 @@ fn a_handlers_exception_during_delivery_follows_the_double_fault_rules() {
 
 #[test]
 fn an_interrupt_whose_delivery_raised_a_db_is_delivered_after_it() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     let mut vmcs = exception_exited(DB_TRAP, 0b1, Some((event(0, 0x41, false), 0)));
     run(&mut vmcs, &mut vcpu, &mut ram, &mut host);
     assert_eq!(entry_event(&vmcs).0, Some(u64::from(DB_TRAP)), "#DB first");
@@ -764,8 +800,8 @@ fn an_interrupt_whose_delivery_raised_a_db_is_delivered_after_it() {
 #[test]
 fn an_exception_recurring_in_its_own_delivery_stops_the_guest() {
     for (info, name) in [(DB_TRAP, "#DB"), (AC, "#AC")] {
-        let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
-        let round = |vcpu: &mut Vcpu, ram: &mut Vec<u8>, host: &mut FakeHost| {
+        let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
+        let round = |vcpu: &mut TestGuest, ram: &mut Vec<u8>, host: &mut FakeHost| {
             let mut vmcs = exception_exited(info, 0, Some((info, 0)));
             run(&mut vmcs, vcpu, ram, host)
         };
@@ -791,12 +827,12 @@ fn a_db_trap_at_its_own_gate_after_every_delivery_stops_the_guest() {
     // A data breakpoint on the IST slot #DB delivery pushes to: each delivery completes, then traps
     // again before the handler's first instruction, so the exit carries no IDT-vectoring information
     // and RIP is the #DB gate's target.
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     let gate = 0x3000 + 16;
     ram[gate..gate + 2].copy_from_slice(&(RIP as u16).to_le_bytes());
     ram[gate + 6..gate + 8].copy_from_slice(&((RIP >> 16) as u16).to_le_bytes());
     ram[gate + 8..gate + 12].copy_from_slice(&((RIP >> 32) as u32).to_le_bytes());
-    let round = |vcpu: &mut Vcpu, ram: &mut Vec<u8>, host: &mut FakeHost, rip: u64| {
+    let round = |vcpu: &mut TestGuest, ram: &mut Vec<u8>, host: &mut FakeHost, rip: u64| {
         let mut vmcs = exception_exited(DB_TRAP, 0b1, None);
         vmcs.set(VmcsNatural::GuestIdtrBase as u32, 0x3000);
         vmcs.set(Vmcs32::GuestIdtrLimit as u32, 0xFFF);
@@ -819,7 +855,7 @@ fn a_db_trap_at_its_own_gate_after_every_delivery_stops_the_guest() {
 
 #[test]
 fn vmcall_from_cpl3_is_ud_and_does_nothing() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
     let mut vmcs = exited(18, 0, 3);
     // SS access rights: data, DPL 3 (bits 6:5), present, 32-bit, 4 KiB granularity.
     vmcs.set(Vmcs32::GuestSsAccessRights as u32, 0xC0F3);
@@ -837,7 +873,7 @@ fn vmcall_from_cpl3_is_ud_and_does_nothing() {
     );
 }
 
-fn wrmsr(vcpu: &mut Vcpu, msr: u32, value: u64) -> FakeVmcs {
+fn wrmsr(vcpu: &mut TestGuest, msr: u32, value: u64) -> FakeVmcs {
     let (mut ram, mut host) = (ram(), FakeHost::default());
     let mut vmcs = exited(32, 0, 2);
     vcpu.regs.rcx = msr.into();
@@ -849,7 +885,7 @@ fn wrmsr(vcpu: &mut Vcpu, msr: u32, value: u64) -> FakeVmcs {
 
 #[test]
 fn invalid_msr_writes_are_gp_and_valid_ones_land() {
-    let mut vcpu = Vcpu::default();
+    let mut vcpu = TestGuest::default();
     // EFER: SVME (bit 12) is reserved on Intel; SCE is fine.
     let vmcs = wrmsr(&mut vcpu, 0xC000_0080, 0xD00 | 1 << 12);
     assert!(injected_gp(&vmcs));
@@ -886,7 +922,7 @@ fn invalid_msr_writes_are_gp_and_valid_ones_land() {
 
 /// A MOV to CR4 from RAX (qualification: CR 4, type 0, register 0; SDM Table 28-3) with CR4 as the
 /// runner sets it up: VMXE fixed (host-owned), the guest's PAE in the shadow.
-fn mov_to_cr4(vcpu: &mut Vcpu, value: u64) -> FakeVmcs {
+fn mov_to_cr4(vcpu: &mut TestGuest, value: u64) -> FakeVmcs {
     let (mut ram, mut host) = (ram(), FakeHost::default());
     let mut vmcs = exited(28, 4, 3);
     vcpu.cr4_fixed = (1 << 13, 0x003F_FFFF);
@@ -901,7 +937,7 @@ fn mov_to_cr4(vcpu: &mut Vcpu, value: u64) -> FakeVmcs {
 
 #[test]
 fn cr4_writes_of_hidden_or_reserved_bits_are_gp() {
-    let mut vcpu = Vcpu::default();
+    let mut vcpu = TestGuest::default();
     for bad in [1u64 << 13, 1 << 14, 1 << 15, 1 << 26, 1 << 40] {
         let vmcs = mov_to_cr4(&mut vcpu, 1 << 5 | bad);
         assert!(injected_gp(&vmcs), "CR4 bit {}", bad.trailing_zeros());
@@ -923,16 +959,17 @@ fn cr4_writes_of_hidden_or_reserved_bits_are_gp() {
 
 #[test]
 fn xsetbv_is_checked_then_performed_in_the_host() {
-    let (mut vcpu, mut ram, mut host) = (Vcpu::default(), ram(), FakeHost::default());
-    let xsetbv = |vcpu: &mut Vcpu, host: &mut FakeHost, ram: &mut Vec<u8>, cr4: u64, ecx, value| {
-        let mut vmcs = exited(55, 0, 3);
-        vmcs.set(VmcsNatural::GuestCr4 as u32, cr4);
-        vcpu.regs.rcx = ecx;
-        vcpu.regs.rax = value;
-        vcpu.regs.rdx = 0;
-        assert_eq!(run(&mut vmcs, vcpu, ram, host), Next::Resume);
-        vmcs
-    };
+    let (mut vcpu, mut ram, mut host) = (TestGuest::default(), ram(), FakeHost::default());
+    let xsetbv =
+        |vcpu: &mut TestGuest, host: &mut FakeHost, ram: &mut Vec<u8>, cr4: u64, ecx, value| {
+            let mut vmcs = exited(55, 0, 3);
+            vmcs.set(VmcsNatural::GuestCr4 as u32, cr4);
+            vcpu.regs.rcx = ecx;
+            vcpu.regs.rax = value;
+            vcpu.regs.rdx = 0;
+            assert_eq!(run(&mut vmcs, vcpu, ram, host), Next::Resume);
+            vmcs
+        };
     const OSXSAVE: u64 = 1 << 18 | 1 << 5;
     let vmcs = xsetbv(&mut vcpu, &mut host, &mut ram, OSXSAVE, 0, 3);
     assert_eq!((host.xcr0.as_slice(), rip(&vmcs)), (&[3][..], RIP + 3));
@@ -960,7 +997,7 @@ fn xsetbv_is_checked_then_performed_in_the_host() {
     assert_ne!(vcpu.regs.rcx & 1 << 27, 0);
 }
 
-fn rdmsr(vcpu: &mut Vcpu, msr: u32) -> (FakeVmcs, u64) {
+fn rdmsr(vcpu: &mut TestGuest, msr: u32) -> (FakeVmcs, u64) {
     let (mut ram, mut host) = (ram(), FakeHost::default());
     let mut vmcs = exited(31, 0, 2);
     vcpu.regs.rcx = msr.into();
@@ -971,7 +1008,7 @@ fn rdmsr(vcpu: &mut Vcpu, msr: u32) -> (FakeVmcs, u64) {
 
 #[test]
 fn msrs_linux_reads_agree_with_cpuid() {
-    let mut vcpu = Vcpu::default();
+    let mut vcpu = TestGuest::default();
     // Fast strings on (ERMS and FSRM stay valid), BTS and PEBS unavailable.
     assert_eq!(rdmsr(&mut vcpu, 0x1A0).1, 0x1801);
     // Writes change nothing (Linux may try to clear bits it finds set).
@@ -997,7 +1034,7 @@ fn msrs_linux_reads_agree_with_cpuid() {
 
 #[test]
 fn msrs_of_hidden_features_are_gp() {
-    let mut vcpu = Vcpu::default();
+    let mut vcpu = TestGuest::default();
     // TSC_ADJUST, SPEC_CTRL, PRED_CMD, ARCH_CAPABILITIES, FLUSH_CMD, PLATFORM_INFO, APERF, MPERF,
     // MTRRcap, PERF_CAPABILITIES, HWP (PM_ENABLE, CAPABILITIES, REQUEST), MTRRdefType, KVM's
     // system time and wall clock (both ranges).
@@ -1030,7 +1067,7 @@ fn msrs_of_hidden_features_are_gp() {
 
 #[test]
 fn tsc_deadline_msr_reaches_the_virtual_x2apic() {
-    let mut vcpu = Vcpu::default();
+    let mut vcpu = TestGuest::default();
     let now = FakeHost::default().rdtsc();
     // Outside TSC-deadline mode the MSR reads 0 and ignores writes (SDM Vol. 3A 11.5.4.1).
     wrmsr(&mut vcpu, 0x6E0, now + 1000);
@@ -1051,8 +1088,8 @@ fn tsc_deadline_msr_reaches_the_virtual_x2apic() {
 #[test]
 fn cpuid_exit_uses_the_policy_and_ospke_follows_cr4() {
     let (mut ram, mut host) = (ram(), FakeHost::default());
-    let mut vcpu = Vcpu::default();
-    let mut cpuid = |vcpu: &mut Vcpu, leaf: u64, subleaf: u64, cr4: u64| {
+    let mut vcpu = TestGuest::default();
+    let mut cpuid = |vcpu: &mut TestGuest, leaf: u64, subleaf: u64, cr4: u64| {
         let mut vmcs = exited(10, 0, 2);
         vmcs.set(VmcsNatural::GuestCr4 as u32, cr4);
         (vcpu.regs.rax, vcpu.regs.rcx) = (leaf, subleaf);
