@@ -357,8 +357,7 @@ mod kernel {
             log::info!(
                 "host timer: {} ticks so far (TSC {})",
                 hypervisor::arch::host_irq::timer_ticks(),
-                // SAFETY: RDTSC at CPL 0.
-                unsafe { core::arch::x86_64::_rdtsc() }
+                hypervisor::arch::cpu::rdtsc()
             );
             results.record(name, summary::judge_guest(guest, &report.end));
         }

@@ -6,6 +6,7 @@
 //! guest stay pending in the LAPIC for the guest.
 
 use super::apic::{self, HOST_ONLY_TPR};
+use super::cpu::rdtsc;
 use crate::virq::vector_set::VectorSet;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -129,10 +130,6 @@ pub fn drain_host_vectors() -> u32 {
 /// TSC ticks between two host timer interrupts, measured from the interrupts themselves; `None` if
 /// two ticks do not arrive within `limit_tsc`.
 pub fn measure_timer_period(limit_tsc: u64) -> Option<u64> {
-    let rdtsc = || {
-        // SAFETY: RDTSC at CPL 0.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    };
     let start = rdtsc();
     let next_tick = |after: u64| loop {
         service_pending();

@@ -6,7 +6,6 @@
 use crate::caps::vmx::{feature_control, msr, VmxCaps};
 use core::arch::asm;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
-use x86_64::registers::model_specific::Msr;
 
 /// Why VMX could not be turned on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +42,12 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
     unsafe {
         // SDM 24.7: VMXON needs IA32_FEATURE_CONTROL locked with "VMX outside SMX"; firmware (OVMF under
         // Bochs) may leave it unlocked, and then we lock it ourselves.
-        let mut fc = Msr::new(msr::IA32_FEATURE_CONTROL);
-        let value = fc.read();
+        let value = super::msr::read(msr::IA32_FEATURE_CONTROL);
         if value & feature_control::LOCK == 0 {
-            fc.write(value | feature_control::LOCK | feature_control::VMX_OUTSIDE_SMX);
+            super::msr::write(
+                msr::IA32_FEATURE_CONTROL,
+                value | feature_control::LOCK | feature_control::VMX_OUTSIDE_SMX,
+            );
         } else if value & feature_control::VMX_OUTSIDE_SMX == 0 {
             return Err(VmxOnError::DisabledByFirmware);
         }

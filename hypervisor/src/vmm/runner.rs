@@ -683,11 +683,9 @@ fn tsc_per_ms() -> u64 {
 
 /// Busy-waits about `ms` milliseconds of TSC time.
 fn wait_ms(ms: u32) {
-    // SAFETY: RDTSC at CPL 0.
-    let start = unsafe { core::arch::x86_64::_rdtsc() };
+    let start = crate::arch::cpu::rdtsc();
     let ticks = tsc_per_ms() * u64::from(ms);
-    // SAFETY: as above.
-    while unsafe { core::arch::x86_64::_rdtsc() } - start < ticks {
+    while crate::arch::cpu::rdtsc() - start < ticks {
         core::hint::spin_loop();
     }
 }
