@@ -1,8 +1,8 @@
-//! The machine itself: serial console, descriptor tables, exception entry, power-off, and the
-//! typed wrappers through which the rest of the kernel executes CPU instructions and reaches I/O
-//! ports (`cpu`: CPUID and RDTSC; `msr`: RDMSR/WRMSR; `port`; `mmio` for run-time-sized device
-//! accesses). This is where the kernel's `unsafe` and assembly live; each piece is small and
-//! documented.
+//! The machine itself: serial console, per-CPU state and descriptor tables, exception entry,
+//! power-off, and the typed wrappers through which the rest of the kernel executes CPU
+//! instructions and reaches I/O ports (`cpu`: CPUID and RDTSC; `msr`: RDMSR/WRMSR; `port`;
+//! `mmio` for run-time-sized device accesses). This is where the kernel's `unsafe` and assembly
+//! live; each piece is small and documented.
 
 pub mod apic;
 pub mod cpu;
@@ -16,6 +16,7 @@ pub mod host_irq;
 pub mod irq_probe;
 pub mod mmio;
 pub mod msr;
+pub mod percpu;
 pub mod port;
 pub mod power;
 pub mod serial;

@@ -29,10 +29,12 @@ impl core::fmt::Display for VmxOnError {
     }
 }
 
-/// Turns VMX operation on, using the zeroed 4 KiB frame at `vmxon_region` (SDM Vol. 3C 24.7-24.8).
+/// Turns VMX operation on, using the zeroed 4 KiB frame at `vmxon_region` (SDM Vol. 3C 24.7-24.8),
+/// and records the region in the running CPU's per-CPU area (`percpu`), which owns it from then on.
 ///
 /// # Safety
-/// `vmxon_region` must be an identity-mapped, 4 KiB-aligned frame owned by the caller for as long as VMX is on.
+/// `vmxon_region` must be an identity-mapped, 4 KiB-aligned frame owned by the caller for as long as VMX is on;
+/// once per CPU.
 pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError> {
     // SAFETY: we run at CPL 0 (the kernel), so the MSR and CR accesses are allowed; CR0/CR4 only
     // gain the bits VMX operation requires (the fixed bits from `caps`) plus CR4.VMXE, which leaves
@@ -65,6 +67,9 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
             return Err(VmxOnError::VmxonFailed);
         }
     }
+    // The region belongs to this CPU for as long as VMX is on (SDM 24.11.5: software must not
+    // touch it then); its area keeps it.
+    super::percpu::current().set_vmxon_region(vmxon_region);
     Ok(())
 }
 
