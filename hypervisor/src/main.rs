@@ -21,7 +21,7 @@ mod kernel {
     use exitless_abi::boot_info::BootInfo;
     use exitless_abi::boot_info::Module;
     use exitless_abi::protocol::{self, Outcome};
-    use hypervisor::arch::{apic, exceptions, gdt, power, serial};
+    use hypervisor::arch::{apic, exceptions, gdt, percpu, power, serial};
     use hypervisor::caps::{cpu::CpuInfo, vmx::VmxCaps};
     use hypervisor::config::{Config, SelfTest};
     use hypervisor::iommu::{BringUpOptions, DmaRemapping, Iommu};
@@ -38,8 +38,8 @@ mod kernel {
     #[global_allocator]
     static HEAP: LockedHeap = LockedHeap::empty();
 
-    /// The only kernel stack (interrupts and exceptions other than #DF/NMI/#MC run on it too).
-    const BOOT_STACK_SIZE: usize = 256 * 1024;
+    /// The boot CPU's kernel stack (interrupts and exceptions other than #DF/NMI/#MC run on it too).
+    const BOOT_STACK_SIZE: usize = percpu::KERNEL_STACK_SIZE;
 
     #[repr(C, align(16))]
     struct BootStack([u8; BOOT_STACK_SIZE]);
@@ -66,7 +66,11 @@ mod kernel {
         serial::init(log::LevelFilter::Info);
         println!();
         println!("Exitless {} hypervisor", env!("CARGO_PKG_VERSION"));
-        let selectors = gdt::init();
+        let boot_stack = &raw const BOOT_STACK as u64;
+        let selectors = percpu::init_boot_cpu(percpu::KernelStack {
+            bottom: boot_stack,
+            top: boot_stack + BOOT_STACK_SIZE as u64,
+        });
         exceptions::init();
 
         // SAFETY: the loader passes the physical (identity-mapped) address of a BootInfo in rdi.
@@ -360,8 +364,7 @@ mod kernel {
             log::info!(
                 "host timer: {} ticks so far (TSC {})",
                 hypervisor::arch::host_irq::timer_ticks(),
-                // SAFETY: RDTSC at CPL 0.
-                unsafe { core::arch::x86_64::_rdtsc() }
+                hypervisor::arch::cpu::rdtsc()
             );
             results.record(name, summary::judge_guest(guest, &report.end));
         }

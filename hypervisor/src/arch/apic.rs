@@ -3,8 +3,6 @@
 
 use super::msr::{self, x2apic};
 use crate::virq::vector_set::VectorSet;
-use x86_64::instructions::port::Port;
-use x86_64::registers::model_specific::Msr;
 
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const APIC_BASE_X2APIC: u64 = 1 << 10;
@@ -30,7 +28,7 @@ pub const HOST_ONLY_TPR: u8 = HOST_PRIORITY_FLOOR - 0x10;
 
 /// Whether the CPU has an x2APIC (CPUID.1:ECX bit 21).
 pub fn has_x2apic() -> bool {
-    core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0
+    super::cpu::cpuid(1, 0)[2] & (1 << 21) != 0
 }
 
 /// Switches the local APIC to x2APIC mode, software-enables it, masks LINT0/LINT1/error and returns its ID.
@@ -42,17 +40,16 @@ pub unsafe fn enable_x2apic() -> u32 {
     // so the MSR accesses are allowed and switching to x2APIC mode (SDM 11.12.1 order) cannot
     // strand an interrupt; WRMSR and RDMSR touch no memory.
     unsafe {
-        let mut base = Msr::new(msr::APIC_BASE);
         // SDM 11.12.1: xAPIC enabled first (or together), then EXTD.
-        let value = base.read() | APIC_BASE_ENABLE;
-        base.write(value);
-        base.write(value | APIC_BASE_X2APIC);
-        Msr::new(x2apic::SVR).write(SVR_ENABLE | u64::from(SPURIOUS_VECTOR));
+        let value = msr::read(msr::APIC_BASE) | APIC_BASE_ENABLE;
+        msr::write(msr::APIC_BASE, value);
+        msr::write(msr::APIC_BASE, value | APIC_BASE_X2APIC);
+        msr::write(x2apic::SVR, SVR_ENABLE | u64::from(SPURIOUS_VECTOR));
         for lvt in [x2apic::LVT_LINT0, x2apic::LVT_LINT1, x2apic::LVT_ERROR] {
-            Msr::new(lvt).write(LVT_MASKED);
+            msr::write(lvt, LVT_MASKED);
         }
-        Msr::new(x2apic::TPR).write(0);
-        Msr::new(x2apic::ID).read() as u32
+        msr::write(x2apic::TPR, 0);
+        msr::read(x2apic::ID) as u32
     }
 }
 
@@ -60,28 +57,31 @@ pub unsafe fn enable_x2apic() -> u32 {
 #[inline(always)]
 pub fn eoi() {
     // SAFETY: x2APIC mode is on (enable_x2apic ran before any interrupt was unmasked); writing 0 is EOI.
-    unsafe { Msr::new(x2apic::EOI).write(0) }
+    unsafe { msr::write(x2apic::EOI, 0) }
 }
 
 /// The task-priority register.
 pub fn tpr() -> u8 {
     // SAFETY: x2APIC mode is on; reading TPR has no effect.
-    unsafe { Msr::new(x2apic::TPR).read() as u8 }
+    unsafe { msr::read(x2apic::TPR) as u8 }
 }
 
 /// Sets the task-priority register (only vectors of a higher priority class are delivered).
 pub fn set_tpr(tpr: u8) {
     // SAFETY: x2APIC mode is on; TPR only gates delivery.
-    unsafe { Msr::new(x2apic::TPR).write(u64::from(tpr)) }
+    unsafe { msr::write(x2apic::TPR, u64::from(tpr)) }
 }
 
 /// Starts the periodic host timer: `count` timer ticks (bus clock / 16) between interrupts.
 pub fn start_periodic_timer(count: u32) {
     // SAFETY: x2APIC mode is on; the host owns the LAPIC timer (guests cannot reach it: its MSRs exit).
     unsafe {
-        Msr::new(x2apic::TIMER_DIVIDE).write(TIMER_DIVIDE_BY_16);
-        Msr::new(x2apic::LVT_TIMER).write(LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR));
-        Msr::new(x2apic::TIMER_INITIAL_COUNT).write(u64::from(count));
+        msr::write(x2apic::TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+        msr::write(
+            x2apic::LVT_TIMER,
+            LVT_TIMER_PERIODIC | u64::from(HOST_TIMER_VECTOR),
+        );
+        msr::write(x2apic::TIMER_INITIAL_COUNT, u64::from(count));
     }
 }
 
@@ -90,20 +90,20 @@ pub fn start_periodic_timer(count: u32) {
 pub fn mask_timer(masked: bool) {
     // SAFETY: x2APIC mode is on; the host owns the LAPIC timer.
     unsafe {
-        let mut lvt = Msr::new(x2apic::LVT_TIMER);
-        let value = lvt.read();
-        lvt.write(if masked {
+        let value = msr::read(x2apic::LVT_TIMER);
+        let value = if masked {
             value | LVT_MASKED
         } else {
             value & !LVT_MASKED
-        });
+        };
+        msr::write(x2apic::LVT_TIMER, value);
     }
 }
 
 fn read_vector_bits(first: u32) -> VectorSet {
     // SAFETY: x2APIC mode is on; ISR/TMR/IRR are read-only and reading them has no effect.
     VectorSet::from_lapic_words(core::array::from_fn(|i| unsafe {
-        Msr::new(first + i as u32).read() as u32
+        msr::read(first + i as u32) as u32
     }))
 }
 
@@ -125,27 +125,22 @@ pub fn trigger_mode() -> VectorSet {
 /// Whether a host vector is requested or in service, reading only the word that holds them.
 pub fn host_vector_pending() -> bool {
     // SAFETY: as in `read_vector_bits`.
-    let (isr, irr) = unsafe {
-        (
-            Msr::new(x2apic::ISR0 + 7).read(),
-            Msr::new(x2apic::IRR0 + 7).read(),
-        )
-    };
+    let (isr, irr) = unsafe { (msr::read(x2apic::ISR0 + 7), msr::read(x2apic::IRR0 + 7)) };
     (isr | irr) & (0xFFFF << 16) != 0
 }
 
 /// A fixed, edge-triggered interrupt on `vector` to this CPU (x2APIC SELF IPI, SDM 11.12.11).
 pub fn self_ipi(vector: u8) {
     // SAFETY: x2APIC mode is on; the host IDT has a gate for every vector it sends itself.
-    unsafe { Msr::new(x2apic::SELF_IPI).write(u64::from(vector)) }
+    unsafe { msr::write(x2apic::SELF_IPI, u64::from(vector)) }
 }
 
 /// Masks both 8259 PICs: interrupts come through the IOAPIC only.
 pub fn mask_legacy_pics() {
     // SAFETY: the PICs' interrupt-mask registers; masking every line has no other effect.
     unsafe {
-        Port::<u8>::new(0x21).write(0xFF);
-        Port::<u8>::new(0xA1).write(0xFF);
+        super::port::write::<u8>(0x21, 0xFF);
+        super::port::write::<u8>(0xA1, 0xFF);
     }
 }
 

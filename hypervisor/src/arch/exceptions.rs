@@ -143,7 +143,8 @@ pub fn init() {
         let stubs = unsafe { &exception_stub_table };
         let at = |v: usize| VirtAddr::new(stubs[v]);
         // SAFETY: each address is an exception stub that never returns to a wrong frame (it stops the CPU),
-        // and the IST indices name stacks installed by `gdt::init`.
+        // and the IST indices name stacks every CPU's TSS holds (`percpu`). One IDT serves all CPUs:
+        // an IST index selects a stack in the TSS of the CPU the event arrives on.
         unsafe {
             idt.divide_error.set_handler_addr(at(0));
             idt.debug.set_handler_addr(at(1));

@@ -7,7 +7,6 @@
 
 use crate::vmx::msr_policy;
 use x86_64::registers::control::{Cr4, Cr4Flags};
-use x86_64::registers::model_specific::Msr;
 
 /// XCR0 components the host enables so that one XRSTOR can put all of them in their initial state: x87,
 /// SSE, AVX and the three AVX-512 components (SDM Vol. 1 13.1), those the CPU supports.
@@ -42,7 +41,7 @@ static INITIAL_STATE: InitialState = {
 
 /// The XCR0 components the host can reset: the CPU's supported ones (CPUID.(EAX=0DH,ECX=0):EAX).
 fn resettable_components() -> u64 {
-    u64::from(core::arch::x86_64::__cpuid_count(0xD, 0).eax) & XCR0_RESETTABLE
+    u64::from(super::cpu::cpuid(0xD, 0)[0]) & XCR0_RESETTABLE
 }
 
 /// Turns on what the host needs to reset a guest's extended state: CR4.OSFXSR (FXRSTOR) and, where the
@@ -75,7 +74,7 @@ pub fn reset_for_next_guest() {
             options(nostack),
         );
         for msr in msr_policy::zeroed_by_guest_cpu_state() {
-            Msr::new(msr).write(0);
+            super::msr::write(msr, 0);
         }
         if Cr4::read().contains(Cr4Flags::OSXSAVE) {
             let all = resettable_components();

@@ -4,18 +4,24 @@
 //! The host keeps interrupts off except in [`service_pending`], a short window in which only host
 //! vectors can be delivered (TPR raised to the host's priority class), so interrupts that belong to a
 //! guest stay pending in the LAPIC for the guest.
+//!
+//! What they count is the running CPU's (`percpu::HostIrqCounters`): each CPU takes its own
+//! timer's interrupts, and the VT-d fault events go to the CPU they are routed to (the boot CPU,
+//! which drains the units' fault records).
 
 use super::apic::{self, HOST_ONLY_TPR};
+use super::cpu::rdtsc;
+use super::percpu::{self, HostIrqCounters};
 use crate::virq::vector_set::VectorSet;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
-static DMA_FAULT_EVENTS: AtomicU64 = AtomicU64::new(0);
-static STRAY_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+fn counters() -> &'static HostIrqCounters {
+    percpu::current().irq_counters()
+}
 
 /// Host ticks that the host clock counted while a guest ran (the LAPIC timer is masked then).
 pub fn add_timer_ticks(ticks: u64) {
-    TIMER_TICKS.fetch_add(ticks, Ordering::Relaxed);
+    counters().timer_ticks.fetch_add(ticks, Ordering::Relaxed);
 }
 
 /// What [`scrub_after_guest`] did, and what it could not undo.
@@ -54,7 +60,7 @@ pub fn scrub_after_guest() -> LapicScrub {
         scrub.completed += 1;
     }
     apic::set_tpr(0);
-    let before = STRAY_INTERRUPTS.load(Ordering::Relaxed);
+    let before = counters().stray_interrupts.load(Ordering::Relaxed);
     for _ in 0..256 {
         if apic::requested().is_empty() {
             break;
@@ -70,7 +76,7 @@ pub fn scrub_after_guest() -> LapicScrub {
         take_one_interrupt();
         scrub.tmr_cleared += 1;
     }
-    scrub.discarded = (STRAY_INTERRUPTS.load(Ordering::Relaxed) - before) as u32;
+    scrub.discarded = (counters().stray_interrupts.load(Ordering::Relaxed) - before) as u32;
     scrub.left = [apic::in_service(), apic::requested(), apic::trigger_mode()];
     scrub
 }
@@ -84,26 +90,27 @@ fn take_one_interrupt() {
 
 /// Host timer interrupts taken so far, however they arrived (through the host IDT, or as a VM exit).
 pub fn timer_ticks() -> u64 {
-    TIMER_TICKS.load(Ordering::Relaxed)
+    counters().timer_ticks.load(Ordering::Relaxed)
 }
 
 /// Accounts one host timer interrupt; the caller has it in service and EOIs it.
 pub fn timer_tick() {
-    TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    counters().timer_ticks.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Accounts one VT-d fault event interrupt; the caller has it in service and EOIs it. The fault
 /// records are read later, by whoever owns the units ([`take_dma_fault_events`]).
 pub fn dma_fault_event() {
-    DMA_FAULT_EVENTS.fetch_add(1, Ordering::Relaxed);
+    counters().dma_fault_events.fetch_add(1, Ordering::Relaxed);
 }
 
 /// VT-d fault events since the last call: non-zero means the units' fault records need draining.
 pub fn take_dma_fault_events() -> u64 {
     // Called after every VM exit: a plain load keeps the locked swap off that path.
-    match DMA_FAULT_EVENTS.load(Ordering::Relaxed) {
+    let events = &counters().dma_fault_events;
+    match events.load(Ordering::Relaxed) {
         0 => 0,
-        _ => DMA_FAULT_EVENTS.swap(0, Ordering::Relaxed),
+        _ => events.swap(0, Ordering::Relaxed),
     }
 }
 
@@ -129,10 +136,6 @@ pub fn drain_host_vectors() -> u32 {
 /// TSC ticks between two host timer interrupts, measured from the interrupts themselves; `None` if
 /// two ticks do not arrive within `limit_tsc`.
 pub fn measure_timer_period(limit_tsc: u64) -> Option<u64> {
-    let rdtsc = || {
-        // SAFETY: RDTSC at CPL 0.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    };
     let start = rdtsc();
     let next_tick = |after: u64| loop {
         service_pending();
@@ -202,7 +205,7 @@ extern "C" {
 
 /// A guest's vector that reached the host (left over when the guest ended): complete and drop it.
 extern "C" fn stray_interrupt() {
-    STRAY_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    counters().stray_interrupts.fetch_add(1, Ordering::Relaxed);
     apic::eoi();
 }
 

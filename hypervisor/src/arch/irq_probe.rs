@@ -11,9 +11,7 @@
 //! old IDT, LVT entries and PIC masks. Interrupts are enabled only inside [`IrqProbe::wait`].
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use x86_64::instructions::port::Port;
 use x86_64::instructions::tables::{lidt, sidt};
-use x86_64::registers::model_specific::Msr;
 use x86_64::structures::idt::InterruptDescriptorTable;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
@@ -101,7 +99,7 @@ impl IrqProbe {
     /// until the probe is dropped.
     pub unsafe fn install() -> Option<IrqProbe> {
         // SAFETY: IA32_APIC_BASE exists on every CPU with a local APIC (SDM Vol. 3A 11.4.4).
-        let apic_base = unsafe { Msr::new(super::msr::APIC_BASE).read() };
+        let apic_base = unsafe { super::msr::read(super::msr::APIC_BASE) };
         if apic_base & APIC_GLOBAL_ENABLE == 0 || apic_base & APIC_X2APIC_MODE != 0 {
             return None;
         }
@@ -138,11 +136,10 @@ impl IrqProbe {
             saved_pic: [0; 2],
         };
         for (slot, port) in probe.saved_pic.iter_mut().zip(PIC_MASK_PORTS) {
-            let mut port = Port::<u8>::new(port);
             // SAFETY: the PIC mask registers; masking every line only stops legacy interrupts.
             unsafe {
-                *slot = port.read();
-                port.write(0xFF);
+                *slot = super::port::read::<u8>(port);
+                super::port::write::<u8>(port, 0xFF);
             }
         }
         for (i, reg) in LVT.into_iter().enumerate() {
@@ -212,7 +209,7 @@ impl Drop for IrqProbe {
         self.write(SVR, self.saved_svr);
         for (value, port) in self.saved_pic.into_iter().zip(PIC_MASK_PORTS) {
             // SAFETY: restores the masks read in `install`.
-            unsafe { Port::<u8>::new(port).write(value) };
+            unsafe { super::port::write::<u8>(port, value) };
         }
     }
 }

@@ -1,6 +1,38 @@
-//! MSR indices, each written once (SDM Vol. 4 Table 2-2, "IA-32 Architectural MSRs", unless said
-//! otherwise). Pure constants: what the host does with them lives with the code that reads or
-//! writes them, and which ones a guest reaches without an exit is `vmx::msr_policy`.
+//! MSRs: their indices, each written once (SDM Vol. 4 Table 2-2, "IA-32 Architectural MSRs", unless
+//! said otherwise), and [`read`]/[`write`], the kernel's only RDMSR and WRMSR. What the host does
+//! with each MSR lives with the code that reads or writes it, and which ones a guest reaches
+//! without an exit is `vmx::msr_policy`.
+
+/// RDMSR of `index` (SDM Vol. 2B RDMSR).
+///
+/// # Safety
+/// CPL 0, and the MSR must exist on this CPU (else #GP); reading it must have no effect the caller
+/// has not accounted for.
+#[inline]
+pub unsafe fn read(index: u32) -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: the caller's contract; RDMSR only writes EDX:EAX.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") index, out("eax") low, out("edx") high,
+            options(nomem, nostack, preserves_flags));
+    }
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// WRMSR of `value` to `index` (SDM Vol. 2B WRMSR).
+///
+/// # Safety
+/// CPL 0, the MSR must exist and accept `value` (else #GP), and the write's effect on the CPU must
+/// be the caller's intent.
+#[inline]
+pub unsafe fn write(index: u32, value: u64) {
+    // SAFETY: the caller's contract. Not `nomem`: a WRMSR can change how memory is reached (PAT,
+    // EFER, GS base), so the compiler must not move memory accesses across it.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags));
+    }
+}
 
 /// IA32_TIME_STAMP_COUNTER (Table 2-2; SDM Vol. 3B 18.17).
 pub const TSC: u32 = 0x10;

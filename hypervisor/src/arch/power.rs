@@ -5,9 +5,9 @@
 //! works on real firmware because the kernel keeps the firmware's identity map and never calls
 //! `SetVirtualAddressMap` (UEFI spec 8.5.1), then halt.
 
+use super::port;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use exitless_abi::protocol;
-use x86_64::instructions::port::Port;
 
 /// QEMU `-device isa-debug-exit,iobase=0xf4,iosize=0x04`: writing v exits QEMU with (v << 1) | 1.
 const QEMU_DEBUG_EXIT_PORT: u16 = 0xF4;
@@ -40,10 +40,9 @@ pub fn power_off(code: u32) -> ! {
         // SAFETY: test images run only under QEMU (isa-debug-exit) or Bochs (shutdown port), and
         // writing these ports there ends the emulation; we are stopping anyway.
         unsafe {
-            Port::<u32>::new(QEMU_DEBUG_EXIT_PORT).write(code);
-            let mut bochs = Port::<u8>::new(BOCHS_SHUTDOWN_PORT);
+            port::write::<u32>(QEMU_DEBUG_EXIT_PORT, code);
             for byte in *b"Shutdown" {
-                bochs.write(byte);
+                port::write::<u8>(BOCHS_SHUTDOWN_PORT, byte);
             }
         }
     }

@@ -6,7 +6,6 @@
 use core::fmt::{self, Write};
 use spin::Mutex;
 use uart_16550::SerialPort;
-use x86_64::instructions::port::Port;
 
 const COM1: u16 = 0x3F8;
 /// Line status register, bit 6: transmitter empty (holding register and shift register both idle).
@@ -44,10 +43,9 @@ pub fn print_emergency(args: fmt::Arguments<'_>) {
 
 /// Waits until the UART has sent every byte, so nothing is lost when the machine powers off.
 pub fn drain() {
-    let mut lsr: Port<u8> = Port::new(COM1 + 5);
     for _ in 0..1_000_000 {
         // SAFETY: reading COM1's line status register has no side effects.
-        if unsafe { lsr.read() } & LSR_TRANSMITTER_EMPTY != 0 {
+        if unsafe { super::port::read::<u8>(COM1 + 5) } & LSR_TRANSMITTER_EMPTY != 0 {
             return;
         }
         core::hint::spin_loop();

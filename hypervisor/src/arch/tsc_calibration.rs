@@ -7,9 +7,10 @@
 //! on terminal count: OUT2 low until the count reaches 0, 8254 data sheet) with ~50 ms of ticks; the
 //! TSC is read when counting starts and when OUT2 rises.
 
+use super::cpu::{cpuid, rdtsc};
+use super::port;
 use crate::caps::tsc::{self, PitRun, TscRate, PIT_CALIBRATION_TICKS};
 use core::sync::atomic::{AtomicU64, Ordering};
-use x86_64::instructions::port::Port;
 
 /// Port 0x61, NMI status and control: bit 0 channel 2 gate, bit 1 speaker data enable, bit 5 OUT2.
 const PORT_B: u16 = 0x61;
@@ -29,12 +30,8 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// Measures the TSC rate (PIT first, CPUID as the fallback), keeps it for [`tsc_hz`], logs it and
 /// returns it. Call once, on the boot CPU, with interrupts off, before any guest runs.
 pub fn calibrate() -> TscRate {
-    let cpuid = |leaf| {
-        let r = core::arch::x86_64::__cpuid_count(leaf, 0);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    };
-    let max_basic = cpuid(0)[0];
-    let stated = tsc::cpuid_rate(max_basic, cpuid(0x15), cpuid(0x16));
+    let max_basic = cpuid(0, 0)[0];
+    let stated = tsc::cpuid_rate(max_basic, cpuid(0x15, 0), cpuid(0x16, 0));
     let rate = TscRate::choose(measure_against_pit().rate(), stated);
     TSC_HZ.store(rate.hz, Ordering::Relaxed);
     log::info!("tsc: {rate}");
@@ -45,50 +42,36 @@ pub fn calibrate() -> TscRate {
 pub fn tsc_hz() -> u64 {
     match TSC_HZ.load(Ordering::Relaxed) {
         0 => {
-            let r15 = core::arch::x86_64::__cpuid(0x15);
-            let r16 = core::arch::x86_64::__cpuid(0x16);
-            let max = core::arch::x86_64::__cpuid(0).eax;
-            let leaf = |r: core::arch::x86_64::CpuidResult| [r.eax, r.ebx, r.ecx, r.edx];
-            TscRate::choose(
-                Err("not calibrated"),
-                tsc::cpuid_rate(max, leaf(r15), leaf(r16)),
-            )
-            .hz
+            let max = cpuid(0, 0)[0];
+            let stated = tsc::cpuid_rate(max, cpuid(0x15, 0), cpuid(0x16, 0));
+            TscRate::choose(Err("not calibrated"), stated).hz
         }
         hz => hz,
     }
 }
 
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC is available at CPL 0 and has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
 fn measure_against_pit() -> PitRun {
-    let mut port_b = Port::<u8>::new(PORT_B);
-    let mut command = Port::<u8>::new(PIT_COMMAND);
-    let mut channel2 = Port::<u8>::new(PIT_CHANNEL2);
     let [low, high] = PIT_CALIBRATION_TICKS.to_le_bytes();
     // SAFETY: the PIT and port 0x61 are platform I/O the host owns at boot; channel 2 only drives
     // the speaker, which stays off, and port 0x61 gets its old value back.
     unsafe {
-        let saved = port_b.read();
-        port_b.write((saved & !PORT_B_SPEAKER) | PORT_B_GATE2);
-        command.write(CHANNEL2_MODE0_LOHI);
-        channel2.write(low);
-        channel2.write(high);
+        let saved: u8 = port::read(PORT_B);
+        port::write(PORT_B, (saved & !PORT_B_SPEAKER) | PORT_B_GATE2);
+        port::write(PIT_COMMAND, CHANNEL2_MODE0_LOHI);
+        port::write(PIT_CHANNEL2, low);
+        port::write(PIT_CHANNEL2, high);
         let start = rdtsc();
         let mut polls = 0;
         let mut risen = false;
         while polls < MAX_POLLS {
             polls += 1;
-            if port_b.read() & PORT_B_OUT2 != 0 {
+            if port::read::<u8>(PORT_B) & PORT_B_OUT2 != 0 {
                 risen = true;
                 break;
             }
         }
         let end = rdtsc();
-        port_b.write(saved);
+        port::write(PORT_B, saved);
         PitRun {
             tsc_ticks: end.wrapping_sub(start),
             pit_ticks: PIT_CALIBRATION_TICKS,

@@ -6,7 +6,6 @@
 use crate::caps::vmx::{feature_control, msr, VmxCaps};
 use core::arch::asm;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
-use x86_64::registers::model_specific::Msr;
 
 /// Why VMX could not be turned on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +29,12 @@ impl core::fmt::Display for VmxOnError {
     }
 }
 
-/// Turns VMX operation on, using the zeroed 4 KiB frame at `vmxon_region` (SDM Vol. 3C 24.7-24.8).
+/// Turns VMX operation on, using the zeroed 4 KiB frame at `vmxon_region` (SDM Vol. 3C 24.7-24.8),
+/// and records the region in the running CPU's per-CPU area (`percpu`), which owns it from then on.
 ///
 /// # Safety
-/// `vmxon_region` must be an identity-mapped, 4 KiB-aligned frame owned by the caller for as long as VMX is on.
+/// `vmxon_region` must be an identity-mapped, 4 KiB-aligned frame owned by the caller for as long as VMX is on;
+/// once per CPU.
 pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError> {
     // SAFETY: we run at CPL 0 (the kernel), so the MSR and CR accesses are allowed; CR0/CR4 only
     // gain the bits VMX operation requires (the fixed bits from `caps`) plus CR4.VMXE, which leaves
@@ -43,10 +44,12 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
     unsafe {
         // SDM 24.7: VMXON needs IA32_FEATURE_CONTROL locked with "VMX outside SMX"; firmware (OVMF under
         // Bochs) may leave it unlocked, and then we lock it ourselves.
-        let mut fc = Msr::new(msr::IA32_FEATURE_CONTROL);
-        let value = fc.read();
+        let value = super::msr::read(msr::IA32_FEATURE_CONTROL);
         if value & feature_control::LOCK == 0 {
-            fc.write(value | feature_control::LOCK | feature_control::VMX_OUTSIDE_SMX);
+            super::msr::write(
+                msr::IA32_FEATURE_CONTROL,
+                value | feature_control::LOCK | feature_control::VMX_OUTSIDE_SMX,
+            );
         } else if value & feature_control::VMX_OUTSIDE_SMX == 0 {
             return Err(VmxOnError::DisabledByFirmware);
         }
@@ -64,6 +67,9 @@ pub unsafe fn vmxon(caps: &VmxCaps, vmxon_region: u64) -> Result<(), VmxOnError>
             return Err(VmxOnError::VmxonFailed);
         }
     }
+    // The region belongs to this CPU for as long as VMX is on (SDM 24.11.5: software must not
+    // touch it then); its area keeps it.
+    super::percpu::current().set_vmxon_region(vmxon_region);
     Ok(())
 }
 

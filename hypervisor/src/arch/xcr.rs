@@ -12,7 +12,7 @@ pub const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Whether this CPU has XSAVE (and so XCR0).
 pub fn cpu_has_xsave() -> bool {
-    core::arch::x86_64::__cpuid(1).ecx & CPUID1_ECX_XSAVE != 0
+    super::cpu::cpuid(1, 0)[2] & CPUID1_ECX_XSAVE != 0
 }
 
 /// Whether the host can execute XSETBV right now (CR4.OSXSAVE is set).

@@ -133,9 +133,7 @@ fn family_model_stepping(eax: u32) -> (u32, u32, u32) {
 
 /// Executes CPUID on the running processor.
 pub fn read_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    // CPUID is available on every x86_64 processor and has no side effects (a safe intrinsic).
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    [r.eax, r.ebx, r.ecx, r.edx]
+    crate::arch::cpu::cpuid(leaf, subleaf)
 }
 
 #[cfg(test)]

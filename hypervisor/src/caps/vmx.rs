@@ -111,7 +111,7 @@ pub unsafe fn read_vmx_msrs() -> Option<VmxMsrs> {
     }
     Some(VmxMsrs::read_with(|index| {
         // SAFETY: CPL 0 is the caller's promise; `read_with` only asks for MSRs that exist.
-        unsafe { x86_64::registers::model_specific::Msr::new(index).read() }
+        unsafe { crate::arch::msr::read(index) }
     }))
 }
 

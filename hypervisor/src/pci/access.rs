@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use x86_64::instructions::port::Port;
+use crate::arch::port;
 
 use super::bdf::Bdf;
 use super::regs::{EXTENDED_CONFIG_SIZE, LEGACY_CONFIG_SIZE};
@@ -114,7 +114,7 @@ impl LegacyPorts {
         let _guard = self.lock.lock();
         // SAFETY: `new`'s contract gives us exclusive use of CONFIG_ADDRESS, and the lock
         // keeps the address/data pair together; selecting a register has no other effect.
-        unsafe { Port::<u32>::new(Self::CONFIG_ADDRESS).write(Self::address(bdf, offset)) };
+        unsafe { port::write(Self::CONFIG_ADDRESS, Self::address(bdf, offset)) };
         access(Self::CONFIG_DATA + (offset & 3))
     }
 }
@@ -138,16 +138,14 @@ impl ConfigAccess for LegacyPorts {
             return u32::MAX;
         }
         // SAFETY: a configuration read through the data port selected above.
-        self.with_data_port(bdf, offset & !3, |port| unsafe {
-            Port::<u32>::new(port).read()
-        })
+        self.with_data_port(bdf, offset & !3, |data| unsafe { port::read::<u32>(data) })
     }
     fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
         if self.reaches(bdf, offset) {
             // SAFETY: a configuration write through the data port selected above; what it
             // does to the device is the caller's intent.
-            self.with_data_port(bdf, offset & !3, |port| unsafe {
-                Port::<u32>::new(port).write(value)
+            self.with_data_port(bdf, offset & !3, |data| unsafe {
+                port::write::<u32>(data, value)
             });
         }
     }
@@ -156,30 +154,28 @@ impl ConfigAccess for LegacyPorts {
             return u16::MAX;
         }
         // SAFETY: as `read32`, on the word lane 0xCFC + (offset & 2).
-        self.with_data_port(bdf, offset & !1, |port| unsafe {
-            Port::<u16>::new(port).read()
-        })
+        self.with_data_port(bdf, offset & !1, |data| unsafe { port::read::<u16>(data) })
     }
     fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
         if !self.reaches(bdf, offset) {
             return u8::MAX;
         }
         // SAFETY: as `read32`, on the byte lane 0xCFC + (offset & 3).
-        self.with_data_port(bdf, offset, |port| unsafe { Port::<u8>::new(port).read() })
+        self.with_data_port(bdf, offset, |data| unsafe { port::read::<u8>(data) })
     }
     fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
         if self.reaches(bdf, offset) {
             // SAFETY: as `write32`, on one word lane, so neighbouring bytes are untouched.
-            self.with_data_port(bdf, offset & !1, |port| unsafe {
-                Port::<u16>::new(port).write(value)
+            self.with_data_port(bdf, offset & !1, |data| unsafe {
+                port::write::<u16>(data, value)
             });
         }
     }
     fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
         if self.reaches(bdf, offset) {
             // SAFETY: as `write32`, on one byte lane.
-            self.with_data_port(bdf, offset, |port| unsafe {
-                Port::<u8>::new(port).write(value)
+            self.with_data_port(bdf, offset, |data| unsafe {
+                port::write::<u8>(data, value)
             });
         }
     }

@@ -2,7 +2,6 @@
 //! fallback paths alike) is unit-tested with a fake.
 
 use super::apic::{IOAPIC_IOWIN_OFFSET, IOAPIC_REG_ID};
-use crate::caps::cpu::read_cpuid;
 
 /// VER (0x0), CAP (0x8) and ECAP (0x10) of a VT-d remapping unit (VT-d 11.4.1-11.4.3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,17 +41,11 @@ impl HardwareProbe {
 impl PlatformProbe for HardwareProbe {
     fn read_apic_base_msr(&self) -> u64 {
         // SAFETY: CPL 0 (constructor contract); IA32_APIC_BASE exists on every x86_64 CPU.
-        unsafe { x86_64::registers::model_specific::Msr::new(crate::arch::msr::APIC_BASE).read() }
+        unsafe { crate::arch::msr::read(crate::arch::msr::APIC_BASE) }
     }
 
     fn current_apic_id(&self) -> u32 {
-        // CPUID.0BH:EDX is the full x2APIC id where leaf 0BH exists (SDM Vol. 3A 11.12.8);
-        // otherwise CPUID.1:EBX[31:24] is the initial 8-bit APIC id.
-        if read_cpuid(0, 0)[0] >= 0xb && read_cpuid(0xb, 0)[1] != 0 {
-            read_cpuid(0xb, 0)[3]
-        } else {
-            read_cpuid(1, 0)[1] >> 24
-        }
+        crate::arch::cpu::initial_apic_id()
     }
 
     fn read_ioapic_reg(&self, base: u64, reg: u8) -> u32 {

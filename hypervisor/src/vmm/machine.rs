@@ -143,8 +143,7 @@ impl<'a, 'f> MachineServices<'a, 'f> {
 }
 
 fn host_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    [r.eax, r.ebx, r.ecx, r.edx]
+    crate::arch::cpu::cpuid(leaf, subleaf)
 }
 
 impl InterruptHardware for MachineServices<'_, '_> {
@@ -205,8 +204,7 @@ impl HostServices for MachineServices<'_, '_> {
         self.cpuid
     }
     fn rdtsc(&self) -> u64 {
-        // SAFETY: RDTSC is available at CPL 0.
-        unsafe { core::arch::x86_64::_rdtsc() }
+        crate::arch::cpu::rdtsc()
     }
     fn host_timer_ticks(&self) -> u64 {
         host_irq::timer_ticks()
@@ -336,22 +334,12 @@ impl HostServices for MachineServices<'_, '_> {
         // SAFETY: `hpa` comes from the guest's MSI-X model, which forwards only accesses inside an
         // assigned function's memory BAR (identity-mapped); the size is the instruction's.
         unsafe {
-            if let Some(v) = write {
-                match size {
-                    1 => core::ptr::write_volatile(hpa as *mut u8, v as u8),
-                    2 => core::ptr::write_volatile(hpa as *mut u16, v as u16),
-                    4 => core::ptr::write_volatile(hpa as *mut u32, v as u32),
-                    8 => core::ptr::write_volatile(hpa as *mut u64, v),
-                    _ => {}
+            match write {
+                Some(v) => {
+                    crate::arch::mmio::write(hpa, size, v);
+                    0
                 }
-                return 0;
-            }
-            match size {
-                1 => u64::from(core::ptr::read_volatile(hpa as *const u8)),
-                2 => u64::from(core::ptr::read_volatile(hpa as *const u16)),
-                4 => u64::from(core::ptr::read_volatile(hpa as *const u32)),
-                8 => core::ptr::read_volatile(hpa as *const u64),
-                _ => u64::MAX,
+                None => crate::arch::mmio::read(hpa, size).unwrap_or(u64::MAX),
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::arch::apic::{self, PhysicalIoapic};
 use crate::arch::gdt::Selectors;
 use crate::arch::guest_cpu_state;
 use crate::arch::host_irq;
+use crate::arch::percpu;
 use crate::arch::vmx as hw;
 use crate::caps::vmx::VmxCaps;
 use crate::config::GuestConfig;
@@ -35,7 +36,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use exitless_abi::boot_info::Module;
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
-use x86_64::registers::model_specific::{Efer, FsBase, GsBase};
+use x86_64::registers::model_specific::{Efer, FsBase};
 
 pub use super::builder::assigned_function;
 
@@ -97,8 +98,10 @@ impl VmxCpu {
         unsafe { hw::vmxon(caps, region) }.map_err(|e| format!("{e}"))?;
         // Before HOST_CR4 is recorded: resetting guests' FPU/SSE/AVX state needs FXRSTOR/XRSTOR.
         guest_cpu_state::enable_for_host();
-        let gdt = x86_64::instructions::tables::sgdt();
         let idt = x86_64::instructions::tables::sidt();
+        // What a VM exit loads must be this CPU's own (SDM Vol. 3C 27.5.2): its area as GS base
+        // (the GS rule, `arch::percpu`), its TSS and GDT.
+        let this_cpu = percpu::current();
         let host = HostState {
             cr0: Cr0::read_raw(),
             cr3: Cr3::read_raw().0.start_address().as_u64(),
@@ -107,9 +110,9 @@ impl VmxCpu {
             data_selector: selectors.data.0,
             tr_selector: selectors.tss.0,
             fs_base: FsBase::read().as_u64(),
-            gs_base: GsBase::read().as_u64(),
-            tr_base: crate::arch::gdt::tss_base(),
-            gdtr_base: gdt.base.as_u64(),
+            gs_base: this_cpu.gs_base(),
+            tr_base: this_cpu.tss_base(),
+            gdtr_base: this_cpu.gdt_base(),
             idtr_base: idt.base.as_u64(),
             efer: Efer::read_raw(),
             rip: hw::vm_exit_entry_point(),
@@ -336,11 +339,9 @@ impl VmxCpu {
 
 /// Busy-waits about `ms` milliseconds of TSC time.
 fn wait_ms(ms: u32) {
-    // SAFETY: RDTSC at CPL 0.
-    let start = unsafe { core::arch::x86_64::_rdtsc() };
+    let start = crate::arch::cpu::rdtsc();
     let ticks = tsc_per_ms() * u64::from(ms);
-    // SAFETY: as above.
-    while unsafe { core::arch::x86_64::_rdtsc() } - start < ticks {
+    while crate::arch::cpu::rdtsc() - start < ticks {
         core::hint::spin_loop();
     }
 }

@@ -17,6 +17,8 @@ pub struct HostState {
     pub data_selector: u16,
     pub tr_selector: u16,
     pub fs_base: u64,
+    /// The running CPU's per-CPU area (`arch::percpu`, whose GS rule needs GS there after an exit),
+    /// and that CPU's own TSS and GDT.
     pub gs_base: u64,
     pub tr_base: u64,
     pub gdtr_base: u64,
@@ -386,11 +388,20 @@ mod tests {
             code_selector: 8,
             data_selector: 16,
             tr_selector: 24,
+            gs_base: 0xffff_ffff_8010_0000,
+            tr_base: 0xffff_ffff_8010_0040,
+            gdtr_base: 0xffff_ffff_8010_00b0,
             rip: 0xffff_ffff_8000_1234,
             ..Default::default()
         };
         write_host_state(&mut vmcs, &host).unwrap();
         assert_eq!(vmcs.get(Vmcs16::HostTrSelector as u32), Some(24));
+        assert_eq!(vmcs.get(VmcsNatural::HostGsBase as u32), Some(host.gs_base));
+        assert_eq!(vmcs.get(VmcsNatural::HostTrBase as u32), Some(host.tr_base));
+        assert_eq!(
+            vmcs.get(VmcsNatural::HostGdtrBase as u32),
+            Some(host.gdtr_base)
+        );
         assert_eq!(vmcs.get(VmcsNatural::HostRip as u32), Some(host.rip));
         let tables = GuestTables {
             eptp: 0x5000 | 0x5E,
