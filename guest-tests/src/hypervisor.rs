@@ -45,3 +45,8 @@ pub fn host_timer_ticks() -> u64 {
 pub fn eli_mode() -> bool {
     call(Hypercall::InterruptMode, 0, 0, 0) == 1
 }
+
+/// Whether this guest's device interrupts are delivered through the virtual APIC (APICv).
+pub fn apicv_mode() -> bool {
+    call(Hypercall::InterruptMode, 0, 0, 0) == 2
+}

@@ -48,6 +48,22 @@ pub enum InterruptMode {
     /// ELI: the guest's device interrupts go straight to its own IDT with no exit, and its EOI
     /// completes with none.
     Eli,
+    /// What KVM does with APICv on a CPU without posted interrupts: every device interrupt exits
+    /// once and is delivered through the virtual APIC (virtual-interrupt delivery, SDM Vol. 3C
+    /// 29.2); the guest's EOI completes without an exit, unless the interrupt was level-triggered
+    /// and the host must complete it on the physical side too (29.1.2).
+    Apicv,
+}
+
+impl InterruptMode {
+    /// The value `interrupts = ...` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InterruptMode::Baseline => "baseline",
+            InterruptMode::Eli => "eli",
+            InterruptMode::Apicv => "apicv",
+        }
+    }
 }
 
 /// One `[guest NAME]` section.
@@ -289,7 +305,12 @@ impl GuestConfig {
                 self.interrupts = match value {
                     "baseline" => InterruptMode::Baseline,
                     "eli" => InterruptMode::Eli,
-                    _ => return Err(format!("interrupts = {value}: write baseline or eli")),
+                    "apicv" => InterruptMode::Apicv,
+                    _ => {
+                        return Err(format!(
+                            "interrupts = {value}: write baseline, apicv or eli"
+                        ))
+                    }
                 }
             }
             "ports" => {
@@ -439,6 +460,26 @@ mod tests {
         assert_eq!(g.ports, [(0x2f8, 0x2ff), (0x80, 0x80)]);
         assert_eq!(g.ioapic_pins, [3]);
         assert_eq!(config.guests[1].interrupts, InterruptMode::Baseline);
+    }
+
+    #[test]
+    fn every_interrupt_mode_is_read_by_its_name_and_others_are_refused() {
+        for mode in [
+            InterruptMode::Baseline,
+            InterruptMode::Eli,
+            InterruptMode::Apicv,
+        ] {
+            let text = format!("[guest a]\nimage = a.elf\ninterrupts = {}\n", mode.name());
+            let (config, problems) = Config::parse(&text);
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(config.guests[0].interrupts, mode);
+        }
+        let (config, problems) = Config::parse("[guest a]\nimage = a.elf\ninterrupts = posted\n");
+        assert_eq!(config.guests[0].interrupts, InterruptMode::Baseline);
+        assert!(
+            problems[0].message.contains("baseline, apicv or eli"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -126,8 +126,8 @@ pub fn write_guest_exits(out: &mut dyn Write, report: &GuestReport) -> fmt::Resu
     let irq = &report.interrupts;
     writeln!(
         out,
-        "summary: guest_interrupts guest={} injected={} host_interrupts={} stray={} refused_routings={} eoi_exits={}",
-        report.name, irq.injected, irq.host_interrupts, irq.stray, irq.refused_routings, irq.eoi_exits
+        "summary: guest_interrupts guest={} injected={} posted={} host_interrupts={} stray={} refused_routings={} eoi_exits={}",
+        report.name, irq.injected, irq.posted, irq.host_interrupts, irq.stray, irq.refused_routings, irq.eoi_exits
     )
 }
 

@@ -3,6 +3,8 @@
 //!
 //! - `bare`: the loader starts the guest directly, no hypervisor;
 //! - `baseline`: the hypervisor runs it with `interrupts = baseline` (external-interrupt exiting);
+//! - `apicv`: the same with `interrupts = apicv` (one exit per interrupt, delivery and EOI through
+//!   the virtual APIC);
 //! - `eli`: the same with `interrupts = eli` (exitless delivery and EOI).
 //!
 //! The guest prints one line, possibly behind the hypervisor's `[guest bench] ` prefix:
@@ -39,16 +41,18 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 pub enum Mode {
     Bare,
     Baseline,
+    Apicv,
     Eli,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Bare, Mode::Baseline, Mode::Eli];
+    pub const ALL: [Mode; 4] = [Mode::Bare, Mode::Baseline, Mode::Apicv, Mode::Eli];
 
     pub fn label(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
             Mode::Baseline => "baseline",
+            Mode::Apicv => "apicv",
             Mode::Eli => "eli",
         }
     }
@@ -64,6 +68,7 @@ impl Mode {
         let interrupts = match self {
             Mode::Bare => return ImageConfig::emulator().kernel(GUEST_IMAGE),
             Mode::Baseline => "baseline",
+            Mode::Apicv => "apicv",
             Mode::Eli => "eli",
         };
         ImageConfig::emulator().guest(
@@ -82,6 +87,7 @@ impl Mode {
         match self {
             Mode::Bare => "#7a7a7a",
             Mode::Baseline => "#d9822b",
+            Mode::Apicv => "#8e6bbf",
             Mode::Eli => "#2b6cb0",
         }
     }
@@ -233,11 +239,12 @@ fn ratio_of(num: Option<f64>, den: Option<f64>) -> Option<f64> {
     ratio(num?, den?)
 }
 
-/// The three measurements of one bench run.
+/// The measurements of one bench run, one per mode.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Results {
     pub bare: Measurement,
     pub baseline: Measurement,
+    pub apicv: Measurement,
     pub eli: Measurement,
 }
 
@@ -246,6 +253,7 @@ impl Results {
         match mode {
             Mode::Bare => &self.bare,
             Mode::Baseline => &self.baseline,
+            Mode::Apicv => &self.apicv,
             Mode::Eli => &self.eli,
         }
     }
@@ -280,7 +288,7 @@ impl Results {
         )
     }
 
-    /// `{"emulator": "bochs", "modes": {"bare": M, "baseline": M, "eli": M}}` (issue 3), plus
+    /// `{"emulator": "bochs", "modes": {"bare": M, "baseline": M, "apicv": M, "eli": M}}`, plus
     /// `work`, `work_per_interrupt`, `work_vs_bare` and `cycles_vs_bare` in each M. A ratio with
     /// a zero denominator is `null`.
     pub fn to_json(&self) -> Value {
@@ -402,6 +410,7 @@ impl Results {
         let eli_exits = self.eli.exits_per_interrupt().unwrap_or(f64::INFINITY);
         let eli_cycles = self.cycles_vs_bare(Mode::Eli);
         let baseline_exits = self.baseline.exits_per_interrupt().unwrap_or(0.0);
+        let apicv_exits = self.apicv.exits_per_interrupt();
         vec![
             format!(
                 "goal: eli exits/interrupt below 0.01 over at least 10000 interrupts: {} ({} over {})",
@@ -418,6 +427,11 @@ impl Results {
                 "goal: baseline at least 2 exits/interrupt: {} ({})",
                 met(baseline_exits >= 2.0),
                 fixed(self.baseline.exits_per_interrupt(), 3)
+            ),
+            format!(
+                "goal: apicv about 1 exit/interrupt (delivery only; the EOI virtualized): {} ({})",
+                met(apicv_exits.is_some_and(|e| (0.99..1.01).contains(&e))),
+                fixed(apicv_exits, 3)
             ),
             format!(
                 "exit path: {} cycles per VM exit round trip (guest work baseline loses per exit)",
@@ -450,7 +464,7 @@ impl Results {
             format!("device interrupts: {}", each.join(", "))
         };
         svg::bar_chart(
-            "Exitless: interrupt cost, bare metal vs baseline vs ELI",
+            "Exitless: interrupt cost, bare metal vs baseline vs APICv vs ELI",
             &format!("Bochs 2.7, deterministic clock; {interrupts}"),
             &[
                 Panel {
@@ -573,11 +587,12 @@ pub fn bench(json_path: Option<PathBuf>, publish: bool) -> Result<ExitCode> {
     if !failures.is_empty() {
         bail!("bench failed:\n  {}", failures.join("\n  "));
     }
-    let [bare, baseline, eli]: [Measurement; 3] =
+    let [bare, baseline, apicv, eli]: [Measurement; 4] =
         measured.try_into().expect("one measurement per mode");
     let results = Results {
         bare,
         baseline,
+        apicv,
         eli,
     };
     print!("{}", results.table());
@@ -695,12 +710,18 @@ EXITLESS-POWEROFF 0
 EXITLESS-POWEROFF 0
 ";
 
+    const APICV_LOG: &str = "\
+[guest bench] summary: bench interrupts=10000 cycles=70000000 work=600000 exits=1:10000
+EXITLESS-POWEROFF 0
+";
+
     fn results() -> Results {
         let m =
             |mode, log| measure(mode, log, &Ending::Done { exit: None }, "done").expect("good log");
         Results {
             bare: m(Mode::Bare, BARE_LOG),
             baseline: m(Mode::Baseline, BASELINE_LOG),
+            apicv: m(Mode::Apicv, APICV_LOG),
             eli: m(Mode::Eli, ELI_LOG),
         }
     }
@@ -830,8 +851,9 @@ EXITLESS-POWEROFF 0
         let modes = j["modes"].as_object().unwrap();
         assert_eq!(
             modes.keys().collect::<Vec<_>>(),
-            ["bare", "baseline", "eli"]
+            ["apicv", "bare", "baseline", "eli"]
         );
+        assert_eq!(j["modes"]["apicv"]["exits_per_interrupt"], 1.0);
         for (name, m) in modes {
             for key in [
                 "interrupts",
@@ -889,9 +911,10 @@ EXITLESS-POWEROFF 0
         assert!(rows[2].starts_with("| bare "));
         assert!(rows[3].starts_with("| baseline ") && rows[3].contains(" 9000.0 |"));
         assert!(rows[3].contains(" 2.500 |") && rows[3].contains(" 1.731 |"));
-        assert!(rows[4].starts_with("| eli ") && rows[4].contains(" 0.000 |"));
+        assert!(rows[4].starts_with("| apicv ") && rows[4].contains(" 1.000 |"));
+        assert!(rows[5].starts_with("| eli ") && rows[5].contains(" 0.000 |"));
         // All rows are the same width (aligned columns).
-        assert!(rows[..5].iter().all(|l| l.len() == rows[0].len()));
+        assert!(rows[..6].iter().all(|l| l.len() == rows[0].len()));
         assert!(table.contains(
             "baseline exits by reason: ExternalInterrupt=10000 InterruptWindow=5000 Wrmsr=10000"
         ));
@@ -900,12 +923,13 @@ EXITLESS-POWEROFF 0
         assert!(goals[0].ends_with("met (0.0000 over 10000)") && !goals[0].contains("NOT"));
         assert!(goals[1].ends_with(": met (+0.58%)"), "{}", goals[1]);
         assert!(goals[2].contains(": met (2.500)"));
+        assert!(goals[3].contains("apicv about 1") && goals[3].contains(": met (1.000)"));
         // 40 of bare's 80 work units per interrupt lost, 65 cycles per unit, 2.5 exits per interrupt.
         assert_eq!(r.cycles_per_exit(), Some(1040.0));
         assert!(
-            goals[3].starts_with("exit path: 1040 cycles per VM exit"),
+            goals[4].starts_with("exit path: 1040 cycles per VM exit"),
             "{}",
-            goals[3]
+            goals[4]
         );
         let mut slow = r.clone();
         slow.eli.cycles = 53_000_000;
@@ -916,7 +940,7 @@ EXITLESS-POWEROFF 0
     }
 
     #[test]
-    fn chart_shows_the_three_modes_without_nan() {
+    fn chart_shows_every_mode_without_nan() {
         let svg = results().chart();
         for mode in Mode::ALL {
             assert!(svg.contains(&format!(">{}</text>", mode.label())));
@@ -933,7 +957,11 @@ EXITLESS-POWEROFF 0
         let bare = Mode::Bare.config().render();
         assert_eq!(top_level(&bare, "kernel"), Some(GUEST_IMAGE));
         assert!(!bare.contains("\n[guest "));
-        for (mode, interrupts) in [(Mode::Baseline, "baseline"), (Mode::Eli, "eli")] {
+        for (mode, interrupts) in [
+            (Mode::Baseline, "baseline"),
+            (Mode::Apicv, "apicv"),
+            (Mode::Eli, "eli"),
+        ] {
             let text = mode.config().render();
             assert_eq!(top_level(&text, "kernel"), Some("hypervisor.elf"));
             assert_eq!(top_level(&text, "emulator_exit"), Some("yes"));

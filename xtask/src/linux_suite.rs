@@ -111,6 +111,14 @@ pub fn config_baseline() -> ImageConfig {
         )
 }
 
+/// The APICv boot: Linux with the e1000, its interrupts delivered through the virtual APIC.
+pub fn config_apicv() -> ImageConfig {
+    let kit = linux_kit::kit_paths();
+    ImageConfig::emulator()
+        .with("unsafe_no_iommu", "yes")
+        .guest_owned("linux-apicv", linux_guest(&kit, "apicv"))
+}
+
 /// A guest given the e1000 alone (in `bochs-boot`): its line is shared, so it is refused.
 pub fn shared_line_guest() -> [(&'static str, &'static str); 4] {
     [
@@ -257,21 +265,42 @@ fn summary_field(e: &Evidence<'_>, name: &str, guest: &str, key: &str) -> Result
         .unwrap_or(0))
 }
 
-/// ELI: the e1000's interrupts arrive with no exit and their EOIs take none: no external-interrupt
-/// exit at all, and no more EOI exits than injected (virtual) interrupts, while eth0 took its
-/// interrupts. Baseline: each device interrupt exits, and every EOI does.
-fn exits(e: &Evidence<'_>, guest: &str, eli: bool) -> Result<(), String> {
+/// How a mode delivers the e1000's interrupts, as the exits show.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// ELI: no exit per interrupt, no EOI exit but for injected (virtual) interrupts.
+    Exitless,
+    /// Baseline: each device interrupt exits, is injected, and its EOI exits.
+    Injected,
+    /// APICv: each device interrupt exits once and is posted to the virtual APIC, nothing is
+    /// injected; the e1000's INTx is level-triggered, so its EOI exits too (EOI-induced), and
+    /// only then.
+    Posted,
+}
+
+/// The exits over the guest's whole run say how its e1000 interrupts were delivered.
+fn exits(e: &Evidence<'_>, guest: &str, delivery: Delivery) -> Result<(), String> {
     let eth0 = eth0_interrupts(e, guest)?;
     let external = summary_field(e, "guest_exits", guest, "ExternalInterrupt")?;
+    let virtualized_eois = summary_field(e, "guest_exits", guest, "VirtualizedEoi")?;
     let injected = summary_field(e, "guest_interrupts", guest, "injected")?;
+    let posted = summary_field(e, "guest_interrupts", guest, "posted")?;
     let eoi_exits = summary_field(e, "guest_interrupts", guest, "eoi_exits")?;
     let figures = format!(
-        "eth0 {eth0} interrupts, {external} external-interrupt exits, {injected} injected, {eoi_exits} EOI exits"
+        "eth0 {eth0} interrupts, {external} external-interrupt exits, {injected} injected, \
+         {posted} posted, {eoi_exits} EOI exits ({virtualized_eois} EOI-induced)"
     );
-    let holds = if eli {
-        external == 0 && eoi_exits <= injected
-    } else {
-        external >= eth0 && injected >= eth0 && eoi_exits >= injected
+    let holds = match delivery {
+        Delivery::Exitless => external == 0 && eoi_exits <= injected,
+        Delivery::Injected => external >= eth0 && injected >= eth0 && eoi_exits >= injected,
+        Delivery::Posted => {
+            external >= eth0
+                && injected == 0
+                && posted >= external
+                && virtualized_eois == eoi_exits
+                && eoi_exits >= eth0
+                && eoi_exits <= external
+        }
     };
     if eth0 > 0 && holds {
         Ok(())
@@ -302,7 +331,7 @@ per_mode! {
     eli_timers => timers("linux-eli");
     eli_e1000 => e1000_on_ioapic("linux-eli");
     eli_network => network("linux-eli");
-    eli_exits => exits("linux-eli", true);
+    eli_exits => exits("linux-eli", Delivery::Exitless);
     eli_poweroff => powered_off("linux-eli");
     reboot_after_userspace => require("linux-reboot", "done");
     baseline_userspace => userspace("linux-baseline");
@@ -310,8 +339,14 @@ per_mode! {
     baseline_timers => timers("linux-baseline");
     baseline_e1000 => e1000_on_ioapic("linux-baseline");
     baseline_network => network("linux-baseline");
-    baseline_exits => exits("linux-baseline", false);
+    baseline_exits => exits("linux-baseline", Delivery::Injected);
     baseline_poweroff => powered_off("linux-baseline");
+    apicv_userspace => userspace("linux-apicv");
+    apicv_timers => timers("linux-apicv");
+    apicv_e1000 => e1000_on_ioapic("linux-apicv");
+    apicv_network => network("linux-apicv");
+    apicv_exits => exits("linux-apicv", Delivery::Posted);
+    apicv_poweroff => powered_off("linux-apicv");
     bzimage_userspace => userspace("linux-bzimage");
     bzimage_cpu_flags => cpu_flags("linux-bzimage");
     bzimage_timers => timers("linux-bzimage");
@@ -400,3 +435,69 @@ pub const BASELINE_CHECKS: &[Check] = &[
         check: bzimage_poweroff,
     },
 ];
+
+pub const APICV_CHECKS: &[Check] = &[
+    Check {
+        name: "linux-apicv/userspace",
+        check: apicv_userspace,
+    },
+    Check {
+        name: "linux-apicv/x2apic-and-known-tsc",
+        check: apicv_timers,
+    },
+    Check {
+        name: "linux-apicv/e1000-on-ioapic",
+        check: apicv_e1000,
+    },
+    Check {
+        name: "linux-apicv/dhcp-and-ping",
+        check: apicv_network,
+    },
+    Check {
+        name: "linux-apicv/device-interrupts-posted-level-eois-exit",
+        check: apicv_exits,
+    },
+    Check {
+        name: "linux-apicv/poweroff",
+        check: apicv_poweroff,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::tests::run_check;
+
+    /// What a Linux guest's run under APICv prints that the exit check reads.
+    const APICV_SERIAL: &str = "\
+[guest linux-apicv] EXITLESS-LINUX: interrupts-after:  24:         52   IO-APIC  10-fasteoi   eth0
+summary: guest_exits guest=linux-apicv total=20057 ExternalInterrupt=52 Wrmsr=3685 VirtualizedEoi=52
+summary: guest_interrupts guest=linux-apicv injected=0 posted=4446 host_interrupts=0 stray=0 refused_routings=0 eoi_exits=52
+";
+
+    #[test]
+    fn apicv_exits_show_posted_delivery_with_level_eoi_exits_only() {
+        assert_eq!(run_check(apicv_exits, APICV_SERIAL), Ok(()));
+        let broken = [
+            // Injected after all, or a device interrupt without an exit.
+            APICV_SERIAL.replace("injected=0", "injected=52"),
+            APICV_SERIAL.replace("ExternalInterrupt=52", "ExternalInterrupt=12"),
+            // Level EOIs that did not exit (the IOAPIC would never see them), or EOI exits that
+            // were not EOI-induced.
+            APICV_SERIAL.replace("VirtualizedEoi=52", "VirtualizedEoi=0"),
+            APICV_SERIAL.replace("eoi_exits=52", "eoi_exits=0"),
+            // No device interrupts at all.
+            APICV_SERIAL.replace("         52   IO-APIC", "          0   IO-APIC"),
+        ];
+        for serial in &broken {
+            assert!(run_check(apicv_exits, serial).is_err(), "passed: {serial}");
+        }
+        // The same run read as ELI or baseline fails: each mode's check tells them apart.
+        assert!(run_check(eli_exits, &APICV_SERIAL.replace("linux-apicv", "linux-eli")).is_err());
+        assert!(run_check(
+            baseline_exits,
+            &APICV_SERIAL.replace("linux-apicv", "linux-baseline")
+        )
+        .is_err());
+    }
+}

@@ -167,6 +167,14 @@ pub const BOOTS: &[Boot] = &[
         kernel_results: true,
         checks: crate::linux_suite::BASELINE_CHECKS,
     },
+    Boot {
+        id: "bochs-linux-apicv",
+        tier: Tier::Bochs,
+        config: crate::linux_suite::config_apicv,
+        stop: StopWhen::PowerOff,
+        kernel_results: true,
+        checks: crate::linux_suite::APICV_CHECKS,
+    },
     // The interrupt test guest bare metal: the same binary the hypervisor runs, on the real (emulated)
     // x2APIC, IOAPIC and COM2, so guest tests stay honest baselines.
     Boot {
@@ -369,6 +377,15 @@ fn bochs_guests() -> ImageConfig {
             &device_guest("guests/hostile_no_eoi.elf", "eli"),
         )
         .guest("irq-eli", &irq_guest("eli"))
+        .guest(
+            "no-eoi-apicv",
+            &device_guest("guests/hostile_no_eoi.elf", "apicv"),
+        )
+        .guest("irq-apicv", &irq_guest("apicv"))
+        .guest(
+            "hostile-irq-apicv",
+            &hostile_guest(HOSTILE_IRQ, "apicv", None),
+        )
         .guest("hostile-irq-eli", &hostile_guest(HOSTILE_IRQ, "eli", None))
         .guest(
             "hostile-irq-baseline",
@@ -698,7 +715,7 @@ fn loader_error_then_firmware(e: &Evidence<'_>) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::emulator::Ending;
     use std::path::PathBuf;
@@ -713,7 +730,7 @@ mod tests {
         }
     }
 
-    fn run_check(
+    pub(crate) fn run_check(
         check: fn(&Evidence<'_>) -> Result<(), String>,
         serial: &str,
     ) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! Device interrupts from an emulated device (COM2's 16550 on IRQ 3 via the IOAPIC), in whatever mode
 //! the hypervisor delivers them (or bare metal): each arrives exactly once, on the programmed vector;
 //! the host's timer is never seen; a rewritten IDT gate takes effect; under Exitless, ELI takes no exit
-//! per interrupt while baseline takes at least two, and a guest that keeps interrupts off for good is
+//! per interrupt while baseline takes at least two and APICv one (its EOI virtualized), and a guest that keeps interrupts off for good is
 //! still preempted by the host's timer.
 #![no_std]
 #![no_main]
@@ -117,6 +117,14 @@ fn main(env: &Env) -> u32 {
                 (external * 100 < INTERRUPTS && wrmsr == 0)
                     .then_some(())
                     .ok_or("ELI took exits per interrupt"),
+            );
+        } else if hypervisor::apicv_mode() {
+            // Each (edge-triggered) interrupt exits once to be posted; its EOI is virtualized.
+            suite.check(
+                "apicv-one-exit",
+                ((INTERRUPTS..=INTERRUPTS + INTERRUPTS / 100).contains(&external) && wrmsr == 0)
+                    .then_some(())
+                    .ok_or("APICv did not take exactly one exit per interrupt and none per EOI"),
             );
         } else {
             suite.check(

@@ -29,7 +29,7 @@ pub enum Hypercall {
     /// Returns how many host timer interrupts the host has taken so far (the host keeps its timer
     /// whatever the guest does; tests use this to see it tick).
     HostTimerTicks = 4,
-    /// Returns how the guest's device interrupts are delivered: 0 `baseline`, 1 `eli`.
+    /// Returns how the guest's device interrupts are delivered: 0 `baseline`, 1 `eli`, 2 `apicv`.
     InterruptMode = 5,
 }
 

@@ -15,6 +15,11 @@ impl VectorSet {
             u64::from(words[2 * i]) | u64::from(words[2 * i + 1]) << 32
         }))
     }
+    /// Vectors 64*i..64*i+63 in word i: the layout of the VMCS's four EOI-exit bitmaps (SDM Vol.
+    /// 3C 25.6.8).
+    pub const fn words(&self) -> [u64; 4] {
+        self.0
+    }
     pub fn insert(&mut self, v: u8) {
         self.0[usize::from(v / 64)] |= 1 << (v % 64);
     }

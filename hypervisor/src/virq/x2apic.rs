@@ -535,6 +535,18 @@ impl X2apic {
         Ok(())
     }
 
+    /// Takes the highest requested vector out of IRR, with its trigger mode, for the CPU to
+    /// deliver (APICv: the host moves it to the virtual-APIC page, `virq::virtual_apic`). Nothing
+    /// while the APIC is software-disabled: requests wait in IRR until it is enabled (11.4.7.2).
+    pub fn take_requested(&mut self) -> Option<(u8, bool)> {
+        if !self.software_enabled() {
+            return None;
+        }
+        let vector = self.irr.highest()?;
+        self.irr.clear(vector);
+        Some((vector, self.tmr.test(vector)))
+    }
+
     /// The vector the processor would take now (11.8.3): the highest IRR vector whose priority
     /// class exceeds PPR's, and only while the APIC is software-enabled.
     pub fn highest_deliverable(&self) -> Option<u8> {

@@ -141,7 +141,7 @@ pub fn build<'m>(
         ));
     }
     // Every guest starts with the EOI write intercepted; `vmm::interrupts` flips it for ELI.
-    let msrs = msr_policy::bitmap(config.interrupts == InterruptMode::Eli, false);
+    let msrs = msr_policy::bitmap(config.interrupts, false);
     let msr_bitmap = copy_to_frame(frames, msrs.as_bytes())?;
     let mut io = IoBitmaps::intercept_all();
     for &(first, last) in &config.ports {
@@ -159,6 +159,7 @@ pub fn build<'m>(
         io_bitmap_a: io_bitmaps[0],
         io_bitmap_b: io_bitmaps[1],
         vpid: 0,
+        virtual_apic: None,
     };
 
     let linux = config.linux.is_some();
@@ -178,6 +179,10 @@ pub fn build<'m>(
     };
     vm.platform = linux.then_some(platform);
     let vcpu = initial_vcpu(config, ctx, &start, vmcs_frame, msr_bitmap);
+    let tables = GuestTables {
+        virtual_apic: vcpu.interrupts.virtual_apic().map(|page| page.address()),
+        ..tables
+    };
     Ok(BuiltGuest {
         vm,
         vcpu,

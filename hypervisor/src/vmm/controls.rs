@@ -37,12 +37,30 @@ pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeat
     // vector (SDM 25.2 "acknowledge interrupt on exit"). ELI: interrupts go straight through the guest's
     // own IDT. In both, the VMX-preemption timer is how the host gets the CPU back on time, since no
     // host interrupt is armed while a guest runs (host_clock); NMIs always exit.
+    //
+    // APICv exits on interrupts as baseline does (virtual-interrupt delivery requires external-
+    // interrupt exiting: SDM Vol. 3C 27.2.1.1), and delivers them through the virtual APIC: the TPR
+    // shadow holds the virtual-APIC page, "virtualize x2APIC mode" points the x2APIC MSRs at it,
+    // APIC-register virtualization serves their reads from it, and virtual-interrupt delivery
+    // delivers from its IRR and completes EOIs in it (29.1-29.5). All four are required: without
+    // one, the mode is not what it claims, and the guest is refused naming it.
     let (pin_required, exit_interrupt) = match mode {
-        InterruptMode::Baseline => (
+        InterruptMode::Baseline | InterruptMode::Apicv => (
             PinBasedControls::EXTERNAL_INTERRUPT_EXITING,
             ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
         ),
         InterruptMode::Eli => (PinBasedControls::empty(), ExitControls::empty()),
+    };
+    let (primary_apicv, secondary_apicv) = match mode {
+        InterruptMode::Apicv => (
+            PrimaryControls::USE_TPR_SHADOW,
+            SecondaryControls::VIRTUALIZE_X2APIC_MODE
+                | SecondaryControls::APIC_REGISTER_VIRTUALIZATION
+                | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY,
+        ),
+        InterruptMode::Baseline | InterruptMode::Eli => {
+            (PrimaryControls::empty(), SecondaryControls::empty())
+        }
     };
     let pin = caps
         .pin_based
@@ -59,14 +77,15 @@ pub fn plan(caps: &VmxCaps, mode: InterruptMode) -> Result<Controls, MissingFeat
             PrimaryControls::HLT_EXITING
                 | PrimaryControls::USE_IO_BITMAPS
                 | PrimaryControls::USE_MSR_BITMAPS
-                | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS,
+                | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS
+                | primary_apicv,
             PrimaryControls::empty(),
         )
         .map_err(|m| missing("primary processor-based", m))?;
     let secondary = caps
         .secondary
         .compute(
-            SecondaryControls::ENABLE_EPT,
+            SecondaryControls::ENABLE_EPT | secondary_apicv,
             // Without these the guest's RDTSCP/INVPCID would #UD although CPUID advertises them.
             SecondaryControls::ENABLE_VPID
                 | SecondaryControls::ENABLE_RDTSCP
@@ -167,6 +186,51 @@ mod tests {
     }
 
     #[test]
+    fn apicv_exits_on_interrupts_and_delivers_through_the_virtual_apic() {
+        let caps = bochs_caps();
+        let apicv = plan(&caps, InterruptMode::Apicv).unwrap();
+        assert!(apicv
+            .pin
+            .contains(PinBasedControls::EXTERNAL_INTERRUPT_EXITING));
+        assert!(apicv
+            .exit
+            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT));
+        assert!(apicv.primary.contains(PrimaryControls::USE_TPR_SHADOW));
+        assert!(apicv.secondary.contains(
+            SecondaryControls::VIRTUALIZE_X2APIC_MODE
+                | SecondaryControls::APIC_REGISTER_VIRTUALIZATION
+                | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
+        ));
+        // x2APIC virtualization excludes APIC-access virtualization (SDM Vol. 3C 27.2.1.1), and
+        // CR8 must reach the TPR shadow, not exit.
+        assert!(!apicv
+            .secondary
+            .contains(SecondaryControls::VIRTUALIZE_APIC_ACCESSES));
+        assert!(!apicv
+            .primary
+            .intersects(PrimaryControls::CR8_LOAD_EXITING | PrimaryControls::CR8_STORE_EXITING));
+        // The other modes leave the virtual APIC off.
+        for mode in [InterruptMode::Baseline, InterruptMode::Eli] {
+            let c = plan(&caps, mode).unwrap();
+            assert!(!c.primary.contains(PrimaryControls::USE_TPR_SHADOW));
+            assert!(!c
+                .secondary
+                .contains(SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY));
+        }
+    }
+
+    #[test]
+    fn apicv_on_a_cpu_without_virtual_interrupt_delivery_is_refused_naming_it() {
+        let mut caps = bochs_caps();
+        caps.secondary
+            .may_be_one
+            .remove(SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY);
+        let error = plan(&caps, InterruptMode::Apicv).unwrap_err();
+        assert!(error.0.contains("VIRTUAL_INTERRUPT_DELIVERY"), "{error}");
+        assert!(plan(&caps, InterruptMode::Baseline).is_ok());
+    }
+
+    #[test]
     fn a_cpu_without_ept_is_refused_naming_it() {
         let mut caps = bochs_caps();
         caps.secondary
@@ -182,7 +246,11 @@ mod tests {
         caps.pin_based
             .may_be_one
             .remove(PinBasedControls::ACTIVATE_VMX_PREEMPTION_TIMER);
-        for mode in [InterruptMode::Baseline, InterruptMode::Eli] {
+        for mode in [
+            InterruptMode::Baseline,
+            InterruptMode::Eli,
+            InterruptMode::Apicv,
+        ] {
             let error = plan(&caps, mode).unwrap_err();
             assert!(error.0.contains("PREEMPTION_TIMER"), "{error}");
         }

@@ -99,6 +99,13 @@ fn dispatch(
                 .external_interrupt(info.vector, &vm.interrupts, host);
             Handled::Stay
         }
+        // Trap-like: the WRMSR is done and RIP already past it (SDM Vol. 3C 29.1.2).
+        ExitReason::VirtualizedEoi => {
+            let vector = qualification as u8;
+            vcpu.interrupts
+                .virtualized_eoi(vector, &mut vm.interrupts, host);
+            Handled::Stay
+        }
         ExitReason::EptViolation => {
             let gpa = vmcs.read64_ro(Vmcs64Ro::GuestPhysicalAddress)?;
             match irq_exits::ept_violation(vmcs, vcpu, vm, mem, host, gpa)? {
@@ -503,9 +510,11 @@ fn hypercall(vcpu: &mut Vcpu, mem: &mut GuestMemory<'_>, host: &impl HostService
             }
         }
         Some(Hypercall::HostTimerTicks) => host.host_timer_ticks(),
-        Some(Hypercall::InterruptMode) => {
-            u64::from(vcpu.interrupts.mode == crate::config::InterruptMode::Eli)
-        }
+        Some(Hypercall::InterruptMode) => match vcpu.interrupts.mode {
+            crate::config::InterruptMode::Baseline => 0,
+            crate::config::InterruptMode::Eli => 1,
+            crate::config::InterruptMode::Apicv => 2,
+        },
         None => HypercallError::UnknownCall as u64,
     };
     Handled::Skip

@@ -21,7 +21,9 @@ use crate::virq::ioapic::{
     EoiOutcome, IoapicInterrupt, IoapicWriteEffect, PhysicalRouting, PinSet, VirtualIoapic,
 };
 use crate::virq::vector_set::VectorSet;
+use crate::virq::virtual_apic::VirtualApicPage;
 use crate::virq::x2apic::{IpiReach, WriteEffect, X2apic, X2apicFault};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 /// Guest-physical base of the mediated IOAPIC (the architectural default).
@@ -54,6 +56,8 @@ pub trait InterruptHardware {
 pub struct InterruptStats {
     /// Device interrupts injected into the guest (baseline, or ELI's fallback).
     pub injected: u64,
+    /// Interrupts posted to the virtual-APIC page for the CPU to deliver (APICv).
+    pub posted: u64,
     /// Host interrupts taken while the guest ran.
     pub host_interrupts: u64,
     /// Interrupts for vectors nobody owns (EOI'd and dropped).
@@ -62,7 +66,8 @@ pub struct InterruptStats {
     /// ([`VmInterrupts::refused_routings`]) and filled in for the report.
     pub refused_routings: u64,
     /// EOI writes that exited (every one in baseline; under ELI only those for injected
-    /// interrupts, the guest's device interrupts' EOIs reaching the LAPIC directly).
+    /// interrupts, the guest's device interrupts' EOIs reaching the LAPIC directly; under APICv
+    /// only those of level-triggered interrupts, as EOI-induced exits).
     pub eoi_exits: u64,
 }
 
@@ -90,9 +95,32 @@ pub struct VcpuInterrupts {
     pub stats: InterruptStats,
     /// ELI: EOI writes pass straight to the LAPIC (no virtual interrupt in service).
     eoi_passthrough: bool,
-    /// Baseline: level-triggered device vectors still in the physical ISR, EOI'd when the guest
-    /// EOIs them (see [`Self::external_interrupt`]).
+    /// Baseline and APICv: level-triggered device vectors still in the physical ISR, EOI'd when
+    /// the guest EOIs them (see [`Self::external_interrupt`]).
     owed_physical_eois: VectorSet,
+    /// APICv: the vCPU's virtual-APIC page (the CPU delivers from its IRR and completes EOIs in it),
+    /// and the vectors whose EOI must exit, as the VMCS's EOI-exit bitmap last got them.
+    apicv: Option<Apicv>,
+}
+
+/// One vCPU's APICv state: the virtual x2APIC model keeps the timer, LVTs, ICR and SVR, and every
+/// interrupt it accepts moves on to this page before the next entry.
+#[derive(Debug)]
+struct Apicv {
+    page: Box<VirtualApicPage>,
+    /// Vectors whose EOI exits: those last requested level-triggered (SDM Vol. 3C 29.1.2).
+    eoi_exits: VectorSet,
+    /// Whether `eoi_exits` changed since the VMCS was given it.
+    eoi_exits_changed: bool,
+}
+
+/// What the next VM entry must tell the CPU after interrupts were posted (APICv).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Posted {
+    /// The highest vector posted since the last entry: RVI must be at least this.
+    pub highest: Option<u8>,
+    /// The EOI-exit bitmap, when it changed.
+    pub eoi_exit_bitmap: Option<VectorSet>,
 }
 
 impl Default for VmInterrupts {
@@ -294,6 +322,71 @@ impl VcpuInterrupts {
             stats: InterruptStats::default(),
             eoi_passthrough: false,
             owed_physical_eois: VectorSet::new(),
+            apicv: (mode == InterruptMode::Apicv).then(|| Apicv {
+                page: VirtualApicPage::new(),
+                eoi_exits: VectorSet::new(),
+                eoi_exits_changed: false,
+            }),
+        }
+    }
+
+    /// APICv: the virtual-APIC page the VMCS points at.
+    pub fn virtual_apic(&self) -> Option<&VirtualApicPage> {
+        self.apicv.as_ref().map(|a| &*a.page)
+    }
+
+    /// APICv, before each entry: moves what the virtual x2APIC accepted since the last entry (device
+    /// interrupts, the timer, self-IPIs, emulated pins) into the virtual-APIC page, where the CPU
+    /// delivers it when the guest can take it (SDM Vol. 3C 29.2), and says what the VMCS needs.
+    pub fn post_requested(&mut self) -> Posted {
+        let Some(apicv) = self.apicv.as_mut() else {
+            return Posted::default();
+        };
+        let mut highest = None;
+        while let Some((vector, level)) = self.apic.take_requested() {
+            apicv.page.request(vector, level);
+            // A level-triggered EOI must reach the host (the physical LAPIC it owes, the IOAPIC's
+            // remote IRR); an edge-triggered one completes in the page alone.
+            if level != apicv.eoi_exits.contains(vector) {
+                if level {
+                    apicv.eoi_exits.insert(vector);
+                } else {
+                    apicv.eoi_exits.remove(vector);
+                }
+                apicv.eoi_exits_changed = true;
+            }
+            highest = highest.max(Some(vector));
+            self.stats.posted += 1;
+        }
+        let eoi_exit_bitmap =
+            core::mem::take(&mut apicv.eoi_exits_changed).then_some(apicv.eoi_exits);
+        Posted {
+            highest,
+            eoi_exit_bitmap,
+        }
+    }
+
+    /// APICv: the guest's EOI of level-triggered `vector` exited after the CPU completed it in the
+    /// virtual-APIC page (an EOI-induced exit, SDM Vol. 3C 29.1.2): pass it on to the physical
+    /// LAPIC, if the host owes it one, and to the IOAPIC.
+    pub fn virtualized_eoi(
+        &mut self,
+        vector: u8,
+        vm: &mut VmInterrupts,
+        hw: &mut impl InterruptHardware,
+    ) {
+        self.stats.eoi_exits += 1;
+        if self.owed_physical_eois.contains(vector) {
+            self.owed_physical_eois.remove(vector);
+            hw.eoi();
+        }
+        let level = self
+            .apicv
+            .as_ref()
+            .is_some_and(|a| a.page.is_level_triggered(vector));
+        if level {
+            let outcome = vm.ioapic.eoi(vector);
+            vm.ioapic_eoi_done(vector, outcome, self);
         }
     }
 
@@ -334,8 +427,9 @@ impl VcpuInterrupts {
         hw.eoi();
     }
 
-    /// Baseline: an external-interrupt exit acknowledged `vector`; the VM's device vectors say
-    /// whether it is the guest's.
+    /// Baseline and APICv: an external-interrupt exit acknowledged `vector`; the VM's device
+    /// vectors say whether it is the guest's. It is requested in the virtual x2APIC, from where
+    /// baseline injects it and APICv posts it.
     pub fn external_interrupt(
         &mut self,
         vector: u8,
@@ -363,6 +457,9 @@ impl VcpuInterrupts {
     /// The vector to inject now, if any (the caller checks the guest can take it, then calls
     /// [`Self::injected`]).
     pub fn pending(&self) -> Option<u8> {
+        if self.apicv.is_some() {
+            return None; // the CPU delivers from the virtual-APIC page
+        }
         self.apic.highest_deliverable()
     }
 
@@ -587,6 +684,129 @@ mod tests {
         assert_eq!(hw.eois, 1, "the guest's EOI completes it physically");
         g.write_msr(EOI, 0, 0, &mut hw).unwrap();
         assert_eq!(hw.eois, 1, "and only once");
+    }
+
+    /// What the CPU does when it delivers `vector` from the virtual-APIC page (SDM Vol. 3C
+    /// 29.2.2): VIRR to VISR. The tests stand in for it.
+    fn cpu_delivers(g: &mut GuestInterrupts, vector: u8) {
+        g.cpu
+            .apicv
+            .as_mut()
+            .unwrap()
+            .page
+            .deliver_as_the_cpu_does(vector);
+    }
+
+    #[test]
+    fn apicv_edge_interrupt_is_completed_physically_posted_once_and_eoied_without_an_exit() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Apicv, &[3]),
+            FakeHw::default(),
+        );
+        g.start(&mut hw);
+        assert_eq!(hw.eoi_intercepted, None, "no ELI passthrough to flip");
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        route_pin3(&mut g, &mut hw, 0x40);
+        g.external_interrupt(0x40, &mut hw);
+        assert_eq!(hw.eois, 1, "edge: completed physically at once");
+        assert_eq!(g.pending(), None, "nothing to inject: the CPU delivers");
+        let posted = g.cpu.post_requested();
+        assert_eq!(posted.highest, Some(0x40));
+        assert_eq!(posted.eoi_exit_bitmap, None, "edge: its EOI needs no exit");
+        let page = g.cpu.virtual_apic().unwrap();
+        assert!(page.is_requested(0x40) && !page.is_level_triggered(0x40));
+        assert_eq!(g.cpu.post_requested(), Posted::default(), "posted once");
+        assert_eq!((g.cpu.stats.posted, g.cpu.stats.injected), (1, 0));
+    }
+
+    #[test]
+    fn apicv_level_interrupt_exits_on_its_eoi_which_the_host_passes_on() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Apicv, &[3]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        route_pin3(&mut g, &mut hw, (1 << 15) | (1 << 13) | 0x40);
+        g.external_interrupt(0x40, &mut hw);
+        assert_eq!(hw.eois, 0, "level: stays in the physical ISR");
+        let posted = g.cpu.post_requested();
+        let bitmap = posted.eoi_exit_bitmap.expect("the bitmap changed");
+        assert_eq!(bitmap.iter().collect::<Vec<_>>(), [0x40]);
+        assert!(g.cpu.virtual_apic().unwrap().is_level_triggered(0x40));
+        cpu_delivers(&mut g, 0x40);
+        g.cpu.virtualized_eoi(0x40, &mut g.vm, &mut hw);
+        assert_eq!(hw.eois, 1, "the guest's EOI completes it physically");
+        assert_eq!(g.cpu.stats.eoi_exits, 1);
+        g.cpu.virtualized_eoi(0x40, &mut g.vm, &mut hw);
+        assert_eq!(hw.eois, 1, "and only once");
+        // The same vector edge-triggered again: its EOI no longer exits.
+        route_pin3(&mut g, &mut hw, 0x40);
+        g.external_interrupt(0x40, &mut hw);
+        let posted = g.cpu.post_requested();
+        assert_eq!(posted.eoi_exit_bitmap, Some(VectorSet::new()));
+    }
+
+    #[test]
+    fn apicv_emulated_level_pin_is_sent_again_after_the_eoi_while_still_high() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Apicv, &[]),
+            FakeHw::default(),
+        );
+        g.write_msr(SVR, 0x1FF, 0, &mut hw).unwrap();
+        // COM1's emulated pin, level-triggered, vector 0x44.
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * u32::from(COM1_GSI)), &mut hw);
+        g.ioapic_access(0x10, 4, Some((1 << 15) | 0x44), &mut hw);
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.cpu.post_requested().highest, Some(0x44));
+        cpu_delivers(&mut g, 0x44);
+        g.cpu.virtualized_eoi(0x44, &mut g.vm, &mut hw);
+        assert_eq!(hw.eois, 0, "an emulated pin owes the LAPIC nothing");
+        assert_eq!(
+            g.cpu.post_requested().highest,
+            Some(0x44),
+            "the line is still high: the IOAPIC sends it again"
+        );
+        g.lower_emulated_pin(COM1_GSI);
+        cpu_delivers(&mut g, 0x44);
+        g.cpu.virtualized_eoi(0x44, &mut g.vm, &mut hw);
+        assert_eq!(g.cpu.post_requested().highest, None);
+    }
+
+    #[test]
+    fn apicv_posts_the_virtual_timer_and_self_ipis_but_nothing_while_software_disabled() {
+        let (mut g, mut hw) = (
+            GuestInterrupts::new(InterruptMode::Apicv, &[]),
+            FakeHw::default(),
+        );
+        // COM1's emulated pin, edge, vector 0x44, raised while SVR still disables the APIC.
+        g.ioapic_access(0x00, 4, Some(0x10 + 2 * u32::from(COM1_GSI)), &mut hw);
+        g.ioapic_access(0x10, 4, Some(0x44), &mut hw);
+        g.raise_emulated_pin(COM1_GSI);
+        assert_eq!(g.cpu.post_requested().highest, None, "the request waits");
+        g.write_msr(SVR, 0x1FF, 1000, &mut hw).unwrap();
+        assert_eq!(g.cpu.post_requested().highest, Some(0x44));
+        g.write_msr(0x83E, 0b1011, 1000, &mut hw).unwrap(); // divide by 1
+        g.write_msr(0x832, 0x50, 1000, &mut hw).unwrap(); // one-shot, vector 0x50
+        g.write_msr(0x838, 500, 1000, &mut hw).unwrap();
+        g.advance_to(1500);
+        // A fixed IPI to itself through the ICR (destination 0 = its own x2APIC ID).
+        g.write_msr(0x830, 0x61, 1500, &mut hw).unwrap();
+        assert_eq!(g.cpu.post_requested().highest, Some(0x61));
+        let page = g.cpu.virtual_apic().unwrap();
+        assert!(page.is_requested(0x44) && page.is_requested(0x50) && page.is_requested(0x61));
+        assert_eq!(g.cpu.stats.posted, 3);
+    }
+
+    #[test]
+    fn only_apicv_has_a_virtual_apic_page() {
+        for mode in [InterruptMode::Baseline, InterruptMode::Eli] {
+            let mut cpu = VcpuInterrupts::new(mode);
+            assert!(cpu.virtual_apic().is_none());
+            assert_eq!(cpu.post_requested(), Posted::default());
+        }
+        assert!(VcpuInterrupts::new(InterruptMode::Apicv)
+            .virtual_apic()
+            .is_some());
     }
 
     #[test]

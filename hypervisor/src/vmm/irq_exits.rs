@@ -1,6 +1,7 @@
 //! Exit handlers for interrupts: the mediated IOAPIC (EPT violations in its window, emulated by
 //! decoding the guest's instruction), assigned functions' MSI-X pages, and, before each VM entry, the
-//! preemption timer and the injection of virtual interrupts. Dispatched from `exits`.
+//! preemption timer and the delivery of virtual interrupts (injected, or posted to the virtual-APIC
+//! page under APICv). Dispatched from `exits`.
 
 use super::guest_memory::GuestMemory;
 use super::host_clock::preemption_value;
@@ -10,15 +11,18 @@ use super::msix::MsixOutcome;
 use super::vcpu::{gpr_value, set_gpr, stopped, Handled, HostServices, Vcpu};
 use super::vm::Vm;
 use crate::caps::vmx::PrimaryControls;
+use crate::config::InterruptMode;
+use crate::virq::virtual_apic::InterruptStatus;
 use crate::vmx::exit::{EventType, Gpr, InterruptionInfo};
 use crate::vmx::vmcs::{VmFail, VmcsAccess};
-use crate::vmx::vmcs_fields::{Vmcs32, VmcsNatural};
+use crate::vmx::vmcs_fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 use alloc::format;
 
 /// Interruptibility: blocking by STI (bit 0) or MOV SS (bit 1) (SDM 25.4.2).
 const BLOCKING_STI_MOV_SS: u32 = 0b11;
 const RFLAGS_IF: u64 = 1 << 9;
 const ACTIVITY_ACTIVE: u32 = 0;
+const ACTIVITY_HLT: u32 = 1;
 
 /// EPT violations that are not faults: the mediated IOAPIC and the pages of assigned functions' MSI-X
 /// tables. `None` means the access is the guest's fault.
@@ -179,6 +183,9 @@ pub fn prepare_entry(
         vcpu.preemption_deadline = deadline;
         vcpu.preemption_written = value;
     }
+    if vcpu.interrupts.mode == InterruptMode::Apicv {
+        return post_virtual_interrupts(vmcs, vcpu);
+    }
     if vcpu.interrupts.apic.any_requested() {
         vcpu.interrupts.apic.set_tpr(host.guest_tpr());
     }
@@ -206,6 +213,36 @@ pub fn prepare_entry(
     if can_take == vcpu.window_exiting {
         set_primary(vmcs, PrimaryControls::INTERRUPT_WINDOW_EXITING, !can_take)?;
         vcpu.window_exiting = !can_take;
+    }
+    Ok(())
+}
+
+/// APICv, before each entry: what the virtual x2APIC accepted goes to the virtual-APIC page, RVI is
+/// raised to it (the CPU evaluates pending virtual interrupts from RVI at entry: SDM Vol. 3C
+/// 29.2.1) and the EOI-exit bitmap follows the trigger modes. The CPU delivers when the guest can
+/// take it, with no interrupt-window exit. A vCPU waiting in HLT with a deliverable interrupt is
+/// made active: it resumes after its HLT and takes the interrupt at once, as a woken CPU would.
+fn post_virtual_interrupts(vmcs: &mut impl VmcsAccess, vcpu: &mut Vcpu) -> Result<(), VmFail> {
+    let posted = vcpu.interrupts.post_requested();
+    if let Some(bitmap) = posted.eoi_exit_bitmap {
+        let fields = [
+            Vmcs64::EoiExitBitmap0,
+            Vmcs64::EoiExitBitmap1,
+            Vmcs64::EoiExitBitmap2,
+            Vmcs64::EoiExitBitmap3,
+        ];
+        for (field, word) in fields.into_iter().zip(bitmap.words()) {
+            vmcs.write64(field, word)?;
+        }
+    }
+    let (Some(highest), Some(page)) = (posted.highest, vcpu.interrupts.virtual_apic()) else {
+        return Ok(());
+    };
+    let status =
+        InterruptStatus::decode(vmcs.read16(Vmcs16::GuestInterruptStatus)?).request(highest);
+    vmcs.write16(Vmcs16::GuestInterruptStatus, status.encode())?;
+    if page.deliverable(status) && vmcs.read32(Vmcs32::GuestActivityState)? == ACTIVITY_HLT {
+        vmcs.write32(Vmcs32::GuestActivityState, ACTIVITY_ACTIVE)?;
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct GuestTables {
     pub io_bitmap_b: u64,
     /// Non-zero when VPID is enabled (SDM 27.2.1.1: 0 is the host's).
     pub vpid: u16,
+    /// APICv: the vCPU's virtual-APIC page.
+    pub virtual_apic: Option<u64>,
 }
 
 // CR0 bits (SDM Vol. 3A 2.5).
@@ -98,6 +100,22 @@ pub fn write_tables(vmcs: &mut impl VmcsAccess, tables: &GuestTables) -> Result<
     vmcs.write64(Vmcs64::IoBitmapB, tables.io_bitmap_b)?;
     if tables.vpid != 0 {
         vmcs.write16(Vmcs16::Vpid, tables.vpid)?;
+    }
+    if let Some(page) = tables.virtual_apic {
+        // Nothing requested or in service, no EOI exits yet (`irq_exits` keeps them), and the TPR
+        // threshold unused: with virtual-interrupt delivery TPR writes cause no TPR-below-threshold
+        // exits (SDM Vol. 3C 29.1.2).
+        vmcs.write64(Vmcs64::VirtualApicAddress, page)?;
+        for field in [
+            Vmcs64::EoiExitBitmap0,
+            Vmcs64::EoiExitBitmap1,
+            Vmcs64::EoiExitBitmap2,
+            Vmcs64::EoiExitBitmap3,
+        ] {
+            vmcs.write64(field, 0)?;
+        }
+        vmcs.write16(Vmcs16::GuestInterruptStatus, 0)?;
+        vmcs.write32(Vmcs32::TprThreshold, 0)?;
     }
     Ok(())
 }
@@ -409,9 +427,20 @@ mod tests {
             io_bitmap_a: 0x7000,
             io_bitmap_b: 0x8000,
             vpid: 1,
+            virtual_apic: None,
         };
         write_tables(&mut vmcs, &tables).unwrap();
         assert_eq!(vmcs.get(Vmcs64::EptPointer as u32), Some(0x505E));
         assert_eq!(vmcs.get(Vmcs16::Vpid as u32), Some(1));
+        assert_eq!(vmcs.get(Vmcs64::VirtualApicAddress as u32), None);
+        // APICv: the page, and its delivery state starting empty.
+        let apicv = GuestTables {
+            virtual_apic: Some(0x9000),
+            ..tables
+        };
+        write_tables(&mut vmcs, &apicv).unwrap();
+        assert_eq!(vmcs.get(Vmcs64::VirtualApicAddress as u32), Some(0x9000));
+        assert_eq!(vmcs.get(Vmcs64::EoiExitBitmap2 as u32), Some(0));
+        assert_eq!(vmcs.get(Vmcs16::GuestInterruptStatus as u32), Some(0));
     }
 }

@@ -17,11 +17,20 @@
 //!   Linux reads it on every level interrupt's EOI (`ioapic_ack_level`) and, finding the bit clear,
 //!   would also EOI the IOAPIC by hand: an exit per interrupt.
 //!
+//! - [`APICV_VIRTUALIZED`] and [`APICV_EOI`]: in APICv mode, "virtualize x2APIC mode",
+//!   APIC-register virtualization and virtual-interrupt delivery send these accesses to the vCPU's
+//!   virtual-APIC page instead of the local APIC (SDM Vol. 3C 29.5): reads of PPR, ISR, TMR and
+//!   IRR, which the CPU keeps there, and the EOI write, which it completes there (29.1.2). The TPR
+//!   of [`ALWAYS`] reaches the page's VTPR in that mode too. These pass only together with those
+//!   controls (`vmm::controls::plan` sets them for the same mode): without them the same bits would
+//!   reach the physical LAPIC.
+//!
 //! The guest must never send IPIs/INIT/SIPI (ICR, self IPI) or touch the host's timer or LVTs:
 //! [`ALWAYS_EXIT`] lists those, and a const assertion keeps them out of the passthrough lists.
 
 use super::msr_bitmap::{MsrAccess, MsrBitmap};
 use crate::arch::msr::{self, x2apic};
+use crate::config::InterruptMode;
 
 /// Which accesses of an MSR reach the hardware.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +63,8 @@ pub enum Reset {
     LapicScrub,
     /// Nothing to reset: the register holds no state (EOI is write-only, SDM Vol. 3A 11.8.5).
     Stateless,
+    /// The access reaches the vCPU's own virtual-APIC page, never the LAPIC (APICv).
+    VirtualApicPage,
 }
 
 /// One MSR the guest reaches without an exit.
@@ -182,35 +193,82 @@ pub const ALWAYS_EXIT: [u32; 17] = [
     msr::GS_BASE,
 ];
 
-/// Whether the policy lets `access` to `msr_index` through. `eli` is the guest's interrupt mode;
-/// `eoi_passthrough` the ELI state: on while the interrupt in service is the guest's, off in
-/// baseline mode and while an injected or host interrupt is in service.
-pub const fn passes(msr_index: u32, access: MsrAccess, eli: bool, eoi_passthrough: bool) -> bool {
-    let mut i = 0;
-    while eli && i < ELI_TMR.len() {
-        if ELI_TMR[i].msr == msr_index && ELI_TMR[i].accesses.includes(access) {
-            return true;
-        }
-        i += 1;
+const fn apicv_read(msr: u32, name: &'static str) -> Passthrough {
+    Passthrough {
+        msr,
+        name,
+        accesses: Accesses::Read,
+        reset: Reset::VirtualApicPage,
+        why: "APICv: read from the vCPU's virtual-APIC page, where the CPU keeps it (SDM Vol. 3C \
+              29.5 with APIC-register virtualization; 29.1.1 for VPPR, VISR, VIRR); the TMR there \
+              is what the host wrote with each request; read-only registers (Vol. 3A 11.12.1.2)",
     }
-    i = 0;
-    while i < ALWAYS.len() {
-        if ALWAYS[i].msr == msr_index && ALWAYS[i].accesses.includes(access) {
-            return true;
-        }
-        i += 1;
-    }
-    eli && eoi_passthrough && ELI_EOI.msr == msr_index && ELI_EOI.accesses.includes(access)
 }
 
-/// The MSR bitmap for a guest in the given mode (`eli`) and EOI-passthrough state: every declared
-/// access passes, everything else exits. A guest starts with `eoi_passthrough` off in every
-/// interrupt mode (`vmm::interrupts` turns it on for ELI).
-pub fn bitmap(eli: bool, eoi_passthrough: bool) -> MsrBitmap {
+/// Passed through in APICv mode, for reads: PPR, then the eight words of ISR, TMR and IRR.
+pub const APICV_VIRTUALIZED: [Passthrough; 25] = {
+    let mut all = [apicv_read(x2apic::PPR, "IA32_X2APIC_PPR"); 25];
+    let mut word = 0;
+    while word < 8 {
+        all[1 + word] = apicv_read(x2apic::ISR0 + word as u32, "IA32_X2APIC_ISR");
+        all[9 + word] = apicv_read(x2apic::TMR0 + word as u32, "IA32_X2APIC_TMR");
+        all[17 + word] = apicv_read(x2apic::IRR0 + word as u32, "IA32_X2APIC_IRR");
+        word += 1;
+    }
+    all
+};
+
+/// Passed through in APICv mode, for writes: EOI virtualization (SDM Vol. 3C 29.1.2, 29.5).
+pub const APICV_EOI: Passthrough = Passthrough {
+    msr: x2apic::EOI,
+    name: "IA32_X2APIC_EOI",
+    accesses: Accesses::Write,
+    reset: Reset::VirtualApicPage,
+    why: "APICv: the CPU completes the EOI in the virtual-APIC page (SDM Vol. 3C 29.1.2) and \
+          exits only for the vectors the EOI-exit bitmap names (the level-triggered ones, whose \
+          EOI the host passes on)",
+};
+
+/// Whether the policy lets `access` to `msr_index` through for a guest in `mode`;
+/// `eoi_passthrough` is the ELI state (on while the interrupt in service is the guest's own; off
+/// while an injected or host interrupt is, and ignored in the other modes).
+pub fn passes(
+    msr_index: u32,
+    access: MsrAccess,
+    mode: InterruptMode,
+    eoi_passthrough: bool,
+) -> bool {
+    passthroughs(mode, eoi_passthrough).any(|p| p.msr == msr_index && p.accesses.includes(access))
+}
+
+/// The passthroughs of a guest in `mode` (and, for ELI, its EOI-passthrough state).
+pub fn passthroughs(
+    mode: InterruptMode,
+    eoi_passthrough: bool,
+) -> impl Iterator<Item = Passthrough> {
+    let (eli, apicv) = match mode {
+        InterruptMode::Baseline => (false, false),
+        InterruptMode::Eli => (true, false),
+        InterruptMode::Apicv => (false, true),
+    };
+    let eli_eoi = (eli && eoi_passthrough).then_some(ELI_EOI);
+    let eli_tmr: &[Passthrough] = if eli { &ELI_TMR } else { &[] };
+    let apicv_reads: &[Passthrough] = if apicv { &APICV_VIRTUALIZED } else { &[] };
+    let apicv_eoi = apicv.then_some(APICV_EOI);
+    ALWAYS
+        .into_iter()
+        .chain(eli_eoi)
+        .chain(eli_tmr.iter().copied())
+        .chain(apicv_reads.iter().copied())
+        .chain(apicv_eoi)
+}
+
+/// The MSR bitmap for a guest in `mode` and EOI-passthrough state: every declared access passes,
+/// everything else exits. A guest starts with `eoi_passthrough` off in every interrupt mode
+/// (`vmm::interrupts` turns it on for ELI).
+pub fn bitmap(mode: InterruptMode, eoi_passthrough: bool) -> MsrBitmap {
     let mut bitmap = MsrBitmap::intercept_all();
-    let eoi = (eli && eoi_passthrough).then_some(ELI_EOI);
-    let tmr: &[Passthrough] = if eli { &ELI_TMR } else { &[] };
-    for p in ALWAYS.iter().chain(eoi.iter()).chain(tmr) {
+    for p in passthroughs(mode, eoi_passthrough) {
         // Every entry lies inside the bitmap (const assertion below), so neither call fails.
         if p.accesses.includes(MsrAccess::Read) {
             let _ = bitmap.pass_read(p.msr);
@@ -239,14 +297,31 @@ pub fn zeroed_by_guest_cpu_state() -> impl Iterator<Item = u32> {
         .map(|p| p.msr)
 }
 
-// Every passthrough lies inside the bitmap, none is listed twice, and none must exit.
+// Every passthrough lies inside the bitmap, none is listed twice within its mode, and none must
+// exit.
 const _: () = {
-    let all = [
+    let eli = [
         ALWAYS[0], ALWAYS[1], ALWAYS[2], ALWAYS[3], ALWAYS[4], ALWAYS[5], ALWAYS[6], ELI_EOI,
         ELI_TMR[0], ELI_TMR[1], ELI_TMR[2], ELI_TMR[3], ELI_TMR[4], ELI_TMR[5], ELI_TMR[6],
         ELI_TMR[7],
     ];
-    assert!(all.len() == ALWAYS.len() + 1 + ELI_TMR.len());
+    assert!(eli.len() == ALWAYS.len() + 1 + ELI_TMR.len());
+    check_distinct_and_never_exiting(&eli);
+    let mut apicv = [APICV_EOI; ALWAYS.len() + 1 + APICV_VIRTUALIZED.len()];
+    let mut i = 0;
+    while i < ALWAYS.len() {
+        apicv[i] = ALWAYS[i];
+        i += 1;
+    }
+    while i < ALWAYS.len() + APICV_VIRTUALIZED.len() {
+        apicv[i] = APICV_VIRTUALIZED[i - ALWAYS.len()];
+        i += 1;
+    }
+    check_distinct_and_never_exiting(&apicv);
+    let _ = eoi_write_bit();
+};
+
+const fn check_distinct_and_never_exiting(all: &[Passthrough]) {
     let mut i = 0;
     while i < all.len() {
         assert!(MsrBitmap::bit_location(all[i].msr, MsrAccess::Write).is_some());
@@ -262,8 +337,7 @@ const _: () = {
         }
         i += 1;
     }
-    let _ = eoi_write_bit();
-};
+}
 
 #[cfg(test)]
 mod tests {
@@ -276,8 +350,18 @@ mod tests {
             .copied()
             .chain([ELI_EOI])
             .chain(ELI_TMR)
+            .chain(APICV_VIRTUALIZED)
+            .chain([APICV_EOI])
             .collect()
     }
+
+    const STATES: [(InterruptMode, bool); 5] = [
+        (InterruptMode::Baseline, false),
+        (InterruptMode::Eli, false),
+        (InterruptMode::Eli, true),
+        (InterruptMode::Apicv, false),
+        (InterruptMode::Apicv, true),
+    ];
 
     /// A sample of every range: low MSRs, the 0xC000_0000 range, the x2APIC range, and MSRs
     /// outside both bitmap ranges.
@@ -301,36 +385,38 @@ mod tests {
 
     #[test]
     fn bitmap_passes_exactly_the_declared_msrs() {
-        for (eli, eoi_passthrough) in [(false, false), (true, false), (true, true)] {
-            let b = bitmap(eli, eoi_passthrough);
+        for (mode, eoi_passthrough) in STATES {
+            let b = bitmap(mode, eoi_passthrough);
             for m in samples() {
                 for access in [MsrAccess::Read, MsrAccess::Write] {
                     assert_eq!(
                         b.exits(m, access),
-                        !passes(m, access, eli, eoi_passthrough),
-                        "MSR {m:#x} {access:?}, ELI {eli}, EOI passthrough {eoi_passthrough}"
+                        !passes(m, access, mode, eoi_passthrough),
+                        "MSR {m:#x} {access:?}, {mode:?}, EOI passthrough {eoi_passthrough}"
                     );
                 }
             }
             // The same, counted over the whole page: one bit per declared access.
             let cleared: u32 = b.as_bytes().iter().map(|x| x.count_zeros()).sum();
-            let eli_bits = if eli {
-                8 + u32::from(eoi_passthrough)
-            } else {
-                0
+            let mode_bits = match mode {
+                InterruptMode::Baseline => 0,
+                InterruptMode::Eli => 8 + u32::from(eoi_passthrough),
+                InterruptMode::Apicv => 25 + 1,
             };
-            assert_eq!(cleared, 2 * 7 + eli_bits);
+            assert_eq!(cleared, 2 * 7 + mode_bits, "{mode:?}");
         }
-        // Baseline never passes the EOI, whatever the flag says.
-        assert_eq!(
-            bitmap(false, true).as_bytes(),
-            bitmap(false, false).as_bytes()
-        );
+        // Only ELI's EOI follows the flag.
+        for mode in [InterruptMode::Baseline, InterruptMode::Apicv] {
+            assert_eq!(
+                bitmap(mode, true).as_bytes(),
+                bitmap(mode, false).as_bytes()
+            );
+        }
     }
 
     #[test]
     fn the_declared_msrs_by_number() {
-        let b = bitmap(false, false);
+        let b = bitmap(InterruptMode::Baseline, false);
         for m in [
             0xC000_0081,
             0xC000_0082,
@@ -360,7 +446,7 @@ mod tests {
             assert!(b.exits(m, MsrAccess::Write), "{m:#x}");
         }
         assert!(b.exits(0x818, MsrAccess::Read), "baseline: the virtual TMR");
-        let eli = bitmap(true, true);
+        let eli = bitmap(InterruptMode::Eli, true);
         assert!(!eli.exits(0x80B, MsrAccess::Write));
         assert!(eli.exits(0x80B, MsrAccess::Read));
         assert!(eli.exits(0x830, MsrAccess::Write));
@@ -369,6 +455,20 @@ mod tests {
             assert!(eli.exits(m, MsrAccess::Write), "{m:#x}");
         }
         assert!(eli.exits(0x817, MsrAccess::Read) && eli.exits(0x820, MsrAccess::Read));
+        // APICv: the registers the CPU keeps in the virtual-APIC page are read there; of the
+        // writes only TPR and EOI are virtualized; ICR, self IPI, timer and LVTs exit as always.
+        let apicv = bitmap(InterruptMode::Apicv, false);
+        for m in [0x80A].into_iter().chain(0x810..=0x827) {
+            assert!(!apicv.exits(m, MsrAccess::Read), "{m:#x}");
+            assert!(apicv.exits(m, MsrAccess::Write), "{m:#x}");
+        }
+        assert!(!apicv.exits(0x80B, MsrAccess::Write));
+        for m in [
+            0x802, 0x803, 0x80D, 0x80F, 0x828, 0x830, 0x832, 0x837, 0x838, 0x839, 0x83F,
+        ] {
+            assert!(apicv.exits(m, MsrAccess::Read), "{m:#x}");
+            assert!(apicv.exits(m, MsrAccess::Write), "{m:#x}");
+        }
     }
 
     #[test]
@@ -381,23 +481,26 @@ mod tests {
         assert_eq!(eoi_write_bit(), (0x901, 3));
         // Flipping that bit is the whole difference between the two states.
         let (byte, bit) = eoi_write_bit();
-        let mut off = *bitmap(true, false).as_bytes();
+        let mut off = *bitmap(InterruptMode::Eli, false).as_bytes();
         assert_eq!(off[byte] & (1 << bit), 1 << bit);
         off[byte] &= !(1 << bit);
-        assert_eq!(&off, bitmap(true, true).as_bytes());
+        assert_eq!(&off, bitmap(InterruptMode::Eli, true).as_bytes());
     }
 
     #[test]
     fn no_msr_is_listed_twice() {
-        let mut msrs: Vec<u32> = every_passthrough().iter().map(|p| p.msr).collect();
-        msrs.sort_unstable();
-        msrs.dedup();
-        assert_eq!(msrs.len(), ALWAYS.len() + 1 + ELI_TMR.len());
+        for (mode, eoi_passthrough) in STATES {
+            let all: Vec<u32> = passthroughs(mode, eoi_passthrough).map(|p| p.msr).collect();
+            let mut msrs = all.clone();
+            msrs.sort_unstable();
+            msrs.dedup();
+            assert_eq!(msrs.len(), all.len(), "{mode:?}");
+            assert!(msrs.iter().all(|m| !ALWAYS_EXIT.contains(m)));
+        }
         let mut exits = ALWAYS_EXIT.to_vec();
         exits.sort_unstable();
         exits.dedup();
         assert_eq!(exits.len(), ALWAYS_EXIT.len());
-        assert!(msrs.iter().all(|m| !ALWAYS_EXIT.contains(m)));
     }
 
     #[test]

@@ -610,6 +610,58 @@ fn faults_stop_only_the_guest_with_a_report() {
 }
 
 #[test]
+fn apicv_posts_to_the_virtual_apic_raises_rvi_and_wakes_a_halted_vcpu() {
+    use crate::config::InterruptMode;
+    use crate::vmm::guest_platform::COM1_GSI;
+    use crate::vmm::interrupts::{VcpuInterrupts, VmInterrupts};
+    use crate::vmx::vmcs_fields::Vmcs16;
+    let (mut vcpu, mut host) = (TestGuest::default(), FakeHost::default());
+    vcpu.cpu.interrupts = VcpuInterrupts::new(InterruptMode::Apicv);
+    vcpu.vm.interrupts = VmInterrupts::new(InterruptMode::Apicv, &[]);
+    let now = host.rdtsc();
+    vcpu.apic_write(0x80F, 0x1FF, now, &mut host).unwrap();
+    // COM1's emulated pin, level-triggered, vector 0x24, raised while the vCPU waits in HLT with
+    // an earlier interrupt (SVI 0x31, class 3) still in service: 0x24 must wait.
+    let rte = u32::from(0x10 + 2 * COM1_GSI);
+    vcpu.ioapic_access(0x00, 4, Some(rte), &mut host);
+    vcpu.ioapic_access(0x10, 4, Some((1 << 15) | 0x24), &mut host);
+    vcpu.vm
+        .interrupts
+        .raise_emulated_pin(COM1_GSI, &mut vcpu.cpu.interrupts);
+    let mut vmcs = exited(12, 0, 1);
+    vmcs.set(Vmcs32::GuestActivityState as u32, 1);
+    vmcs.set(Vmcs16::GuestInterruptStatus as u32, 0x3100);
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(vmcs.get(Vmcs16::GuestInterruptStatus as u32), Some(0x3124));
+    assert_eq!(entry_event(&vmcs).0, None, "nothing injected");
+    assert_eq!(
+        vmcs.get(Vmcs32::GuestActivityState as u32),
+        Some(1),
+        "blocked by SVI: still halted"
+    );
+    assert_eq!(
+        vmcs.get(Vmcs64::EoiExitBitmap0 as u32),
+        Some(1 << 0x24),
+        "level: its EOI exits"
+    );
+    assert!(!vcpu.window_exiting);
+    // Nothing in service any more: a self-IPI through the ICR (it exits) wakes it.
+    vmcs.set(Vmcs16::GuestInterruptStatus as u32, 0x24);
+    vcpu.apic_write(0x830, 0x41, now, &mut host).unwrap();
+    irq_exits::prepare_entry(&mut vmcs, &mut vcpu, &mut host).unwrap();
+    assert_eq!(vmcs.get(Vmcs16::GuestInterruptStatus as u32), Some(0x41));
+    assert_eq!(vmcs.get(Vmcs32::GuestActivityState as u32), Some(0));
+    // The guest's EOI of 0x24 exits (reason 45, the vector as qualification) without moving RIP.
+    let mut vmcs = exited(45, 0x24, 0);
+    assert_eq!(
+        run(&mut vmcs, &mut vcpu, &mut ram(), &mut host),
+        Next::Resume
+    );
+    assert_eq!(rip(&vmcs), RIP);
+    assert_eq!(vcpu.interrupts.stats.eoi_exits, 1);
+}
+
+#[test]
 fn hlt_waits_in_the_guest_unless_interrupts_are_off() {
     let (mut vmcs, mut vcpu, mut ram, mut host) = (
         exited(12, 0, 1),
