@@ -9,8 +9,9 @@ use exitless_abi::protocol::{self, Outcome};
 
 use crate::config::GuestConfig;
 use crate::memory::frames::FrameAllocator;
+use crate::vmm::interrupts::InterruptStats;
 use crate::vmm::runner::GuestReport;
-use crate::vmm::vcpu::GuestEnd;
+use crate::vmm::vcpu::{ExitCounters, GuestEnd};
 use crate::vmx::exit::ExitReason;
 
 /// Facts about how the machine was booted and its memory.
@@ -104,30 +105,51 @@ impl Results {
 
 /// One line with a guest's VM exits by reason (only reasons that occurred), printed when it ends.
 pub fn write_guest_exits(out: &mut dyn Write, report: &GuestReport) -> fmt::Result {
-    write!(
-        out,
-        "summary: guest_exits guest={} total={}",
-        report.name,
-        report.counters.total()
-    )?;
-    for (reason, count) in report
-        .counters
-        .0
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c != 0)
-    {
+    write!(out, "summary: guest_exits guest={}", report.name)?;
+    write_exit_counts(out, &report.counters)?;
+    writeln!(out)?;
+    write_interrupts(out, "guest_interrupts", &report.name, &report.interrupts)?;
+    if let Some(window) = &report.window {
+        // The measured window (`vmm::measure_window`): its length, its exits, its interrupt work.
+        write!(
+            out,
+            "summary: guest_window guest={} tsc={}",
+            report.name, window.tsc
+        )?;
+        write_exit_counts(out, &window.exits)?;
+        writeln!(out)?;
+        write_interrupts(
+            out,
+            "guest_window_interrupts",
+            &report.name,
+            &window.interrupts,
+        )?;
+    }
+    Ok(())
+}
+
+/// ` total=N REASON=COUNT...`, the reasons that occurred in SDM order.
+fn write_exit_counts(out: &mut dyn Write, counters: &ExitCounters) -> fmt::Result {
+    write!(out, " total={}", counters.total())?;
+    for (reason, count) in counters.0.iter().enumerate().filter(|(_, c)| **c != 0) {
         match ExitReason::from_basic(reason as u16) {
             Some(r) => write!(out, " {r:?}={count}")?,
             None => write!(out, " reason{reason}={count}")?,
         }
     }
-    writeln!(out)?;
-    let irq = &report.interrupts;
+    Ok(())
+}
+
+fn write_interrupts(
+    out: &mut dyn Write,
+    line: &str,
+    guest: &str,
+    irq: &InterruptStats,
+) -> fmt::Result {
     writeln!(
         out,
-        "summary: guest_interrupts guest={} injected={} posted={} host_interrupts={} stray={} refused_routings={} eoi_exits={}",
-        report.name, irq.injected, irq.posted, irq.host_interrupts, irq.stray, irq.refused_routings, irq.eoi_exits
+        "summary: {line} guest={guest} injected={} posted={} host_interrupts={} stray={} refused_routings={} eoi_exits={}",
+        irq.injected, irq.posted, irq.host_interrupts, irq.stray, irq.refused_routings, irq.eoi_exits
     )
 }
 
@@ -163,7 +185,49 @@ pub fn check_heap() -> Outcome<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::measure_window::Snapshot;
     use exitless_abi::protocol::{parse_line, Line};
+
+    #[test]
+    fn a_guests_exits_and_its_measured_window_are_one_line_each() {
+        let mut counters = ExitCounters::default();
+        counters.0[1] = 52;
+        counters.0[45] = 52;
+        let mut window = Snapshot {
+            tsc: 1234,
+            ..Default::default()
+        };
+        window.exits.0[1] = 40;
+        window.interrupts.posted = 40;
+        let mut report = GuestReport {
+            name: "linux".into(),
+            end: GuestEnd::PoweredOff(0),
+            counters,
+            interrupts: InterruptStats {
+                posted: 60,
+                ..Default::default()
+            },
+            window: None,
+        };
+        let mut out = String::new();
+        write_guest_exits(&mut out, &report).unwrap();
+        assert_eq!(
+            out,
+            "summary: guest_exits guest=linux total=104 ExternalInterrupt=52 VirtualizedEoi=52\n\
+             summary: guest_interrupts guest=linux injected=0 posted=60 host_interrupts=0 stray=0 \
+             refused_routings=0 eoi_exits=0\n"
+        );
+        report.window = Some(window);
+        let mut out = String::new();
+        write_guest_exits(&mut out, &report).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[2],
+            "summary: guest_window guest=linux tsc=1234 total=40 ExternalInterrupt=40"
+        );
+        assert!(lines[3]
+            .starts_with("summary: guest_window_interrupts guest=linux injected=0 posted=40 "));
+    }
 
     #[test]
     fn results_end_line_counts_agree_with_result_lines() {

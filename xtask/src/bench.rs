@@ -526,19 +526,24 @@ const END_MARK: &str = "<!-- bench:end -->";
 /// `text` with the block between [`BEGIN_MARK`] and [`END_MARK`] replaced by `block`; an error if the
 /// markers are missing or out of order (the file says where the figures go, never the bench).
 pub fn replace_published(text: &str, block: &str) -> Result<String, String> {
+    replace_between(text, BEGIN_MARK, END_MARK, block)
+}
+
+/// `text` with what lies between the markers `begin` and `end` replaced by `block`.
+pub fn replace_between(text: &str, begin: &str, end: &str, block: &str) -> Result<String, String> {
     let start = text
-        .find(BEGIN_MARK)
-        .ok_or("no `<!-- bench:begin ... -->` marker")?;
-    let after_begin = start + BEGIN_MARK.len();
-    let end = text[after_begin..]
-        .find(END_MARK)
+        .find(begin)
+        .ok_or_else(|| format!("no `{begin}` marker"))?;
+    let after_begin = start + begin.len();
+    let stop = text[after_begin..]
+        .find(end)
         .map(|e| after_begin + e)
-        .ok_or("no `<!-- bench:end -->` marker after the begin marker")?;
+        .ok_or_else(|| format!("no `{end}` marker after the begin marker"))?;
     Ok(format!(
         "{}\n{}{}",
         &text[..after_begin],
         block,
-        &text[end..]
+        &text[stop..]
     ))
 }
 
@@ -627,7 +632,7 @@ pub fn bench(json_path: Option<PathBuf>, publish: bool) -> Result<ExitCode> {
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from `date`, which every machine this runs on has.
-fn today_utc() -> String {
+pub fn today_utc() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()

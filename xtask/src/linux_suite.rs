@@ -21,10 +21,24 @@ const LINUX_TIMEOUT_MS: &str = "150000";
 
 /// A Linux guest's settings in `mode` with the e1000 and its line's other function.
 fn linux_guest(kit: &linux_kit::LinuxKit, mode: &str) -> Vec<(String, String)> {
+    linux_guest_with(kit, mode, "")
+}
+
+/// [`linux_guest`] with `extra` words on the kernel command line (for its /init).
+pub fn linux_guest_with(
+    kit: &linux_kit::LinuxKit,
+    mode: &str,
+    extra: &str,
+) -> Vec<(String, String)> {
+    let cmdline = if extra.is_empty() {
+        CMDLINE.to_string()
+    } else {
+        format!("{CMDLINE} {extra}")
+    };
     vec![
         ("linux".into(), kit.vmlinux.display().to_string()),
         ("initrd".into(), kit.initrd.display().to_string()),
-        ("cmdline".into(), CMDLINE.into()),
+        ("cmdline".into(), cmdline),
         ("memory_mib".into(), "160".into()),
         ("interrupts".into(), mode.into()),
         ("pci".into(), E1000_AND_ITS_LINE.into()),

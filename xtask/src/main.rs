@@ -19,6 +19,7 @@ mod kvm;
 mod layering;
 mod linux_kit;
 mod linux_suite;
+mod net_bench;
 mod paths;
 mod prereq;
 mod run_cmd;
@@ -37,7 +38,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs ELI interrupt cost under Bochs\n  cargo xtask linux-kit                Debian 12 kernel, vmlinux and initramfs for Linux guests in target/linux-kit/"
+    after_help = "Examples:\n  cargo xtask run                      boot under QEMU/KVM where /dev/kvm offers VMX, else Bochs\n  cargo xtask test                     host tests, lints, then every emulator tier that can run here\n  cargo xtask test --tier lint         only rustfmt and clippy (every crate, each for its targets)\n  cargo xtask test --tier host,bochs   only these tiers\n  cargo xtask image --out /tmp/x.img   disk image for a real server (write it with dd)\n  cargo xtask bench                    bare vs baseline vs APICv vs ELI interrupt cost under Bochs\n  cargo xtask bench --workload net     Linux's ping and TFTP through the assigned e1000, per interrupt mode\n  cargo xtask linux-kit                Debian 12 kernel, vmlinux and initramfs for Linux guests in target/linux-kit/"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -82,17 +83,29 @@ enum Command {
     /// Cached: a second run downloads nothing.
     #[command(name = "linux-kit")]
     LinuxKit,
-    /// Run the interrupt benchmark guest bare, under `baseline` and under `eli` in Bochs; print a
-    /// table, write JSON and an SVG chart under target/bench/.
+    /// Run a benchmark in Bochs, once per interrupt mode, and print a table. `uart` (default): the
+    /// interrupt benchmark guest bare and under `baseline`, `apicv` and `eli`, with JSON and an SVG
+    /// chart under target/bench/. `net`: the Linux guest's network workload under each mode, with
+    /// JSON in target/bench/bench-net.json.
     Bench {
-        /// Where to write the JSON [default: target/bench/bench.json].
+        /// Where to write the JSON [default: target/bench/bench.json, or bench-net.json].
         #[arg(long)]
         json: Option<PathBuf>,
         /// Also write the figures into README.md and docs/bench.md (between their bench markers)
         /// and the chart into docs/bench.svg.
         #[arg(long)]
         publish: bool,
+        /// What to measure: `uart` (the micro-guest's COM2 interrupts) or `net` (Debian's Linux
+        /// guest pinging and fetching a file through the assigned e1000).
+        #[arg(long, value_enum, default_value_t = Workload::Uart)]
+        workload: Workload,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    Uart,
+    Net,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,7 +152,16 @@ fn main() -> ExitCode {
             config,
         } => run_cmd::run(emulator, accel, timeout, config),
         Command::Test { tiers } => test_cmd::test(&tiers),
-        Command::Bench { json, publish } => bench::bench(json, publish),
+        Command::Bench {
+            json,
+            publish,
+            workload: Workload::Uart,
+        } => bench::bench(json, publish),
+        Command::Bench {
+            json,
+            publish,
+            workload: Workload::Net,
+        } => net_bench::bench(json, publish),
         Command::LinuxKit => linux_kit::command().map(|()| ExitCode::SUCCESS),
     };
     match result {

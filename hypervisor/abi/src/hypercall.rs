@@ -47,6 +47,16 @@ impl Hypercall {
     }
 }
 
+/// The measurement port: a byte written here opens ([`MEASURE_BEGIN`]) or closes ([`MEASURE_END`])
+/// the guest's measured window, over which the hypervisor counts its exits and interrupt work and
+/// reports them when the guest ends (`summary: guest_window`). An I/O port rather than a hypercall,
+/// so that a guest's user space can mark its own workload (Linux: a byte written to `/dev/port` at
+/// this offset). On bare metal, or under another hypervisor, the write reaches no device. No PC
+/// device decodes it (the range 0x5E0-0x5EF is unassigned).
+pub const MEASURE_PORT: u16 = 0x5E1;
+pub const MEASURE_BEGIN: u8 = 1;
+pub const MEASURE_END: u8 = 2;
+
 /// Results at or above this are errors.
 pub const ERROR_BASE: u64 = u64::MAX - 0xFF;
 

@@ -10,6 +10,7 @@ use super::guest_memory::GuestMemory;
 use super::guest_platform::{COM1_GSI, COM1_PORT as COM1};
 use super::irq_exits;
 use super::legacy_ports::GuestRequest;
+use super::measure_window::{Snapshot, MEASURE_PORT};
 use super::validate::{self, GuestFeatures, Refusal};
 use super::vcpu::{
     gpr_value, ExitCounters, GuestEnd, Handled, HostServices, Next, Vcpu, APIC_BASE_RESET,
@@ -466,6 +467,15 @@ fn port_write(
     port: u16,
     value: u8,
 ) -> Option<GuestEnd> {
+    if port == MEASURE_PORT {
+        let now = Snapshot {
+            tsc: host.rdtsc(),
+            exits: vcpu.counters.clone(),
+            interrupts: vcpu.interrupts.stats,
+        };
+        vcpu.window.mark(value, now);
+        return None;
+    }
     let Some(offset) = com1_register(port) else {
         return vm.legacy.write(port, value).map(|request| match request {
             GuestRequest::PowerOff => GuestEnd::PoweredOff(0),

@@ -19,6 +19,7 @@ pub mod irq_exits;
 pub mod legacy_ports;
 pub mod linux_boot;
 pub mod machine;
+pub mod measure_window;
 pub mod mmio_decode;
 pub mod msi_request;
 pub mod msix;

@@ -11,6 +11,7 @@ use super::interrupts::InterruptStats;
 use super::machine::{
     tsc_per_ms, GuestRouting, HostIrq, MachineServices, PciHost, HOST_TIMER_PERIOD_TSC,
 };
+use super::measure_window::Snapshot;
 use super::run_loop;
 use super::vcpu::{ExitCounters, GuestEnd, Vcpu};
 use super::vm::Vm;
@@ -46,6 +47,8 @@ pub struct GuestReport {
     pub end: GuestEnd,
     pub counters: ExitCounters,
     pub interrupts: InterruptStats,
+    /// What the guest's last measured window counted (`measure_window`), if it closed one.
+    pub window: Option<Snapshot>,
 }
 
 /// VMX operation on this CPU (VMXON done).
@@ -164,6 +167,7 @@ impl VmxCpu {
             end,
             counters: ExitCounters::default(),
             interrupts: InterruptStats::default(),
+            window: None,
         };
         let controls = match controls::plan(&self.caps, config.interrupts) {
             Ok(c) => c,
@@ -228,6 +232,7 @@ impl VmxCpu {
                         refused_routings: guest.vm.interrupts.refused_routings,
                         ..guest.vcpu.interrupts.stats
                     },
+                    window: guest.vcpu.window.closed.clone(),
                 }
             }
             Err(why) => report(GuestEnd::Stopped(why)),

@@ -6,6 +6,7 @@
 use super::cpuid::CpuidContext;
 use super::guest_events::EventState;
 use super::interrupts::{InterruptHardware, VcpuInterrupts};
+use super::measure_window::MeasureWindow;
 use super::msi_request::MsiRequest;
 use super::msix::MsixRequest;
 use crate::arch::vmx::GuestRegisters;
@@ -128,6 +129,8 @@ pub struct Vcpu {
     pub preemption_deadline: u64,
     /// Exception and event-delivery state (`events`).
     pub events: EventState,
+    /// The window the guest measures its workload in (`measure_window`).
+    pub window: MeasureWindow,
 }
 
 /// MSRs the guest sees that neither the VMCS nor the CPU holds for it. (The SYSCALL/SWAPGS MSRs and
