@@ -16,6 +16,9 @@ const E1000_AND_ITS_LINE: &str = "00:02.0, 00:01.3";
 
 /// The command line the issue names, and nothing to work around the platform.
 const CMDLINE: &str = "console=ttyS0 quiet cryptomgr.notests";
+/// The network benchmark's short version (`net_bench`), run by the ELI and APICv guests as a check
+/// that its path works: 100 echoes and the 1 MiB transfer, about 1.5 s of guest time.
+const SHORT_NET_BENCH: &str = "exitless_bench=net bench_pings=100";
 /// A Linux boot, DHCP and 20 pings: ~1.5e9 TSC ticks (30 s at Bochs' 50 MHz); the budget leaves room.
 const LINUX_TIMEOUT_MS: &str = "150000";
 
@@ -87,7 +90,7 @@ pub fn config_eli() -> ImageConfig {
                 "guest memory too small",
             ),
         )
-        .guest_owned("linux-eli", linux_guest(&kit, "eli"))
+        .guest_owned("linux-eli", linux_guest_with(&kit, "eli", SHORT_NET_BENCH))
         // Reboot ends a guest too (it cannot be reset in place). Linux 6.1 on hardware-reduced ACPI
         // without EFI reboots through the BIOS (`efi_reboot_required`, then the real-mode restart).
         .guest_owned(
@@ -130,7 +133,10 @@ pub fn config_apicv() -> ImageConfig {
     let kit = linux_kit::kit_paths();
     ImageConfig::emulator()
         .with("unsafe_no_iommu", "yes")
-        .guest_owned("linux-apicv", linux_guest(&kit, "apicv"))
+        .guest_owned(
+            "linux-apicv",
+            linux_guest_with(&kit, "apicv", SHORT_NET_BENCH),
+        )
 }
 
 /// A guest given the e1000 alone (in `bochs-boot`): its line is shared, so it is refused.
@@ -323,6 +329,36 @@ fn exits(e: &Evidence<'_>, guest: &str, delivery: Delivery) -> Result<(), String
     }
 }
 
+/// The network benchmark's short run: the workload completed inside the measured window (every
+/// echo answered, bulk.bin intact), and the window's exits show the mode's delivery: under ELI no
+/// device-interrupt or EOI exit, under APICv an exit per device interrupt and nothing injected.
+fn net_workload(e: &Evidence<'_>, guest: &str, delivery: Delivery) -> Result<(), String> {
+    let sha = crate::net_bench::sha256_hex(&crate::emulator::vnet_bulk_bytes());
+    let run = crate::net_bench::NetRun::parse(&e.boot.serial, guest, &sha)?;
+    let exits = &run.hypervisor.exits_by_reason;
+    let count = |reason: &str| exits.get(reason).copied().unwrap_or(0);
+    let device = run.guest.device_interrupts;
+    let figures = format!(
+        "{device} device interrupts, {} exits in the window ({exits:?}), {} injected, {} posted",
+        run.exits(),
+        run.hypervisor.injected,
+        run.hypervisor.posted
+    );
+    let holds = device > 0
+        && match delivery {
+            Delivery::Exitless => count("ExternalInterrupt") == 0 && count("VirtualizedEoi") == 0,
+            Delivery::Posted => {
+                count("ExternalInterrupt") >= device && run.hypervisor.injected == 0
+            }
+            Delivery::Injected => count("ExternalInterrupt") >= device,
+        };
+    if holds {
+        Ok(())
+    } else {
+        Err(figures)
+    }
+}
+
 pub fn shared_line_refused(e: &Evidence<'_>) -> Result<(), String> {
     let wanted = format!("shares interrupt line 10 with {BOCHS_PIIX4_PM}");
     e.boot
@@ -347,6 +383,7 @@ per_mode! {
     eli_network => network("linux-eli");
     eli_exits => exits("linux-eli", Delivery::Exitless);
     eli_poweroff => powered_off("linux-eli");
+    eli_net_workload => net_workload("linux-eli", Delivery::Exitless);
     reboot_after_userspace => require("linux-reboot", "done");
     baseline_userspace => userspace("linux-baseline");
     baseline_cpu_flags => cpu_flags("linux-baseline");
@@ -361,6 +398,7 @@ per_mode! {
     apicv_network => network("linux-apicv");
     apicv_exits => exits("linux-apicv", Delivery::Posted);
     apicv_poweroff => powered_off("linux-apicv");
+    apicv_net_workload => net_workload("linux-apicv", Delivery::Posted);
     bzimage_userspace => userspace("linux-bzimage");
     bzimage_cpu_flags => cpu_flags("linux-bzimage");
     bzimage_timers => timers("linux-bzimage");
@@ -391,6 +429,10 @@ pub const ELI_CHECKS: &[Check] = &[
     Check {
         name: "linux-eli/device-interrupts-and-eois-exitless",
         check: eli_exits,
+    },
+    Check {
+        name: "linux-eli/net-bench-short-run",
+        check: eli_net_workload,
     },
     Check {
         name: "linux-eli/poweroff",
@@ -470,6 +512,10 @@ pub const APICV_CHECKS: &[Check] = &[
     Check {
         name: "linux-apicv/device-interrupts-posted-level-eois-exit",
         check: apicv_exits,
+    },
+    Check {
+        name: "linux-apicv/net-bench-short-run",
+        check: apicv_net_workload,
     },
     Check {
         name: "linux-apicv/poweroff",

@@ -100,29 +100,29 @@ fn number(map: &BTreeMap<&str, &str>, key: &str, line: &str) -> Result<u64, Stri
         .ok_or_else(|| format!("no number `{key}=` in `{line}`"))
 }
 
-/// The text after `EXITLESS-LINUX: bench WHAT ` in the serial log (any `[guest NAME] ` prefix).
-fn bench_line<'a>(serial: &'a str, what: &str) -> Result<&'a str, String> {
-    let marker = format!("EXITLESS-LINUX: bench {what} ");
-    if let Some(failed) = serial
-        .lines()
-        .find_map(|l| l.split_once("EXITLESS-LINUX: bench failed").map(|(_, w)| w))
-    {
+/// The text after `EXITLESS-LINUX: bench WHAT ` in guest `guest`'s console lines (behind the
+/// hypervisor's `[guest NAME] ` prefix).
+fn bench_line<'a>(serial: &'a str, guest: &str, what: &str) -> Result<&'a str, String> {
+    let prefix = format!("[guest {guest}] EXITLESS-LINUX: bench ");
+    let lines = || {
+        serial
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+    };
+    if let Some(failed) = lines().find_map(|l| l.strip_prefix("failed")) {
         return Err(format!("the guest's workload failed:{failed}"));
     }
-    serial
-        .lines()
-        .find_map(|l| {
-            l.split_once(marker.as_str())
-                .map(|(_, rest)| rest.trim_end())
-        })
-        .ok_or_else(|| format!("no `{}` line", marker.trim_end()))
+    let head = format!("{what} ");
+    lines()
+        .find_map(|l| l.strip_prefix(head.as_str()).map(str::trim_end))
+        .ok_or_else(|| format!("no `{prefix}{what}` line"))
 }
 
 impl GuestFigures {
-    pub fn parse(serial: &str) -> Result<Self, String> {
-        let ping = bench_line(serial, "ping")?;
-        let transfer = bench_line(serial, "transfer")?;
-        let window = bench_line(serial, "window")?;
+    pub fn parse(serial: &str, guest: &str) -> Result<Self, String> {
+        let ping = bench_line(serial, guest, "ping")?;
+        let transfer = bench_line(serial, guest, "transfer")?;
+        let window = bench_line(serial, guest, "window")?;
         let (p, t, w) = (fields(ping), fields(transfer), fields(window));
         Ok(Self {
             pings_sent: number(&p, "sent", ping)?,
@@ -178,8 +178,7 @@ impl HypervisorWindow {
 }
 
 impl NetRun {
-    /// Judges one run: it powered off cleanly, the workload completed with every echo answered and
-    /// the file intact (`bulk_sha256`), and the hypervisor measured the window.
+    /// Judges one run: it powered off cleanly, and [`Self::parse`] accepts it.
     pub fn measure(
         serial: &str,
         ending: &Ending,
@@ -189,21 +188,30 @@ impl NetRun {
         if !matches!(ending, Ending::Done { .. }) {
             return Err(format!("no EXITLESS-POWEROFF: {ending_text}"));
         }
-        let guest = GuestFigures::parse(serial)?;
-        if guest.pings == 0 || guest.pings != guest.pings_sent {
+        Self::parse(serial, GUEST, bulk_sha256)
+    }
+
+    /// Guest `guest`'s workload from a serial log: it completed with every echo answered and the
+    /// file intact (`bulk_sha256`), and the hypervisor measured the window.
+    pub fn parse(serial: &str, guest: &str, bulk_sha256: &str) -> Result<Self, String> {
+        let figures = GuestFigures::parse(serial, guest)?;
+        if figures.pings == 0 || figures.pings != figures.pings_sent {
             return Err(format!(
                 "{} of {} echoes answered",
-                guest.pings, guest.pings_sent
+                figures.pings, figures.pings_sent
             ));
         }
-        if guest.transfer_sha256 != bulk_sha256 {
+        if figures.transfer_sha256 != bulk_sha256 {
             return Err(format!(
                 "bulk.bin arrived as sha256 {} ({} bytes), not {bulk_sha256}",
-                guest.transfer_sha256, guest.transfer_bytes
+                figures.transfer_sha256, figures.transfer_bytes
             ));
         }
-        let hypervisor = HypervisorWindow::parse(serial, GUEST)?;
-        Ok(Self { guest, hypervisor })
+        let hypervisor = HypervisorWindow::parse(serial, guest)?;
+        Ok(Self {
+            guest: figures,
+            hypervisor,
+        })
     }
 
     fn seconds(ns: u64) -> f64 {
@@ -360,7 +368,7 @@ impl NetResults {
             let each: Vec<String> = r
                 .exits_per_s()
                 .iter()
-                .map(|(reason, per_s)| format!("{reason}={per_s:.0}"))
+                .map(|(reason, per_s)| format!("{reason}={per_s:.1}"))
                 .collect();
             out.push_str(&format!(
                 "{} exits per second by reason: {}\n",
@@ -659,7 +667,7 @@ EXITLESS-POWEROFF 0
         let table = results.table();
         assert!(table.lines().nth(2).unwrap().starts_with("| baseline "));
         assert!(table.contains("bare: not measured"));
-        assert!(table.contains("eli exits per second by reason: PreemptionTimer=4 Wrmsr=14"));
+        assert!(table.contains("eli exits per second by reason: PreemptionTimer=4.1 Wrmsr=13.6"));
         let goals = results.goals();
         assert!(goals[0].contains(": met (0.005)"), "{}", goals[0]);
         assert!(goals[1].contains(": met (0 "), "{}", goals[1]);

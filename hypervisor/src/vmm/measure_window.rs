@@ -4,8 +4,8 @@
 //! when the guest ends (`cargo xtask bench --workload net` reads it). The end mark's own exit is
 //! counted in the window; the begin mark's is not.
 
+use super::exit_counters::ExitCounters;
 use super::interrupts::InterruptStats;
-use super::vcpu::ExitCounters;
 pub use exitless_abi::hypercall::{MEASURE_BEGIN, MEASURE_END, MEASURE_PORT};
 
 /// The counters at one instant.

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod controls;
 pub mod cpuid;
 pub mod events;
+pub mod exit_counters;
 pub mod exits;
 pub mod guest_acpi;
 pub mod guest_events;

@@ -4,6 +4,7 @@
 //! `exits`, `irq_exits` and `events` depend on it and not on each other.
 
 use super::cpuid::CpuidContext;
+pub use super::exit_counters::ExitCounters;
 use super::guest_events::EventState;
 use super::interrupts::{InterruptHardware, VcpuInterrupts};
 use super::measure_window::MeasureWindow;
@@ -13,7 +14,6 @@ use crate::arch::vmx::GuestRegisters;
 use crate::pci::ConfigAccess;
 use crate::vmx::exit::Gpr;
 use alloc::string::String;
-use exitless_abi::hypercall::EXIT_REASON_COUNT;
 
 /// What the machine outside the guest provides to exit handlers.
 pub trait HostServices: InterruptHardware {
@@ -73,22 +73,6 @@ pub enum GuestEnd {
 pub enum Next {
     Resume,
     End(GuestEnd),
-}
-
-/// Per-guest VM-exit counts by basic exit reason, readable by hypercall.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExitCounters(pub [u64; EXIT_REASON_COUNT]);
-
-impl Default for ExitCounters {
-    fn default() -> Self {
-        Self([0; EXIT_REASON_COUNT])
-    }
-}
-
-impl ExitCounters {
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
 }
 
 /// The state of one virtual CPU: its VMCS (the frame; VMPTRLD makes it current), the registers the
